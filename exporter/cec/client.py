@@ -1,0 +1,352 @@
+"""Talk to one CEC account: fetch tokens, page through queryPhone, build a snapshot.
+
+One ``httpx.AsyncClient`` per target reuses connections. The first page tells
+``total``; the remaining pages are fetched with at most ``max_concurrency`` in
+flight and folded into a ``SnapshotBuilder`` as they arrive. Every HTTP request
+is reported once, with its outcome, to the ``RequestObserver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from exporter.cec.errors import (
+    CecError,
+    CredentialError,
+    HttpStatusError,
+    InvalidResponse,
+    NetworkError,
+    PageLimitError,
+    RequestTimeout,
+    RetCodeError,
+)
+from exporter.cec.parse import Page, Token, parse_page, parse_token
+from exporter.cec.snapshot import Snapshot, SnapshotBuilder
+from exporter.cec.token import TokenCache
+from exporter.config import TargetConfig
+from exporter.logs import register_secret
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+TOKEN_API = "tokenByAkSk"  # noqa: S105 - an API name, not a secret
+QUERY_API = "queryPhone"
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105
+QUERY_PATH = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_TRIES = 3
+BACKOFF_BASE_SECONDS = 0.2
+BACKOFF_CAP_SECONDS = 5.0
+
+# The monotonic time by which the current collection must end; retries that
+# cannot fit before it are not attempted. Tasks inherit it from ``collect``.
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
+
+
+class RequestObserver(Protocol):
+    """Receives one report per HTTP request, and each new token's expiry."""
+
+    def request_done(
+        self,
+        api: str,
+        outcome: str,
+        seconds: float,
+        status_code: int | None = None,
+        ret_code: str | None = None,
+    ) -> None: ...
+
+    def token_issued(self, expires_at: float) -> None: ...
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Parse a ``Retry-After`` header: delta seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _transport_error(err: httpx.HTTPError) -> CecError:
+    if isinstance(err, httpx.TimeoutException):
+        return RequestTimeout(f"request timed out ({type(err).__name__})")
+    cause = str(err) or type(err).__name__
+    return NetworkError(cause)
+
+
+class CecClient:
+    """The HTTP client for one target; ``collect`` returns a ``Snapshot``."""
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        observer: RequestObserver,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.target = target
+        self._observer = observer
+        verify: str | bool = target.ca_file or target.verify_tls
+        self._http = httpx.AsyncClient(
+            base_url=target.base_url,
+            verify=verify,
+            proxy=target.proxy,
+            timeout=httpx.Timeout(target.timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=target.max_concurrency + 1,
+                max_keepalive_connections=target.max_concurrency + 1,
+            ),
+            transport=transport,
+            trust_env=False,  # only the proxy the config names
+            follow_redirects=False,
+        )
+        self.tokens = TokenCache(self._fetch_token)
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._http.aclose()
+
+    # --- one HTTP exchange, counted once -------------------------------------------
+
+    async def _exchange(
+        self,
+        api: str,
+        path: str,
+        headers: dict[str, str],
+        payload: dict[str, Any],
+        read: Callable[[bytes], _T],
+    ) -> _T:
+        """POST ``payload``, read the body (size-capped) and parse it with ``read``.
+
+        Reports exactly one outcome to the observer, whatever happens, including
+        cancellation by the scrape deadline (reported as a timeout).
+        """
+        started = time.monotonic()
+        outcome, status, ret_code = "timeout", None, None
+        try:
+            async with self._http.stream("POST", path, headers=headers, json=payload) as response:
+                status = response.status_code
+                if status != 200:
+                    outcome = "http_error"
+                    raise HttpStatusError(
+                        status,
+                        retry_after_seconds(response.headers.get("Retry-After"), time.time()),
+                    )
+                body = await self._read_capped(response)
+            result = read(body)
+            outcome = "success"
+            return result
+        except RetCodeError as err:
+            outcome, ret_code = "ret_code_error", err.ret_code
+            raise
+        except httpx.HTTPError as err:
+            failure = _transport_error(err)
+            outcome = failure.outcome
+            raise failure from None
+        except CecError as err:
+            outcome = err.outcome
+            raise
+        except Exception:
+            outcome = "invalid_response"  # a body our parser choked on: still counted once
+            raise
+        finally:
+            self._observer.request_done(api, outcome, time.monotonic() - started, status, ret_code)
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        cap = self.target.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise InvalidResponse(f"response of {declared} bytes exceeds the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():  # decoded: the cap bounds what we hold
+            size += len(chunk)
+            if size > cap:
+                raise InvalidResponse(f"response exceeds the {cap}-byte cap")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- token ---------------------------------------------------------------------
+
+    async def _fetch_token(self) -> Token:
+        try:
+            secret = self.target.app_secret.read()
+        except OSError as err:
+            raise CredentialError(f"cannot read app secret: {err.strerror or err}") from None
+        register_secret(secret)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Token-Expire": str(self.target.token_lifetime_seconds),
+        }
+        payload = {"app_key": self.target.app_key, "app_secret": secret}
+        token = await self._with_retries(
+            lambda: self._exchange(
+                TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
+            )
+        )
+        register_secret(token.value)
+        self._observer.token_issued(token.expires_at)
+        log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
+        return token
+
+    # --- pages ---------------------------------------------------------------------
+
+    def _query_payload(self, offset: int) -> dict[str, Any]:
+        limit = self.target.page_size
+        if self.target.pagination_as_strings:
+            return {"offset": str(offset), "limit": str(limit)}
+        return {"offset": offset, "limit": limit}
+
+    def _query_headers(self, token: Token) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {token.value}",
+            "X-APP-Key": self.target.app_key,
+            "Content-Type": "application/json",
+        }
+        if self.target.tenant_space_id:
+            headers["X-TenantSpaceID"] = self.target.tenant_space_id
+        return headers
+
+    @staticmethod
+    def _check_ret_code(body: bytes) -> Page:
+        page = parse_page(body)
+        if page.ret_code != "0":
+            raise RetCodeError(page.ret_code, page.ret_msg)
+        return page
+
+    async def _query_once(self, offset: int) -> Page:
+        """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
+        token = await self.tokens.get()
+        payload = self._query_payload(offset)
+        try:
+            return await self._exchange(
+                QUERY_API, QUERY_PATH, self._query_headers(token), payload, self._check_ret_code
+            )
+        except HttpStatusError as err:
+            if err.status_code != 401:
+                raise
+        token = await self.tokens.renew(token)
+        return await self._exchange(
+            QUERY_API, QUERY_PATH, self._query_headers(token), payload, self._check_ret_code
+        )
+
+    async def query_page(self, offset: int) -> Page:
+        """One page, with 429/5xx and network failures retried with backoff."""
+        return await self._with_retries(lambda: self._query_once(offset))
+
+    async def _with_retries(self, attempt: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        """Retry 429, 5xx and network failures, honouring ``Retry-After``.
+
+        The caller's deadline (an enclosing asyncio timeout) bounds the whole
+        thing; a wait that cannot fit is not started.
+        """
+        for number in range(1, MAX_TRIES + 1):
+            try:
+                return await attempt()
+            except (HttpStatusError, NetworkError) as err:
+                if number == MAX_TRIES or not _retryable(err):
+                    raise
+                delay = _backoff(number, getattr(err, "retry_after", None))
+                if time.monotonic() + delay >= _deadline.get():
+                    raise  # no time left to wait and try again
+                log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- a whole collection ---------------------------------------------------------
+
+    async def collect(self, deadline: float = math.inf) -> Snapshot:
+        """Read every page and return the snapshot; raises ``CecError`` on any failure.
+
+        ``deadline`` (monotonic) only stops retries that cannot fit; run this under
+        a timeout too: on cancellation the pages in flight are cancelled.
+        """
+        _deadline.set(deadline)
+        target = self.target
+        builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
+        first = await self.query_page(0)
+        builder.add(first)
+        if first.total is None:
+            await self._collect_until_short_page(builder, len(first.phones))
+        else:
+            pages = max(1, math.ceil(first.total / target.page_size))
+            if pages > target.max_pages:
+                raise PageLimitError(
+                    f"total {first.total} needs {pages} pages, more than max_pages "
+                    f"{target.max_pages} at page_size {target.page_size}"
+                )
+            offsets = iter(range(target.page_size, first.total, target.page_size))
+            await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
+        snapshot = builder.build()
+        if snapshot.phones_truncated:
+            log.warning(
+                "target=%s per-phone series capped at %d phones",
+                target.name,
+                builder.per_phone_cap,
+            )
+        return snapshot
+
+    def _page_worker(
+        self, offsets: Iterator[int], builder: SnapshotBuilder
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def worker() -> None:
+            for offset in offsets:  # shared iterator: each offset is taken once
+                builder.add(await self.query_page(offset))
+
+        return worker
+
+    async def _collect_until_short_page(self, builder: SnapshotBuilder, first_size: int) -> None:
+        """Without a ``total``, page on sequentially until a short page or ``max_pages``."""
+        size, offset = first_size, 0
+        while size >= self.target.page_size:
+            if builder.pages >= self.target.max_pages:
+                raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
+            offset += self.target.page_size
+            page = await self.query_page(offset)
+            builder.add(page)
+            size = len(page.phones)
+
+
+def _retryable(err: CecError) -> bool:
+    return isinstance(err, NetworkError) or (
+        isinstance(err, HttpStatusError) and err.status_code in RETRYABLE_STATUS
+    )
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter, or the server's ``Retry-After`` (capped)."""
+    if retry_after is not None:
+        return min(retry_after, BACKOFF_CAP_SECONDS * 6)
+    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    return float(base * (0.5 + random.random() / 2))
+
+
+async def _run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``count`` copies of ``worker``; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(worker()) for _ in range(count)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,102 @@
+"""The typed result of one collection, and the builder that folds pages into it.
+
+Pages are folded in as they arrive, in any order, so a collection of 100,000
+phones holds counts, not a list of phones (unless per-phone metrics are on).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exporter.cec.parse import Page
+
+log = logging.getLogger(__name__)
+
+
+class Status(str, enum.Enum):
+    """A softphone's registration status, as the ``status`` label spells it."""
+
+    REGISTERED = "registered"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One registration endpoint; ``mode`` is single, pool or legacy."""
+
+    mode: str
+    node: str
+    reg_ip: str
+    reg_port: str
+    sip_ip: str
+    sip_port: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one successful collection learned about a target."""
+
+    total: int | None
+    counts: dict[tuple[str, Status], int]
+    endpoints: tuple[Endpoint, ...]
+    phones: dict[str, tuple[str, bool]] | None = None
+    """phone_num -> (tenant_id, registered); only with per-phone metrics."""
+    pages: int = 0
+    duplicates: int = 0
+    phones_truncated: bool = False
+
+
+@dataclass
+class SnapshotBuilder:
+    """Folds pages into counts; phones seen twice (same id) count once."""
+
+    per_phone: bool = False
+    per_phone_cap: int = 50_000
+    total: int | None = None
+    pages: int = 0
+    duplicates: int = 0
+    phones_truncated: bool = False
+    _counts: Counter[tuple[str, Status]] = field(default_factory=Counter)
+    _endpoints: set[Endpoint] = field(default_factory=set)
+    _seen: set[str] = field(default_factory=set)
+    _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
+
+    def add(self, page: Page) -> None:
+        """Fold one page in; the first page's ``total`` is the one reported."""
+        if self.pages == 0:
+            self.total = page.total
+        elif page.total != self.total:
+            log.debug("total changed while paging: %s -> %s", self.total, page.total)
+        self.pages += 1
+        self._endpoints.update(page.endpoints)
+        for phone in page.phones:
+            if phone.key is not None:
+                if phone.key in self._seen:
+                    self.duplicates += 1
+                    continue
+                self._seen.add(phone.key)
+            self._counts[(phone.tenant_id, phone.status)] += 1
+            if self.per_phone and phone.phone_num:
+                if len(self._phones) < self.per_phone_cap:
+                    registered = phone.status is Status.REGISTERED
+                    self._phones[phone.phone_num] = (phone.tenant_id, registered)
+                else:
+                    self.phones_truncated = True
+
+    def build(self) -> Snapshot:
+        """The snapshot of everything added so far."""
+        return Snapshot(
+            total=self.total,
+            counts=dict(self._counts),
+            endpoints=tuple(sorted(self._endpoints)),
+            phones=dict(self._phones) if self.per_phone else None,
+            pages=self.pages,
+            duplicates=self.duplicates,
+            phones_truncated=self.phones_truncated,
+        )

@@ -1,0 +1,390 @@
+"""Turn collections into metric families, within the scrape deadline.
+
+One ``TargetCollector`` per target coalesces concurrent scrapes into one
+collection in flight and serves a recent success from cache when
+``cache_ttl_seconds`` allows. ``Exporter`` owns the asyncio loop (in a thread
+of its own) on which every collection runs, so a slow target never holds up
+another, and builds the families that the web layer encodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from prometheus_client import disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter import __version__
+from exporter.cec import CecClient, CecError, Snapshot
+from exporter.config import Config, ConfigError, TargetConfig, load_config
+from exporter.metrics import ApiMetrics
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # SPEC: no _created series
+
+SCRAPE_MARGIN_SECONDS = 0.5
+SCRAPE_MARGIN_RATIO = 0.1
+
+
+def collection_budget(scrape_timeout: float | None, timeout_seconds: float) -> float:
+    """Seconds one collection may take: the scrape timeout minus a margin, capped.
+
+    The margin (0.5 s or 10 %, whichever is smaller) leaves time to encode and
+    send the answer, as blackbox_exporter does.
+    """
+    if scrape_timeout is None or not math.isfinite(scrape_timeout) or scrape_timeout <= 0:
+        return timeout_seconds
+    margin = min(SCRAPE_MARGIN_SECONDS, scrape_timeout * SCRAPE_MARGIN_RATIO)
+    return max(0.0, min(timeout_seconds, scrape_timeout - margin))
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The outcome of one collection of one target: a snapshot or an error."""
+
+    target: str
+    snapshot: Snapshot | None
+    error: str | None
+    duration: float
+    finished_mono: float
+    last_success: float | None = None
+    age: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        """True when every page was read with retCode 0."""
+        return self.snapshot is not None
+
+
+class TargetCollector:
+    """Collects one target; concurrent scrapes share one collection in flight."""
+
+    def __init__(self, config: TargetConfig, api_metrics: ApiMetrics) -> None:
+        self.config = config
+        self.client = CecClient(config, api_metrics.observer(config.name))
+        self._inflight: asyncio.Task[Collection] | None = None
+        self._cached: Collection | None = None
+        self._last_success: float | None = None
+
+    async def get(self, budget: float) -> Collection:
+        """A collection no older than the cache TTL, waiting at most ``budget`` seconds."""
+        started = time.monotonic()
+        cached = self._cached
+        if cached is not None and started - cached.finished_mono < self.config.cache_ttl_seconds:
+            return _replace_age(cached, started - cached.finished_mono)
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._collect(started + budget))
+            self._inflight.add_done_callback(self._finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._inflight), budget)
+        except asyncio.TimeoutError:
+            waited = time.monotonic() - started
+            log.warning(
+                "target=%s scrape deadline of %.2fs passed while joining the collection in flight",
+                self.config.name,
+                budget,
+            )
+            return self._failed(f"deadline of {budget:.2f}s passed", waited)
+
+    def _finished(self, task: asyncio.Task[Collection]) -> None:
+        self._inflight = None
+        if not task.cancelled() and task.exception() is None and task.result().up:
+            self._cached = task.result()
+
+    async def _collect(self, deadline: float) -> Collection:
+        started = time.monotonic()
+        budget = max(0.0, deadline - started)
+        try:
+            snapshot = await asyncio.wait_for(self.client.collect(deadline), budget)
+        except asyncio.TimeoutError:
+            error = f"deadline of {budget:.2f}s exceeded"
+        except CecError as err:
+            error = str(err)
+        except Exception as err:  # a bug must not take the exporter down with it
+            log.exception("target=%s collection crashed", self.config.name)
+            error = f"internal error: {type(err).__name__}"
+        else:
+            self._last_success = time.time()
+            return Collection(
+                target=self.config.name,
+                snapshot=snapshot,
+                error=None,
+                duration=time.monotonic() - started,
+                finished_mono=time.monotonic(),
+                last_success=self._last_success,
+            )
+        duration = time.monotonic() - started
+        log.warning(
+            "target=%s collection failed after %.3fs: %s", self.config.name, duration, error
+        )
+        return self._failed(error, duration)
+
+    def _failed(self, error: str, duration: float) -> Collection:
+        return Collection(
+            target=self.config.name,
+            snapshot=None,
+            error=error,
+            duration=duration,
+            finished_mono=time.monotonic(),
+            last_success=self._last_success,
+        )
+
+    async def aclose(self) -> None:
+        """Stop any collection in flight and close the HTTP client."""
+        if self._inflight is not None:
+            self._inflight.cancel()
+        await self.client.aclose()
+
+
+def _replace_age(collection: Collection, age: float) -> Collection:
+    return Collection(
+        target=collection.target,
+        snapshot=collection.snapshot,
+        error=collection.error,
+        duration=collection.duration,
+        finished_mono=collection.finished_mono,
+        last_success=collection.last_success,
+        age=age,
+    )
+
+
+def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
+    """Metric families for a set of collections (SPEC section 6).
+
+    A failed collection shows only ``cec_up 0``, its duration and the last
+    success time: a partial count must never look like a drop.
+    """
+    up = GaugeMetricFamily(
+        "cec_up", "1 if the last collection read every page with retCode 0.", labels=["target"]
+    )
+    duration = GaugeMetricFamily(
+        "cec_collection_duration_seconds",
+        "How long the last collection of the target took.",
+        labels=["target"],
+    )
+    last_success = GaugeMetricFamily(
+        "cec_last_success_timestamp_seconds",
+        "Unix time of the last successful collection of the target.",
+        labels=["target"],
+    )
+    age = GaugeMetricFamily(
+        "cec_collection_age_seconds",
+        "Age of the collection being served; above 0 when served from cache.",
+        labels=["target"],
+    )
+    allocated = GaugeMetricFamily(
+        "cec_softphones_allocated",
+        "Allocated softphones (result.total) as the API reports it.",
+        labels=["target"],
+    )
+    phones = GaugeMetricFamily(
+        "cec_softphones",
+        "Softphone records by tenant and registration status.",
+        labels=["target", "tenant_id", "status"],
+    )
+    endpoints = GaugeMetricFamily(
+        "cec_registration_endpoint_info",
+        "Registration endpoints reported by queryPhone; value is always 1.",
+        labels=["target", "mode", "node", "reg_ip", "reg_port", "sip_ip", "sip_port"],
+    )
+    per_phone = GaugeMetricFamily(
+        "cec_softphone_registered",
+        "1 if the softphone is registered, 0 otherwise (per_phone_metrics only).",
+        labels=["target", "tenant_id", "phone_num"],
+    )
+    for c in collections:
+        up.add_metric([c.target], 1.0 if c.up else 0.0)
+        duration.add_metric([c.target], c.duration)
+        if c.last_success is not None:
+            last_success.add_metric([c.target], c.last_success)
+        snap = c.snapshot
+        if snap is None:
+            continue
+        age.add_metric([c.target], c.age)
+        if snap.total is not None:
+            allocated.add_metric([c.target], snap.total)
+        for (tenant, status), n in sorted(snap.counts.items()):
+            phones.add_metric([c.target, tenant, status.value], n)
+        for ep in snap.endpoints:
+            endpoints.add_metric(
+                [c.target, ep.mode, ep.node, ep.reg_ip, ep.reg_port, ep.sip_ip, ep.sip_port], 1
+            )
+        for number, (tenant, registered) in sorted((snap.phones or {}).items()):
+            per_phone.add_metric([c.target, tenant, number], 1.0 if registered else 0.0)
+    families = (up, duration, last_success, age, allocated, phones, endpoints, per_phone)
+    yield from (f for f in families if f.samples or f is up)
+
+
+class _Families(Collector):
+    """Adapts a ready list of families to the registry interface."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # nothing to check at registration; families are built per scrape
+
+
+class LoopThread:
+    """An asyncio event loop in a daemon thread; other threads submit coroutines."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cec-io", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+class Exporter:
+    """The running exporter: config, one collector per target, and its own metrics."""
+
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.api_metrics = ApiMetrics()
+        self._io = LoopThread()
+        self._targets: dict[str, TargetCollector] = {}
+        self._reload_lock = threading.Lock()
+        self.reload_ok = True
+        self.reload_success_time = 0.0
+        self.config = config
+        self._io.run(self._apply(config))
+        self.reload_success_time = time.time()
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_Families(self._exporter_families))
+
+    @property
+    def target_names(self) -> list[str]:
+        """Configured target names, in config order."""
+        return self.config.target_names
+
+    async def _apply(self, config: Config) -> None:
+        """Swap to ``config``: keep collectors whose settings did not change (and their tokens)."""
+        old = self._targets
+        new: dict[str, TargetCollector] = {}
+        for target in config.targets:
+            kept = old.get(target.name)
+            if kept is not None and kept.config == target:
+                new[target.name] = kept
+            else:
+                new[target.name] = TargetCollector(target, self.api_metrics)
+                self.api_metrics.add_target(target.name)
+        self._targets = new
+        self.config = config
+        for name, collector in old.items():
+            if new.get(name) is not collector:
+                await collector.aclose()
+                if name not in new:
+                    self.api_metrics.remove_target(name)
+
+    def reload(self) -> bool:
+        """Re-read the config file; a bad one is logged and the old one kept."""
+        if self.config_path is None:
+            return True
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as err:
+                self.reload_ok = False
+                log.error("config reload failed, keeping the old config: %s", err)  # noqa: TRY400
+                return False
+            self._io.run(self._apply(config))
+            self.reload_ok = True
+            self.reload_success_time = time.time()
+            log.info("config reloaded: %d target(s)", len(config.targets))
+            return True
+
+    def collect(self, names: list[str], scrape_timeout: float | None = None) -> list[Collection]:
+        """Collect ``names`` concurrently, each within its own budget; blocks the caller."""
+        targets = [self._targets[n] for n in names if n in self._targets]
+        budgets = [collection_budget(scrape_timeout, t.config.timeout_seconds) for t in targets]
+
+        async def run() -> list[Collection]:
+            return list(
+                await asyncio.gather(*(t.get(b) for t, b in zip(targets, budgets, strict=True)))
+            )
+
+        # Each get() ends within its budget; the extra second only guards against a stuck loop.
+        return self._io.run(run(), timeout=max(budgets, default=0) + 1.0)
+
+    def scrape(
+        self, target: str | None = None, scrape_timeout: float | None = None
+    ) -> tuple[CollectorRegistry, list[Collection]]:
+        """A registry to encode: one target (``/probe``), or all plus our own metrics."""
+        names = self.target_names if target is None else [target]
+        try:
+            collections = self.collect(names, scrape_timeout)
+        except FutureTimeout:
+            log.error("collection loop did not answer in time")  # noqa: TRY400
+            collections = []
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(lambda: collection_families(collections)))
+        if target is None:
+            registry.register(_Families(self.registry.collect))
+        return registry, collections
+
+    def _exporter_families(self) -> Iterator[Metric]:
+        yield from self.api_metrics.collect()
+        info = GaugeMetricFamily(
+            "cec_exporter_build_info",
+            "Build information of cec-phone-exporter; value is always 1.",
+            labels=["version", "python_version"],
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        reload_ok = GaugeMetricFamily(
+            "cec_exporter_config_last_reload_successful",
+            "1 if the last config load or reload worked.",
+        )
+        reload_ok.add_metric([], 1.0 if self.reload_ok else 0.0)
+        reload_time = GaugeMetricFamily(
+            "cec_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load or reload.",
+        )
+        reload_time.add_metric([], self.reload_success_time)
+        yield from (info, reload_ok, reload_time)
+
+    def close(self) -> None:
+        """Close every client and stop the loop."""
+        targets = list(self._targets.values())
+
+        async def close_all() -> None:
+            await asyncio.gather(*(t.aclose() for t in targets), return_exceptions=True)
+
+        try:
+            self._io.run(close_all(), timeout=5)
+        finally:
+            self._io.stop()
+
+
+__all__ = [
+    "Collection",
+    "Exporter",
+    "TargetCollector",
+    "collection_budget",
+    "collection_families",
+]

@@ -1,0 +1,345 @@
+"""Load the YAML config file into frozen, typed records.
+
+Every error names its key path (``targets[1].page_size: must be 1..100, got 500``)
+so an operator can fix the file without reading code. Secrets are kept in a
+``Secret`` whose ``repr`` never shows the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+_T = TypeVar("_T")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TARGET_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
+
+
+class ConfigError(Exception):
+    """A config problem, with the key path (or file) it concerns."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An app secret given inline or as a file; the file is re-read on each use.
+
+    Re-reading lets an operator rotate the secret without a restart. ``repr``
+    and ``str`` never show the value.
+    """
+
+    value: str | None = None
+    file: str | None = None
+
+    def read(self) -> str:
+        """Return the secret, reading the file now if it comes from one."""
+        if self.file is None:
+            return self.value or ""
+        return Path(self.file).read_text(encoding="utf-8").strip()
+
+    def describe(self) -> str:
+        """Where the secret comes from, for summaries: never the value."""
+        return f"file {self.file}" if self.file else "inline (redacted)"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.describe()})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One CEC account to collect from: its identity and collection settings."""
+
+    name: str
+    base_url: str
+    app_key: str
+    app_secret: Secret
+    tenant_space_id: str | None = None
+    timeout_seconds: float = 10.0
+    page_size: int = 100
+    max_concurrency: int = 4
+    max_pages: int = 1000
+    token_lifetime_seconds: int = 600
+    cache_ttl_seconds: float = 0.0
+    verify_tls: bool = True
+    ca_file: str | None = None
+    proxy: str | None = None
+    pagination_as_strings: bool = False
+    per_phone_metrics: bool = False
+    max_response_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config: the targets, in file order."""
+
+    targets: tuple[TargetConfig, ...]
+    source: str = ""
+
+    def target(self, name: str) -> TargetConfig | None:
+        """The target called ``name``, or None."""
+        return next((t for t in self.targets if t.name == name), None)
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the configured targets, in file order."""
+        return [t.name for t in self.targets]
+
+
+# --- scalar checkers: each takes (path, raw value) and returns the typed value ---
+
+
+def _number(path: str, raw: object, kind: Callable[[str], _T]) -> _T:
+    if isinstance(raw, bool):
+        raise ConfigError(path, f"must be a number, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        raw = str(raw)
+    if isinstance(raw, str):
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            pass
+    raise ConfigError(path, f"must be a number, got {raw!r}")
+
+
+def _int_in(low: int, high: int) -> Callable[[str, object], int]:
+    def check(path: str, raw: object) -> int:
+        number = _number(path, raw, float)
+        if not number.is_integer():
+            raise ConfigError(path, f"must be a whole number, got {raw!r}")
+        value = int(number)
+        if not low <= value <= high:
+            raise ConfigError(path, f"must be {low}..{high}, got {value}")
+        return value
+
+    return check
+
+
+def _float_in(low: float, high: float) -> Callable[[str, object], float]:
+    def check(path: str, raw: object) -> float:
+        value = _number(path, raw, float)
+        if not low <= value <= high:  # also rejects NaN
+            raise ConfigError(path, f"must be {low:g}..{high:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def _timeout(path: str, raw: object) -> float:
+    value = _number(path, raw, float)
+    if not 0 < value <= 600:
+        raise ConfigError(path, f"must be more than 0 and at most 600, got {value:g}")
+    return value
+
+
+def _bool(path: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise ConfigError(path, f"must be true or false, got {raw!r}")
+
+
+def _string(path: str, raw: object) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ConfigError(path, f"must be a string, got {type(raw).__name__}")
+    value = str(raw).strip()
+    if not value:
+        raise ConfigError(path, "must not be empty")
+    return value
+
+
+def _optional(check: Callable[[str, object], _T]) -> Callable[[str, object], _T | None]:
+    def optional(path: str, raw: object) -> _T | None:
+        return None if raw is None else check(path, raw)
+
+    return optional
+
+
+def _http_url(path: str, raw: object) -> str:
+    value = _string(path, raw)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, f"must be an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(path, "must not carry a query, fragment or credentials")
+    try:
+        _ = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as err:
+        raise ConfigError(path, f"has a bad port: {err}") from None
+    return value.rstrip("/")
+
+
+def _readable_file(path: str, raw: object) -> str:
+    value = _string(path, raw)
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as err:
+        raise ConfigError(path, f"cannot read {value}: {err.strerror or err}") from None
+    return value
+
+
+def _target_name(path: str, raw: object) -> str:
+    value = _string(path, raw)
+    if not _TARGET_NAME.match(value):
+        raise ConfigError(path, f"must match [a-zA-Z0-9_.-]+, got {value!r}")
+    return value
+
+
+# Settings that may appear under ``defaults`` and be overridden per target.
+_SETTINGS: dict[str, Callable[[str, object], Any]] = {
+    "timeout_seconds": _timeout,
+    "page_size": _int_in(1, 100),
+    "max_concurrency": _int_in(1, 64),
+    "max_pages": _int_in(1, 100_000),
+    "token_lifetime_seconds": _int_in(60, 3600),
+    "cache_ttl_seconds": _float_in(0, 86_400),
+    "verify_tls": _bool,
+    "ca_file": _optional(_readable_file),
+    "proxy": _optional(_http_url),
+    "pagination_as_strings": _bool,
+    "per_phone_metrics": _bool,
+    "max_response_bytes": _int_in(1024, 1024**3),
+}
+_IDENTITY = ("name", "base_url", "app_key", "app_secret", "app_secret_file", "tenant_space_id")
+_TOP_LEVEL = ("defaults", "targets")
+
+
+def expand_env(node: object, path: str, environ: Mapping[str, str]) -> object:
+    """Replace ``${VAR}`` in every string scalar; an unset variable is an error."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, _join(path, str(k)), environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, f"{path}[{i}]", environ) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(path, f"environment variable {name} is not set")
+            return environ[name]
+
+        return _ENV_REF.sub(substitute, node)
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _mapping(path: str, raw: object) -> dict[str, object]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path or "(top level)", f"must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError(path or "(top level)", f"keys must be strings, got {key!r}")
+    return raw
+
+
+def _reject_unknown(path: str, raw: Mapping[str, object], known: tuple[str, ...]) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(_join(path, key), "unknown key")
+
+
+def _settings(path: str, raw: Mapping[str, object]) -> dict[str, Any]:
+    return {key: _SETTINGS[key](_join(path, key), raw[key]) for key in _SETTINGS if key in raw}
+
+
+def _target(path: str, raw: object, defaults: Mapping[str, Any]) -> TargetConfig:
+    entry = _mapping(path, raw)
+    _reject_unknown(path, entry, _IDENTITY + tuple(_SETTINGS))
+    for key in ("name", "base_url", "app_key"):
+        if entry.get(key) is None:
+            raise ConfigError(_join(path, key), "is required")
+    has_inline = entry.get("app_secret") is not None
+    has_file = entry.get("app_secret_file") is not None
+    if has_inline == has_file:
+        raise ConfigError(
+            _join(path, "app_secret"), "set exactly one of app_secret, app_secret_file"
+        )
+    if has_file:
+        secret = Secret(
+            file=_readable_file(_join(path, "app_secret_file"), entry["app_secret_file"])
+        )
+        if not secret.read():
+            raise ConfigError(_join(path, "app_secret_file"), f"{secret.file} is empty")
+    else:
+        secret = Secret(value=_string(_join(path, "app_secret"), entry["app_secret"]))
+    tenant = entry.get("tenant_space_id")
+    return TargetConfig(
+        name=_target_name(_join(path, "name"), entry["name"]),
+        base_url=_http_url(_join(path, "base_url"), entry["base_url"]),
+        app_key=_string(_join(path, "app_key"), entry["app_key"]),
+        app_secret=secret,
+        tenant_space_id=None if tenant is None else _string(_join(path, "tenant_space_id"), tenant),
+        **{**defaults, **_settings(path, entry)},
+    )
+
+
+def parse_config(raw: object, source: str = "", environ: Mapping[str, str] | None = None) -> Config:
+    """Validate already-parsed YAML into a ``Config``; raises ``ConfigError``."""
+    data = _mapping("", expand_env(raw, "", os.environ if environ is None else environ))
+    _reject_unknown("", data, _TOP_LEVEL)
+    defaults_raw = _mapping("defaults", data.get("defaults"))
+    _reject_unknown("defaults", defaults_raw, tuple(_SETTINGS))
+    defaults = _settings("defaults", defaults_raw)
+    targets_raw = data.get("targets")
+    if not isinstance(targets_raw, list) or not targets_raw:
+        raise ConfigError("targets", "must be a non-empty list of targets")
+    targets = tuple(_target(f"targets[{i}]", t, defaults) for i, t in enumerate(targets_raw))
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        if target.name in seen:
+            raise ConfigError(f"targets[{i}].name", f"duplicate target name {target.name!r}")
+        seen.add(target.name)
+    return Config(targets=targets, source=source)
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at ``path``; raises ``ConfigError``."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(name, f"cannot read config file: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, "config file is not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(name, f"{where}{problem}") from None
+    if raw is None:
+        raise ConfigError(name, "config file is empty")
+    return parse_config(raw, source=name, environ=environ)
+
+
+def summary(config: Config) -> str:
+    """A human summary for ``check-config``: settings and secret sources, never values."""
+    lines = [f"config {config.source or '(inline)'}: OK, {len(config.targets)} target(s)"]
+    names = [f.name for f in fields(TargetConfig) if f.name not in _IDENTITY]
+    for t in config.targets:
+        lines.append(f"- {t.name}: {t.base_url}")
+        lines.append(f"    app_secret: {t.app_secret.describe()}")
+        if t.tenant_space_id:
+            lines.append(f"    tenant_space_id: {t.tenant_space_id}")
+        lines.extend(f"    {n}: {getattr(t, n)}" for n in names)
+    return "\n".join(lines)

@@ -1,0 +1,371 @@
+"""HTTP endpoints, basic auth and TLS (exporter-toolkit ``--web-config`` format).
+
+A threaded WSGI server, so one slow scrape never blocks another. ``/-/healthy``
+and ``/-/ready`` answer without authentication (they reveal nothing and
+Kubernetes probes need them); every other path needs it when users are set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import html
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import bcrypt
+import yaml
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.collect import Exporter
+from exporter.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+Environ = dict[str, Any]
+
+SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+HEADER_READ_TIMEOUT_SECONDS = 10.0
+_OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+
+
+# --- web config ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """``tls_server_config`` of the exporter-toolkit web config."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+
+    def context(self) -> ssl.SSLContext:
+        """A server-side SSL context; raises ``ssl.SSLError``/``OSError`` on bad files."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = _TLS_VERSIONS[self.min_version]
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        ctx.verify_mode = _CLIENT_AUTH[self.client_auth_type]
+        if self.client_ca_file:
+            ctx.load_verify_locations(self.client_ca_file)
+        return ctx
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """TLS, basic-auth users (bcrypt hashes) and extra response headers."""
+
+    tls: TLSConfig | None = None
+    users: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _mapping(path: str, raw: object, known: tuple[str, ...] | None) -> dict[str, Any]:
+    """``raw`` as a mapping; with ``known``, any other key is an error."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path or "(top level)", f"must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if known is not None and key not in known:
+            raise ConfigError(f"{path}.{key}" if path else str(key), "unknown key")
+    return raw
+
+
+def _file(path: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(path, "must be a file path")
+    if not Path(raw).is_file():
+        raise ConfigError(path, f"cannot read {raw}")
+    return raw
+
+
+def _choice(path: str, raw: object, choices: Iterable[str], default: str) -> str:
+    value = default if raw is None else raw
+    options = sorted(choices)
+    if value not in options:
+        raise ConfigError(path, f"must be one of {', '.join(options)}, got {value!r}")
+    return str(value)
+
+
+def _tls(raw: object) -> TLSConfig | None:
+    path = "tls_server_config"
+    data = _mapping(
+        path, raw, ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version")
+    )
+    if not data:
+        return None
+    tls = TLSConfig(
+        cert_file=_file(f"{path}.cert_file", data.get("cert_file")),
+        key_file=_file(f"{path}.key_file", data.get("key_file")),
+        client_ca_file=None
+        if data.get("client_ca_file") is None
+        else _file(f"{path}.client_ca_file", data["client_ca_file"]),
+        client_auth_type=_choice(
+            f"{path}.client_auth_type", data.get("client_auth_type"), _CLIENT_AUTH, "NoClientCert"
+        ),
+        min_version=_choice(f"{path}.min_version", data.get("min_version"), _TLS_VERSIONS, "TLS12"),
+    )
+    try:
+        tls.context()
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(path, f"cannot load certificate or key: {err}") from None
+    return tls
+
+
+def _users(raw: object) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for user, hashed in _mapping("basic_auth_users", raw, None).items():
+        path = f"basic_auth_users.{user}"
+        if not isinstance(user, str) or not user or ":" in user:
+            raise ConfigError(path, "user names must be non-empty strings without ':'")
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise ConfigError(path, "must be a bcrypt hash ($2a$, $2b$ or $2y$)")
+        users[user] = hashed.encode()
+    return users
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read an exporter-toolkit web config file; raises ``ConfigError``."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(path, f"cannot read web config: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+    data = _mapping("", raw, ("tls_server_config", "basic_auth_users", "http_server_config"))
+    server = _mapping("http_server_config", data.get("http_server_config"), ("headers",))
+    headers = _mapping("http_server_config.headers", server.get("headers"), None)
+    return WebConfig(
+        tls=_tls(data.get("tls_server_config")),
+        users=_users(data.get("basic_auth_users")),
+        headers={str(k): str(v) for k, v in headers.items()},
+    )
+
+
+# --- authentication -----------------------------------------------------------------
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` against bcrypt hashes, caching successes.
+
+    bcrypt is slow on purpose; a scrape every few seconds should not pay for it
+    each time, so verified (user, password, hash) triples are remembered by digest.
+    """
+
+    _DUMMY = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=4))
+
+    def __init__(self, users: dict[str, bytes]) -> None:
+        self._users = users
+        self._verified: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> bool:
+        """True when ``header`` carries a known user and the right password."""
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
+        hashed = self._users.get(user)
+        digest = hashlib.sha256(
+            b"\0".join((user.encode(), password.encode(), hashed or b""))
+        ).digest()
+        with self._lock:
+            if hashed is not None and digest in self._verified:
+                return True
+        # Unknown users still cost one bcrypt check, so timing does not reveal names.
+        ok = bcrypt.checkpw(password.encode(), hashed or self._DUMMY) and hashed is not None
+        if ok:
+            with self._lock:
+                self._verified.add(digest)
+        return ok
+
+
+# --- the WSGI application -------------------------------------------------------------
+
+
+def _scrape_timeout(environ: Environ) -> float | None:
+    raw = environ.get(SCRAPE_TIMEOUT_HEADER)
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class App:
+    """Routes requests to the exporter: metrics, probe, landing page, health, reload."""
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        web_config: WebConfig | None = None,
+        reload: Callable[[], bool] | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.web_config = web_config or WebConfig()
+        self.auth = BasicAuth(self.web_config.users) if self.web_config.users else None
+        self._reload = reload or exporter.reload
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        auth = None if path in _OPEN_PATHS else self.auth
+        if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            extra = [("WWW-Authenticate", 'Basic realm="cec-phone-exporter"')]
+            return self._send(start_response, "401 Unauthorized", b"Unauthorized\n", extra)
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > MAX_REQUEST_BODY_BYTES:
+            return self._send(start_response, "413 Content Too Large", b"Request too large\n")
+        routes: dict[str, tuple[tuple[str, ...], Callable[..., Iterable[bytes]]]] = {
+            "/metrics": (("GET", "HEAD"), self._metrics),
+            "/probe": (("GET", "HEAD"), self._probe),
+            "/": (("GET", "HEAD"), self._landing),
+            "/-/healthy": (("GET", "HEAD"), self._healthy),
+            "/-/ready": (("GET", "HEAD"), self._ready),
+            "/-/reload": (("POST", "PUT"), self._reload_endpoint),
+        }
+        route = routes.get(path)
+        if route is None:
+            return self._send(start_response, "404 Not Found", b"Not found\n")
+        methods, handler = route
+        if method not in methods:
+            allow = [("Allow", ", ".join(methods))]
+            return self._send(
+                start_response, "405 Method Not Allowed", b"Method not allowed\n", allow
+            )
+        return handler(environ, start_response)
+
+    def _send(
+        self,
+        start_response: StartResponse,
+        status: str,
+        body: bytes,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> list[bytes]:
+        all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        all_headers += headers or []
+        all_headers += list(self.web_config.headers.items())
+        start_response(status, all_headers)
+        return [body]
+
+    def _exposition(
+        self, environ: Environ, start_response: StartResponse, target: str | None
+    ) -> list[bytes]:
+        registry, _ = self.exporter.scrape(target, _scrape_timeout(environ))
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        return self._send(start_response, "200 OK", encoder(registry), content_type=content_type)
+
+    def _metrics(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        return self._exposition(environ, start_response, None)
+
+    def _probe(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
+        if len(names) != 1 or not names[0]:
+            return self._send(start_response, "400 Bad Request", b"Give one target=NAME\n")
+        if names[0] not in self.exporter.target_names:
+            message = "Unknown target: name a target from the config file\n"
+            return self._send(start_response, "400 Bad Request", message.encode())
+        return self._exposition(environ, start_response, names[0])
+
+    def _landing(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        rows = "".join(
+            f'<li>{html.escape(n)}: <a href="/probe?target={html.escape(n)}">/probe?target='
+            f"{html.escape(n)}</a></li>"
+            for n in self.exporter.target_names
+        )
+        page = (
+            "<!DOCTYPE html><html><head><title>CEC Phone Exporter</title></head><body>"
+            f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(__version__)}</p>"
+            '<ul><li><a href="/metrics">/metrics</a></li>'
+            '<li><a href="/-/healthy">/-/healthy</a></li>'
+            '<li><a href="/-/ready">/-/ready</a></li></ul>'
+            f"<h2>Targets</h2><ul>{rows}</ul></body></html>"
+        )
+        return self._send(start_response, "200 OK", page.encode(), content_type="text/html")
+
+    def _healthy(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        return self._send(start_response, "200 OK", b"Healthy\n")
+
+    def _ready(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        return self._send(start_response, "200 OK", b"Ready\n")
+
+    def _reload_endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        if self._reload():
+            return self._send(start_response, "200 OK", b"Reloaded\n")
+        message = b"Reload failed; the previous config is still in use (see the log)\n"
+        return self._send(start_response, "500 Internal Server Error", message)
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+class _Handler(WSGIRequestHandler):
+    """Bounds header read time; logs requests at debug level only."""
+
+    timeout = HEADER_READ_TIMEOUT_SECONDS
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) into a (host, port) pair; raises ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(app: App, listen: str) -> WSGIServer:
+    """Bind ``listen`` and return the server (TLS-wrapped if configured); not started."""
+    host, port = parse_listen(listen)
+    server_class = _Server
+    if ":" in host:
+
+        class _Server6(_Server):
+            address_family = socket.AF_INET6
+
+        server_class = _Server6
+    server = make_server(host, port, app, server_class=server_class, handler_class=_Handler)
+    tls = app.web_config.tls
+    if tls is not None:
+        # The handshake runs in the request thread, under the handler's timeout,
+        # so a client that stalls it cannot block the accept loop.
+        server.socket = tls.context().wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+    return server
