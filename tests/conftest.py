@@ -1,0 +1,148 @@
+"""Shared fixtures: a real simulator, config files, and a real exporter over loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from exporter.collect import Exporter
+from exporter.config import load_config
+from exporter.simulator import SimConfig, Simulator
+from exporter.web import App, WebConfig, serve
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., Simulator]]:
+    """Factory: ``simulator(phones=..., mode=...)`` starts a simulator, stopped after the test."""
+    started: list[Simulator] = []
+
+    def start(**config: Any) -> Simulator:
+        sim = Simulator(SimConfig(**config)).start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+def target_entry(sim: Simulator, name: str = "sim", **settings: Any) -> dict[str, Any]:
+    """A config ``targets`` entry pointing at ``sim`` with its credentials."""
+    return {
+        "name": name,
+        "base_url": sim.url,
+        "app_key": sim.config.app_key,
+        "app_secret": sim.config.app_secret,
+        **settings,
+    }
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``write_config(targets=[...], defaults={...})`` writes a YAML file, returns it."""
+    counter = iter(range(1_000_000))
+
+    def write(data: dict[str, Any] | None = None, text: str | None = None, **top: Any) -> Path:
+        path = tmp_path / f"config-{next(counter)}.yml"
+        path.write_text(text if text is not None else yaml.safe_dump(data or top))
+        return path
+
+    return write
+
+
+@dataclass
+class RunningExporter:
+    """An exporter served over loopback HTTP, as Prometheus would see it."""
+
+    exporter: Exporter
+    url: str
+    client: httpx.Client
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(self.url + path, **kwargs)
+
+    def metrics(self, path: str = "/metrics", **kwargs: Any) -> str:
+        response = self.get(path, **kwargs)
+        response.raise_for_status()
+        return response.text
+
+
+@pytest.fixture
+def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
+    """Factory: ``exporter_server(config_path, web_config=None)`` serves an exporter on loopback."""
+    running: list[tuple[Any, Exporter, threading.Thread, httpx.Client]] = []
+
+    def start(config_path: Path, web_config: WebConfig | None = None) -> RunningExporter:
+        exporter = Exporter(load_config(config_path), str(config_path))
+        server = serve(App(exporter, web_config), "127.0.0.1:0")
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        client = httpx.Client(timeout=30, verify=False)
+        running.append((server, exporter, thread, client))
+        scheme = "https" if web_config and web_config.tls else "http"
+        return RunningExporter(exporter, f"{scheme}://127.0.0.1:{server.server_port}", client)
+
+    yield start
+    for server, exporter, thread, client in running:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        exporter.close()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cec-phone-exporter ARGS`` in a subprocess, capturing output."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def parse_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Exposition text into {(name, labels): value}, via prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample with exactly these labels, or None."""
+    return parse_samples(text).get((name, frozenset(labels.items())))
+
+
+def samples_named(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called ``name``, with its labels."""
+    return [
+        (dict(labels), value)
+        for (sample_name, labels), value in parse_samples(text).items()
+        if sample_name == name
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_third_party_logs() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,393 @@
+"""The whole data path over loopback: simulator -> CEC client -> collector -> HTTP."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli, sample, samples_named, target_entry
+
+from exporter import __version__
+from exporter.simulator import Fault
+
+GOLDEN = Path(__file__).parent / "golden"
+COUNT_SERIES = (
+    "cec_softphones",
+    "cec_softphones_allocated",
+    "cec_registration_endpoint_info",
+    "cec_collection_age_seconds",
+)
+
+
+def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
+    return {
+        (labels["tenant_id"], labels["status"]): value
+        for labels, value in samples_named(text, "cec_softphones")
+        if labels["target"] == target
+    }
+
+
+def expected_counts(sim) -> dict[tuple[str, str], float]:  # type: ignore[no-untyped-def]
+    return {key: float(n) for key, n in sim.expected().counts.items() if n}
+
+
+def endpoints(text: str) -> list[dict[str, str]]:
+    return sorted(
+        (labels for labels, value in samples_named(text, "cec_registration_endpoint_info")),
+        key=lambda labels: sorted(labels.items()),
+    )
+
+
+def requests_total(text: str, api: str, outcome: str, target: str = "sim") -> float | None:
+    return sample(text, "cec_api_requests_total", target=target, api=api, outcome=outcome)
+
+
+# --- counts and shapes ----------------------------------------------------------------
+
+
+def test_exact_counts_by_tenant_and_status_over_many_pages(
+    simulator, write_config, exporter_server
+):
+    sim = simulator(phones=3456, tenants=5, suspended_ratio=0.23, unknown_ratio=0.05)
+    ex = exporter_server(write_config(targets=[target_entry(sim, page_size=100)]))
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 3456
+    assert counts(text) == expected_counts(sim)
+    assert sum(counts(text).values()) == 3456
+    statuses = {status for _, status in counts(text)}
+    assert statuses == {"registered", "suspended", "unknown"}
+    assert sim.stats()["query_requests"] == 35  # ceil(3456 / 100) pages, each read once
+
+
+def test_small_page_size_and_numbers_as_strings(simulator, write_config, exporter_server):
+    sim = simulator(phones=97, tenants=2, numbers_as_strings=True)
+    config = write_config(targets=[target_entry(sim, page_size=10, pagination_as_strings=True)])
+    text = exporter_server(config).metrics()
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["pagination_types"] == {"number": 0, "string": 10}
+
+
+def test_legacy_shape_from_the_vendor_example(simulator, write_config, exporter_server):
+    sim = simulator(phones=2, mode="legacy")
+    text = exporter_server(write_config(targets=[target_entry(sim)])).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 2
+    assert counts(text) == {("", "unknown"): 2}
+    assert endpoints(text) == [
+        {
+            "target": "sim",
+            "mode": "legacy",
+            "node": "",
+            "reg_ip": "10.162.98.43",
+            "reg_port": "5060",
+            "sip_ip": "",
+            "sip_port": "",
+        }
+    ]
+
+
+def test_vendor_doc_example_body_parses_as_two_unknown_phones():
+    """The exact response example printed in the vendor's queryPhone page."""
+    from exporter.cec.parse import parse_page
+    from exporter.cec.snapshot import SnapshotBuilder, Status
+
+    doc = (REPO.parent / "shared" / "vendor" / "queryPhone-v2.0.0.txt").read_text()
+    body = re.search(r'(\{ "retMsg".*\} \})', doc)
+    assert body is not None, "the vendor example is no longer in the doc"
+    builder = SnapshotBuilder()
+    builder.add(parse_page(body.group(1).encode()))
+    snap = builder.build()
+    assert snap.total == 2
+    assert snap.counts == {("", Status.UNKNOWN): 2}
+    assert [(e.mode, e.reg_ip, e.reg_port) for e in snap.endpoints] == [
+        ("legacy", "10.162.98.43", "5060")
+    ]
+
+
+def test_pool_mode_gives_one_endpoint_series_per_node(simulator, write_config, exporter_server):
+    sim = simulator(phones=150, mode="pool", pool_nodes=3)
+    text = exporter_server(write_config(targets=[target_entry(sim)])).metrics()
+    found = endpoints(text)
+    assert [e["node"] for e in found] == ["node1", "node2", "node3"]
+    assert {e["mode"] for e in found} == {"pool"}
+    assert len({(e["reg_ip"], e["sip_ip"]) for e in found}) == 3
+    keys = ("mode", "node", "reg_ip", "reg_port", "sip_ip", "sip_port")
+    want = [
+        {"target": "sim", **dict(zip(keys, ep, strict=True))} for ep in sim.expected().endpoints
+    ]
+    assert found == sorted(want, key=lambda labels: sorted(labels.items()))
+
+
+def test_per_phone_metrics_are_opt_in(simulator, write_config, exporter_server):
+    sim = simulator(phones=30, tenants=2, suspended_ratio=0.3)
+    off = exporter_server(write_config(targets=[target_entry(sim, name="off")]))
+    assert samples_named(off.metrics(), "cec_softphone_registered") == []
+    on = exporter_server(write_config(targets=[target_entry(sim, per_phone_metrics=True)]))
+    series = samples_named(on.metrics(), "cec_softphone_registered")
+    assert len(series) == 30
+    suspended = sim.expected().counts
+    registered = sum(n for (_, status), n in suspended.items() if status == "registered")
+    assert sum(value for _, value in series) == registered
+
+
+# --- tokens -----------------------------------------------------------------------------
+
+
+def test_one_token_serves_many_scrapes(simulator, write_config, exporter_server):
+    sim = simulator(phones=500)
+    ex = exporter_server(write_config(targets=[target_entry(sim)]))
+    for _ in range(5):
+        assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    stats = sim.stats()
+    assert stats["tokens_issued"] == 1
+    assert stats["query_requests"] == 25
+    assert sim.stats()["token_expire_requested"][-1] == 600
+    text = ex.metrics()
+    assert requests_total(text, "tokenByAkSk", "success") == 1
+    expiry = sample(text, "cec_token_expiry_timestamp_seconds", target="sim")
+    assert expiry is not None
+    assert expiry > 0
+
+
+def test_a_token_that_expires_is_renewed_before_use(simulator, write_config, exporter_server):
+    sim = simulator(phones=50, token_max_seconds=2)
+    ex = exporter_server(write_config(targets=[target_entry(sim)]))
+    assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    import time
+
+    time.sleep(2.2)  # past the token's life: the exporter must ask for a new one first
+    assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    stats = sim.stats()
+    assert stats["tokens_issued"] == 2
+    assert stats["unauthorized"] == 0
+
+
+def test_a_401_mid_paging_costs_exactly_one_new_token(simulator, write_config, exporter_server):
+    sim = simulator(phones=1000)
+    ex = exporter_server(write_config(targets=[target_entry(sim, max_concurrency=4)]))
+    assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    sim.set_faults([Fault(kind="http_status", value=401, pages=(6,), times=1)])
+    sim.reset_stats()
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["tokens_issued"] == 1
+    assert (
+        sample(text, "cec_api_http_errors_total", target="sim", api="queryPhone", status_code="401")
+        == 1
+    )
+    assert requests_total(text, "queryPhone", "http_error") == 1
+
+
+def test_tokens_revoked_by_the_server_are_replaced_once(simulator, write_config, exporter_server):
+    sim = simulator(phones=800)
+    ex = exporter_server(write_config(targets=[target_entry(sim, max_concurrency=8)]))
+    assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    sim.expire_tokens()
+    sim.reset_stats()
+    assert sample(ex.metrics(), "cec_up", target="sim") == 1
+    assert sim.stats()["tokens_issued"] == 1
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ret_code", ["1", "2", "3", "4", "5"])
+@pytest.mark.parametrize("page", [0, 2])
+def test_ret_codes_set_up_to_zero_and_hide_counts(
+    simulator, write_config, exporter_server, ret_code, page
+):
+    sim = simulator(phones=300)
+    sim.set_faults([Fault(kind="ret_code", value=ret_code, pages=(page,))])
+    ex = exporter_server(write_config(targets=[target_entry(sim, max_concurrency=1)]))
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 0
+    for name in COUNT_SERIES:
+        assert samples_named(text, name) == [], name
+    assert sample(text, "cec_collection_duration_seconds", target="sim") is not None
+    assert samples_named(text, "cec_last_success_timestamp_seconds") == []
+    assert (
+        sample(
+            text,
+            "cec_api_ret_code_failures_total",
+            target="sim",
+            api="queryPhone",
+            ret_code=ret_code,
+        )
+        == 1
+    )
+    assert requests_total(text, "queryPhone", "ret_code_error") == 1
+    sim.clear_faults()
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_last_success_timestamp_seconds", target="sim") is not None
+
+
+def test_one_failing_target_leaves_the_other_up(simulator, write_config, exporter_server):
+    good, bad = simulator(phones=120), simulator(phones=120)
+    bad.set_faults([Fault(kind="http_status", value=404)])
+    config = write_config(targets=[target_entry(good, "good"), target_entry(bad, "bad")])
+    ex = exporter_server(config)
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="good") == 1
+    assert sample(text, "cec_up", target="bad") == 0
+    assert sample(text, "cec_softphones_allocated", target="good") == 120
+    assert sample(text, "cec_softphones_allocated", target="bad") is None
+    probe = ex.metrics("/probe?target=bad")
+    assert sample(probe, "cec_up", target="bad") == 0
+    assert "good" not in probe
+    assert "cec_api_requests_total" not in probe  # exporter metrics only on /metrics
+
+
+# --- exposition format ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_exposition_passes_promtool_check_metrics(simulator, write_config, exporter_server):
+    good = simulator(phones=200, mode="pool")
+    bad = simulator(phones=10)
+    bad.set_faults([Fault(kind="ret_code", value="E_VERY_LONG_CODE")])
+    config = write_config(
+        targets=[
+            target_entry(good, "good", per_phone_metrics=True),
+            target_entry(bad, "bad"),
+        ]
+    )
+    ex = exporter_server(config)
+    ex.metrics()
+    text = ex.metrics()
+    assert sample(
+        text, "cec_api_ret_code_failures_total", target="bad", api="queryPhone", ret_code="other"
+    )
+    assert "_created" not in text
+    for path in ("/metrics", "/probe?target=good"):
+        body = ex.metrics(path)
+        check = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=body,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert (check.stdout + check.stderr).strip() == "", "promtool found lint problems"
+
+
+def test_openmetrics_is_served_when_asked(simulator, write_config, exporter_server):
+    sim = simulator(phones=10)
+    ex = exporter_server(write_config(targets=[target_entry(sim)]))
+    response = ex.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+    assert "cec_up" in response.text
+
+
+def test_scrape_output_matches_golden_file(simulator, write_config):
+    """json_exporter-style golden test: a fixed simulator gives a fixed exposition."""
+    sim = simulator(phones=257, tenants=3, suspended_ratio=0.2, mode="pool", pool_nodes=2)
+    config = write_config(targets=[target_entry(sim, "golden")])
+    result = run_cli("scrape", "--config", str(config), "--target", "golden")
+    assert result.returncode == 0, result.stderr
+    normalised = re.sub(
+        r"^((?:cec_collection_duration_seconds|cec_last_success_timestamp_seconds)\{[^}]*\}) .*$",
+        r"\1 <volatile>",
+        result.stdout,
+        flags=re.M,
+    )
+    golden = GOLDEN / "scrape_pool.prom"
+    assert normalised == golden.read_text(), f"update {golden} if this change is intended"
+
+
+# --- endpoints --------------------------------------------------------------------------
+
+
+def test_landing_health_and_errors(simulator, write_config, exporter_server):
+    sim = simulator(phones=10)
+    ex = exporter_server(write_config(targets=[target_entry(sim, "alpha")]))
+    landing = ex.get("/")
+    assert landing.status_code == 200
+    assert __version__ in landing.text
+    assert "alpha" in landing.text
+    assert 'href="/probe?target=alpha"' in landing.text
+    assert ex.get("/-/healthy").status_code == 200
+    assert ex.get("/-/ready").status_code == 200
+    assert ex.get("/nope").status_code == 404
+    assert ex.get("/-/reload").status_code == 405
+    before = sim.stats()["query_requests"]
+    for query in (
+        "",
+        "?target=",
+        "?target=beta",
+        f"?target={sim.url}",
+        "?target=alpha&target=alpha",
+    ):
+        assert ex.get("/probe" + query).status_code == 400, query
+    assert sim.stats()["query_requests"] == before  # no upstream request for a bad probe
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_check_config_good_and_bad(simulator, write_config):
+    sim = simulator(phones=1)
+    good = write_config(targets=[target_entry(sim, "alpha", page_size="50")])
+    result = run_cli("check-config", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "alpha" in result.stdout
+    assert "page_size: 50" in result.stdout
+    assert sim.config.app_secret not in result.stdout + result.stderr
+    bad = write_config(targets=[target_entry(sim, "alpha", page_size=500)])
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert "targets[0].page_size: must be 1..100, got 500" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_file_from_environment_and_prometheus_style_alias(simulator, write_config):
+    sim = simulator(phones=1)
+    path = write_config(targets=[target_entry(sim)])
+    by_env = run_cli("check-config", env={"CEC_EXPORTER_CONFIG": str(path)})
+    assert by_env.returncode == 0, by_env.stderr
+    by_alias = run_cli("check-config", "--config.file", str(path))
+    assert by_alias.returncode == 0, by_alias.stderr
+
+
+def test_scrape_exit_codes(simulator, write_config, tmp_path):
+    good, bad = simulator(phones=40), simulator(phones=40)
+    bad.set_faults([Fault(kind="ret_code", value="1")])
+    config = write_config(targets=[target_entry(good, "good"), target_entry(bad, "bad")])
+    only_good = run_cli("scrape", "--config", str(config), "--target", "good")
+    assert only_good.returncode == 0, only_good.stderr
+    assert sample(only_good.stdout, "cec_softphones_allocated", target="good") == 40
+    both = run_cli("scrape", "--config", str(config))
+    assert both.returncode == 1
+    assert sample(both.stdout, "cec_up", target="bad") == 0
+    assert "target=bad" in both.stderr
+    assert "retCode 1" in both.stderr
+    unknown = run_cli("scrape", "--config", str(config), "--target", "nope")
+    assert unknown.returncode == 2
+    missing = run_cli("scrape", "--config", str(tmp_path / "missing.yml"))
+    assert missing.returncode == 2
+    assert "missing.yml" in missing.stderr
+
+
+def test_no_password_or_secret_in_any_output_at_debug_level(simulator, write_config):
+    sim = simulator(phones=300, app_secret="APP-SECRET-canary-e2e")
+    sim.set_faults([Fault(kind="http_status", value=401, pages=(1,), times=1)])
+    config = write_config(targets=[target_entry(sim, per_phone_metrics=True)])
+    result = run_cli("scrape", "--config", str(config), "--log-level", "debug")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "level=debug" in output  # debug logging really was on
+    assert "SIPPW-canary-" not in output
+    assert "APP-SECRET-canary-e2e" not in output
