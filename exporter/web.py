@@ -235,6 +235,13 @@ class App:
         self._reload = reload or exporter.reload
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self._route(environ, start_response)
+        except Exception:  # one log line and a 500, never a traceback on stderr
+            log.exception("internal error serving %s", environ.get("PATH_INFO"))
+            return self._send(start_response, "500 Internal Server Error", b"Internal error\n")
+
+    def _route(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         auth = None if path in _OPEN_PATHS else self.auth
