@@ -1,0 +1,324 @@
+"""Helpers to run the bundled Grafana dashboard's queries against a real Prometheus.
+
+Used by tests/test_ops_static.py (every query parses and returns data from a
+throwaway Prometheus filled with synthetic series) and meant for the end-to-end
+test (every query returns data from a Prometheus scraping a live exporter):
+
+    from dashboard_queries import dashboard_queries, running_prometheus, query
+
+    with running_prometheus(tmp_path, config_text) as prom:
+        for q in dashboard_queries(job="cec-phone-exporter", rate_interval="1m"):
+            result = query(prom.url, q.expr)   # raises on a PromQL error
+            assert result, q.title
+
+`dashboard_queries()` substitutes the dashboard's template variables: `$job`,
+`$target` and `$tenant_id` become the given regular expressions (the
+dashboard's "All" value is `.*`), `$__rate_interval` / `$__interval` /
+`$__range` become the given durations. `${datasource}` never occurs in a query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "grafana" / "dashboards" / "cec-softphones.json"
+
+# $name, ${name}, ${name:format}, [[name]]
+_VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One query of one dashboard panel."""
+
+    panel_id: int
+    title: str  # panel title
+    ref_id: str  # the query's refId within the panel (A, B, ...)
+    expr: str  # PromQL; template variables substituted unless raw=True
+    instant: bool  # an instant query in Grafana (tables), else a range query
+
+    @property
+    def name(self) -> str:
+        """A readable id, e.g. for pytest parametrization."""
+        return f"{self.title} [{self.ref_id}]"
+
+
+def load_dashboard(path: Path | str = DASHBOARD) -> dict[str, Any]:
+    """The dashboard JSON as a dict."""
+    with open(path, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows included, also those nested in collapsed rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def substitute(
+    expr: str,
+    *,
+    job: str = ".+",
+    target: str = ".*",
+    tenant_id: str = ".*",
+    rate_interval: str = "1m",
+    interval: str = "15s",
+    range_: str = "1h",
+    extra: dict[str, str] | None = None,
+) -> str:
+    """`expr` with Grafana's template variables replaced.
+
+    job / target / tenant_id are put verbatim inside the `=~"..."` matchers of
+    the dashboard, so they are regular expressions (escape literal values with
+    re.escape when they contain regex characters; PromQL string escaping of
+    backslashes is the caller's concern). An unknown variable raises KeyError.
+    """
+    values = {
+        "job": job,
+        "target": target,
+        "tenant_id": tenant_id,
+        "__rate_interval": rate_interval,
+        "__interval": interval,
+        "__range": range_,
+    }
+    values.update(extra or {})
+
+    def replace(match: re.Match[str]) -> str:
+        name = next(g for g in match.groups() if g is not None)
+        if name not in values:
+            raise KeyError(f"unknown template variable ${name} in {expr!r}")
+        return values[name]
+
+    return _VARIABLE.sub(replace, expr)
+
+
+def dashboard_queries(
+    path: Path | str = DASHBOARD,
+    *,
+    raw: bool = False,
+    **variables: Any,
+) -> list[PanelQuery]:
+    """Every panel query of the dashboard, variables substituted (see substitute()).
+
+    With raw=True the expressions are returned as written in the dashboard.
+    Hidden queries (`"hide": true`) are included: they are still sent.
+    """
+    queries = []
+    for panel in iter_panels(load_dashboard(path)):
+        for target in panel.get("targets", []):
+            expr = target.get("expr")
+            if not expr:
+                continue
+            queries.append(
+                PanelQuery(
+                    panel_id=panel.get("id", 0),
+                    title=panel.get("title", ""),
+                    ref_id=target.get("refId", ""),
+                    expr=expr if raw else substitute(expr, **variables),
+                    instant=bool(target.get("instant")) and not target.get("range", False),
+                )
+            )
+    return queries
+
+
+@dataclass(frozen=True)
+class VariableQuery:
+    """A `label_values(selector, label)` query of a template variable."""
+
+    name: str  # the variable's name
+    label: str  # the label whose values are listed
+    selector: str  # series selector (variables substituted unless raw)
+
+
+_LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(.*),\s*)?(\w+)\s*\)\s*$", re.S)
+
+
+def variable_queries(
+    path: Path | str = DASHBOARD, *, raw: bool = False, **variables: Any
+) -> list[VariableQuery]:
+    """The dashboard's `label_values(...)` template variables, in order."""
+    result = []
+    for var in load_dashboard(path).get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        query = var.get("query")
+        text = query.get("query", "") if isinstance(query, dict) else str(query or "")
+        match = _LABEL_VALUES.match(text)
+        if not match:
+            raise ValueError(f"variable {var.get('name')}: not a label_values() query: {text!r}")
+        selector = match.group(1) or ""
+        if not raw:
+            selector = substitute(selector, **variables)
+        result.append(VariableQuery(var["name"], match.group(2), selector))
+    return result
+
+
+# --------------------------------------------------------------- Prometheus
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (racy, as such helpers are)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def api_get(
+    base_url: str,
+    path: str,
+    params: dict[str, Any] | list[tuple[str, str]] | None = None,
+    timeout: float = 10,
+) -> Any:
+    """GET a Prometheus HTTP API path; returns `data`, raises on an API error."""
+    url = base_url + path
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as err:
+        body = json.load(err)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path} failed: {body.get('errorType')}: {body.get('error')} ({url})")
+    return body["data"]
+
+
+def query(base_url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """Instant query; returns the result vector (raises on a PromQL error)."""
+    params: dict[str, Any] = {"query": expr}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    data = api_get(base_url, "/api/v1/query", params)
+    result: list[dict[str, Any]] = (
+        data["result"]
+        if data["resultType"] in ("vector", "matrix")
+        else [{"value": data["result"]}]
+    )
+    return result
+
+
+def query_range(
+    base_url: str, expr: str, start: float, end: float, step: float
+) -> list[dict[str, Any]]:
+    """Range query, as Grafana sends for time series panels."""
+    data = api_get(
+        base_url,
+        "/api/v1/query_range",
+        {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+    )
+    result: list[dict[str, Any]] = data["result"]
+    return result
+
+
+@dataclass
+class PrometheusProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def running_prometheus(
+    workdir: Path,
+    config_text: str,
+    *,
+    binary: str = "prometheus",
+    extra_args: tuple[str, ...] = (),
+    storage: Path | None = None,
+    ready_timeout: float = 60,
+) -> Iterator[PrometheusProcess]:
+    """Run a Prometheus on 127.0.0.1 with `config_text`, stopped on exit.
+
+    `storage` is the TSDB dir (default: workdir/data); put backfilled blocks
+    there before starting. Relative paths in the config (rule_files) resolve
+    against workdir, where the config is written.
+    """
+    exe = shutil.which(binary)
+    if exe is None:
+        raise FileNotFoundError(binary)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "prometheus.yml"
+    config.write_text(config_text, encoding="utf-8")
+    storage = storage or workdir / "data"
+    storage.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={storage}",
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            start_new_session=True,
+        )
+    prom = PrometheusProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
+            try:
+                with urllib.request.urlopen(prom.url + "/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus not ready after {ready_timeout}s:\n{prom.log()}")
+            time.sleep(0.2)
+        yield prom
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def backfill_openmetrics(
+    text: str, storage: Path, workdir: Path, promtool: str = "promtool"
+) -> None:
+    """Write OpenMetrics `text` (with timestamps, ending in '# EOF') as TSDB blocks into storage."""
+    exe = shutil.which(promtool)
+    if exe is None:
+        raise FileNotFoundError(promtool)
+    source = workdir / "backfill.om"
+    source.write_text(text, encoding="utf-8")
+    storage.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [exe, "tsdb", "create-blocks-from", "openmetrics", str(source), str(storage)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"promtool backfill failed:\n{proc.stdout}\n{proc.stderr}")
