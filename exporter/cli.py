@@ -132,7 +132,9 @@ def run_server(exporter: Exporter, listen: str, web_config: WebConfig | None) ->
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
     scheme = "https" if app.web_config.tls else "http"
-    log.info("listening on %s://%s/metrics", scheme, listen)
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # the real port for :0
+    log.info("listening on %s://%s/metrics", scheme, bound)
     try:
         server.serve_forever()
     finally:

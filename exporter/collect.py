@@ -89,6 +89,9 @@ class TargetCollector:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._collect(started + budget))
             self._inflight.add_done_callback(self._finished)
+            # Ours: it ends by this same deadline and logs its own failure; a second
+            # timer here would fire first and log the same failure twice.
+            return await asyncio.shield(self._inflight)
         try:
             return await asyncio.wait_for(asyncio.shield(self._inflight), budget)
         except asyncio.TimeoutError:
@@ -112,6 +115,10 @@ class TargetCollector:
             snapshot = await asyncio.wait_for(self.client.collect(deadline), budget)
         except asyncio.TimeoutError:
             error = f"deadline of {budget:.2f}s exceeded"
+        except asyncio.CancelledError:
+            # Only aclose() cancels this task: a reload replaced or removed the target.
+            # Scrapes waiting on it get a failed collection, not an error page.
+            error = "collection cancelled: the target was reconfigured"
         except CecError as err:
             error = str(err)
         except Exception as err:  # a bug must not take the exporter down with it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -170,11 +171,16 @@ def _optional(check: Callable[[str, object], _T]) -> Callable[[str, object], _T 
 
 def _http_url(path: str, raw: object) -> str:
     value = _string(path, raw)
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(path, f"is not a valid URL: {err}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(path, "must not carry credentials")  # and never echo them
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, f"must be an http:// or https:// URL with a host, got {value!r}")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(path, "must not carry a query, fragment or credentials")
+    if parts.query or parts.fragment:
+        raise ConfigError(path, "must not carry a query or fragment")
     try:
         _ = parts.port  # raises on a non-numeric or out-of-range port
     except ValueError as err:
@@ -189,6 +195,15 @@ def _readable_file(path: str, raw: object) -> str:
             pass
     except OSError as err:
         raise ConfigError(path, f"cannot read {value}: {err.strerror or err}") from None
+    return value
+
+
+def _ca_file(path: str, raw: object) -> str:
+    value = _readable_file(path, raw)
+    try:
+        ssl.create_default_context(cafile=value)
+    except (ssl.SSLError, OSError, ValueError) as err:
+        raise ConfigError(path, f"{value} holds no usable CA certificate: {err}") from None
     return value
 
 
@@ -208,7 +223,7 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "token_lifetime_seconds": _int_in(60, 3600),
     "cache_ttl_seconds": _float_in(0, 86_400),
     "verify_tls": _bool,
-    "ca_file": _optional(_readable_file),
+    "ca_file": _optional(_ca_file),
     "proxy": _optional(_http_url),
     "pagination_as_strings": _bool,
     "per_phone_metrics": _bool,
@@ -218,12 +233,28 @@ _IDENTITY = ("name", "base_url", "app_key", "app_secret", "app_secret_file", "te
 _TOP_LEVEL = ("defaults", "targets")
 
 
-def expand_env(node: object, path: str, environ: Mapping[str, str]) -> object:
-    """Replace ``${VAR}`` in every string scalar; an unset variable is an error."""
+def expand_env(
+    node: object,
+    path: str,
+    environ: Mapping[str, str],
+    _done: dict[int, object] | None = None,
+) -> object:
+    """Replace ``${VAR}`` in every string scalar; an unset variable is an error.
+
+    A node shared through YAML aliases is expanded once, so an alias bomb
+    (``&a [x, x], &b [*a, *a], ...``) costs its size in the file, not its expansion.
+    """
+    done = {} if _done is None else _done
+    if isinstance(node, (dict, list)) and id(node) in done:
+        return done[id(node)]
+    expanded: object
     if isinstance(node, dict):
-        return {k: expand_env(v, _join(path, str(k)), environ) for k, v in node.items()}
-    if isinstance(node, list):
-        return [expand_env(v, f"{path}[{i}]", environ) for i, v in enumerate(node)]
+        expanded = {k: expand_env(v, _join(path, str(k)), environ, done) for k, v in node.items()}
+    elif isinstance(node, list):
+        expanded = [expand_env(v, f"{path}[{i}]", environ, done) for i, v in enumerate(node)]
+    if isinstance(node, (dict, list)):
+        done[id(node)] = expanded
+        return expanded
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -277,7 +308,13 @@ def _target(path: str, raw: object, defaults: Mapping[str, Any]) -> TargetConfig
         secret = Secret(
             file=_readable_file(_join(path, "app_secret_file"), entry["app_secret_file"])
         )
-        if not secret.read():
+        try:
+            empty = not secret.read()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(
+                _join(path, "app_secret_file"), f"cannot read {secret.file} as UTF-8 text"
+            ) from None
+        if empty:
             raise ConfigError(_join(path, "app_secret_file"), f"{secret.file} is empty")
     else:
         secret = Secret(value=_string(_join(path, "app_secret"), entry["app_secret"]))
@@ -327,9 +364,14 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(name, f"{where}{problem}") from None
+    except RecursionError:
+        raise ConfigError(name, "nested too deeply") from None
     if raw is None:
         raise ConfigError(name, "config file is empty")
-    return parse_config(raw, source=name, environ=environ)
+    try:
+        return parse_config(raw, source=name, environ=environ)
+    except RecursionError:  # a self-referencing alias (&a [*a])
+        raise ConfigError(name, "nested too deeply or refers to itself") from None
 
 
 def summary(config: Config) -> str:

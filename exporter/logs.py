@@ -17,7 +17,13 @@ import time
 REDACTED = "<redacted>"
 _PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-    re.compile(r"(?i)(\"?(?:password|app_secret|accesstoken)\"?\s*[:=]\s*\"?)[^\s\"',}]+"),
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[^\s\"',]+"),
+    # JSON ("password": "x y"), Python reprs ('password': 'x') and key=value forms; not
+    # config key paths (``targets[0].app_secret: must be a string``), which hold no value.
+    re.compile(
+        r"(?i)((?<!\.)[\"']?(?:password|app_secret|access_?token)[\"']?\s*[:=]\s*)"
+        r"(?:\"[^\"]*\"|'[^']*'|[^\s\"',}]+)"
+    ),
 )
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()

@@ -12,8 +12,10 @@ import binascii
 import hashlib
 import html
 import logging
+import re
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ _CLIENT_AUTH = {
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
 _TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 
 
 # --- web config ------------------------------------------------------------------
@@ -142,8 +145,9 @@ def _users(raw: object) -> dict[str, bytes]:
         path = f"basic_auth_users.{user}"
         if not isinstance(user, str) or not user or ":" in user:
             raise ConfigError(path, "user names must be non-empty strings without ':'")
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError(path, "must be a bcrypt hash ($2a$, $2b$ or $2y$)")
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
+            # A malformed hash would only fail at the first login (bcrypt: "Invalid salt").
+            raise ConfigError(path, "must be a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")
         users[user] = hashed.encode()
     return users
 
@@ -154,6 +158,8 @@ def load_web_config(path: str) -> WebConfig:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(path, f"cannot read web config: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "web config is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(path, f"invalid YAML: {getattr(err, 'problem', err)}") from None
     data = _mapping("", raw, ("tls_server_config", "basic_auth_users", "http_server_config"))
@@ -347,6 +353,21 @@ class _Handler(WSGIRequestHandler):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog of 5 drops the SYNs of a burst of scrapes
+    # (an HA pair plus ad-hoc curls); they come back a second later, miss the collection
+    # in flight and start another one.
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, never a traceback on stderr (socketserver prints one by default).
+
+        Clients that time out, hang up or fail the TLS handshake are routine: debug level.
+        """
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # includes TimeoutError and ssl.SSLError
+            log.debug("connection from %s dropped: %r", client_address[0], error)
+        else:
+            log.error("error handling a connection from %s: %r", client_address[0], error)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

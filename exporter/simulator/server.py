@@ -1,5 +1,6 @@
 """The :class:`Simulator`: a CEC API on loopback, started and steered from Python."""
 
+import ssl
 import threading
 from types import TracebackType
 
@@ -13,10 +14,21 @@ class Simulator:
     """A running CEC simulator; binds at construction so ``url`` is known before serving."""
 
     def __init__(
-        self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._state = SimState(config if config is not None else SimConfig())
         self._server = SimHTTPServer((host, port), self._state)
+        self._tls = ssl_context is not None
+        if ssl_context is not None:
+            # HTTPS: the handshake runs in each connection's thread, on first read, so a
+            # client that rejects the certificate never stalls the accept loop.
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -33,9 +45,9 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        """Base URL to give the exporter, e.g. ``http://127.0.0.1:41234``."""
+        """Base URL to give the exporter, e.g. ``http://127.0.0.1:41234`` (https with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     @property
     def config(self) -> SimConfig:
@@ -116,6 +128,10 @@ class Simulator:
     def expire_tokens(self) -> None:
         """Invalidate every issued token: the next queryPhone gets HTTP 401."""
         self._state.tokens.expire_all()
+
+    def issued_tokens(self) -> list[str]:
+        """Access tokens issued so far (the most recent 1024), for leak checks in tests."""
+        return self._state.tokens.issued()
 
     def stats(self) -> dict[str, object]:
         """JSON-able request counters."""

@@ -1,0 +1,203 @@
+"""Config reload by SIGHUP and ``POST /-/reload`` against a running ``serve`` subprocess."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from conftest import parse_samples, sample, samples_named, target_entry
+from test_web import ServeProcess, serve_process  # noqa: F401 - the fixture
+
+from exporter.simulator import Simulator
+
+RELOAD_OK = "cec_exporter_config_last_reload_successful"
+RELOAD_TIME = "cec_exporter_config_last_reload_success_timestamp_seconds"
+
+
+def write(path: Path, targets: list[dict[str, Any]]) -> None:
+    path.write_text(yaml.safe_dump({"targets": targets}))
+
+
+class Reloader:
+    """Triggers a reload one way and waits until the server has handled it."""
+
+    def __init__(self, server: ServeProcess, how: str, client: httpx.Client) -> None:
+        self.server, self.how, self.client = server, how, client
+
+    def __call__(self, expect_ok: bool) -> None:
+        done = r"config reloaded|config reload failed"
+        seen = self.server.count(done)
+        if self.how == "http":
+            response = self.client.post(self.server.url + "/-/reload")
+            assert response.status_code == (200 if expect_ok else 500), response.text
+        else:
+            self.server.signal(signal.SIGHUP)
+        self.server.wait_for_count(done, seen + 1)
+        last = self.server.lines_matching(done)[-1]
+        assert ("config reloaded" in last) == expect_ok, last
+
+
+def targets_in(text: str) -> set[str]:
+    """Every ``target`` label value on any series."""
+    return {dict(labels).get("target", "") for _, labels in parse_samples(text)} - {""}
+
+
+@pytest.mark.parametrize("how", ["sighup", "http"])
+def test_reload_adds_rejects_and_removes_targets(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],  # noqa: F811 - the fixture imported above
+    how: str,
+) -> None:
+    sim_a, sim_b = simulator(phones=120), simulator(phones=30)
+    entry_a, entry_b = target_entry(sim_a, "alpha"), target_entry(sim_b, "beta")
+    config = write_config(targets=[entry_a])
+    server = serve_process("--config", str(config)).start()
+    with httpx.Client(timeout=30) as client:
+        reload = Reloader(server, how, client)
+
+        def metrics() -> str:
+            response = client.get(server.url + "/metrics")
+            assert response.status_code == 200
+            return response.text
+
+        first = metrics()
+        assert targets_in(first) == {"alpha"}
+        assert sample(first, RELOAD_OK) == 1.0
+        loaded_at = sample(first, RELOAD_TIME)
+        assert loaded_at is not None
+        assert loaded_at > 0
+        tokens_a = sim_a.stats()["tokens_issued"]
+
+        # 1. A valid new config adds a target.
+        write(config, [entry_a, entry_b])
+        reload(expect_ok=True)
+        added = metrics()
+        assert targets_in(added) == {"alpha", "beta"}
+        assert sample(added, "cec_up", target="beta") == 1.0
+        assert sample(added, "cec_softphones_allocated", target="beta") == 30
+        assert sample(added, RELOAD_OK) == 1.0
+        reloaded_at = sample(added, RELOAD_TIME)
+        assert reloaded_at is not None
+        assert reloaded_at > loaded_at
+        assert "beta" in client.get(server.url + "/").text
+        assert client.get(server.url + "/probe?target=beta").status_code == 200
+        # The unchanged target kept its collector, and with it its token.
+        assert sim_a.stats()["tokens_issued"] == tokens_a
+
+        # 2. A broken config is rejected, named in the log, and the old one keeps serving.
+        broken = {**entry_b, "page_size": 500}
+        write(config, [entry_a, broken])
+        reload(expect_ok=False)
+        assert "targets[1].page_size" in server.lines_matching("config reload failed")[-1]
+        kept = metrics()
+        assert sample(kept, "cec_up", target="alpha") == 1.0
+        assert sample(kept, "cec_up", target="beta") == 1.0
+        assert sample(kept, RELOAD_OK) == 0.0
+        assert sample(kept, RELOAD_TIME) == reloaded_at
+        assert client.get(server.url + "/-/ready").status_code == 200
+        # An unparseable file is rejected the same way.
+        config.write_text("targets: [\n")
+        reload(expect_ok=False)
+        assert str(config) in server.lines_matching("config reload failed")[-1]
+        assert sample(metrics(), RELOAD_OK) == 0.0
+
+        # 3. A good reload that drops a target: every series about it goes, API counters too.
+        assert samples_named(kept, "cec_api_requests_total")
+        assert any(
+            labels["target"] == "beta"
+            for labels, _ in samples_named(kept, "cec_api_requests_total")
+        )
+        write(config, [entry_a])
+        reload(expect_ok=True)
+        removed = metrics()
+        assert targets_in(removed) == {"alpha"}
+        assert 'target="beta"' not in removed
+        assert sample(removed, RELOAD_OK) == 1.0
+        final_time = sample(removed, RELOAD_TIME)
+        assert final_time is not None
+        assert final_time > reloaded_at
+        assert "beta" not in client.get(server.url + "/").text
+        assert client.get(server.url + "/probe?target=beta").status_code == 400
+        assert sample(removed, "cec_up", target="alpha") == 1.0
+    output = server.stop()
+    assert "Traceback" not in output
+
+
+def test_rotated_secret_file_is_used_without_restart(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sim = simulator(phones=50, app_secret="first-secret-aaaa")
+    secret_file = tmp_path / "app_secret"
+    secret_file.write_text("first-secret-aaaa\n")
+    entry = {**target_entry(sim, "sim"), "app_secret": None, "app_secret_file": str(secret_file)}
+    config = write_config(targets=[entry])
+    server = serve_process("--config", str(config)).start()
+    with httpx.Client(timeout=30) as client:
+
+        def up() -> float | None:
+            return sample(client.get(server.url + "/metrics").text, "cec_up", target="sim")
+
+        assert up() == 1.0
+        assert sim.stats()["tokens_issued"] == 1
+        # The vendor side rotates first: the old secret no longer gets a token.
+        sim.update(app_secret="second-secret-bbbb")
+        sim.expire_tokens()
+        assert up() == 0.0
+        # The operator rotates the file: the next token request reads it, no reload needed.
+        secret_file.write_text("second-secret-bbbb\n")
+        assert up() == 1.0
+        assert sim.stats()["tokens_issued"] == 2
+        assert server.count("config reload") == 0
+    output = server.stop()
+    assert "second-secret-bbbb" not in output
+    assert "first-secret-aaaa" not in output
+
+
+def test_reload_during_a_slow_scrape(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],  # noqa: F811
+) -> None:
+    """A reload that replaces a target's collector while it collects: the scrape still answers."""
+    sim = simulator(phones=300, latency_ms=700)
+    entry = target_entry(sim, "sim")
+    config = write_config(targets=[entry])
+    server = serve_process("--config", str(config)).start()
+    result: dict[str, Any] = {}
+
+    def scrape() -> None:
+        try:
+            result["response"] = httpx.get(server.url + "/metrics", timeout=30)
+        except httpx.HTTPError as err:
+            result["error"] = err
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    while sim.stats()["query_requests"] == 0 and scraper.is_alive():
+        threading.Event().wait(0.05)
+    write(config, [{**entry, "page_size": 50}])  # a changed target gets a new collector
+    with httpx.Client(timeout=30) as client:
+        assert client.post(server.url + "/-/reload").status_code == 200
+        scraper.join(timeout=30)
+        assert "error" not in result, result
+        response = result["response"]
+        assert response.status_code == 200
+        assert sample(response.text, "cec_up", target="sim") in (0.0, 1.0)
+        # The next scrape uses the new settings (pages of 50: page indexes up to 5).
+        after = client.get(server.url + "/metrics")
+        assert sample(after.text, "cec_up", target="sim") == 1.0
+        by_page = sim.stats()["query_requests_by_page"]
+        assert isinstance(by_page, dict)
+        assert max(by_page) == 5
+    output = server.stop()
+    assert "Traceback" not in output

@@ -1,0 +1,271 @@
+"""Secrets canary: phone passwords, the app secret and access tokens never leave the exporter.
+
+Every command and endpoint runs at ``--log-level debug`` in both log formats, on the
+happy path and through failures; no canary may appear in any output, page or log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import run_cli, sample, target_entry
+from test_web import ServeProcess, serve_process  # noqa: F401 - the fixture
+
+from exporter.logs import REDACTED, redact, register_secret, setup_logging
+from exporter.simulator import Fault, Simulator
+
+APP_SECRET = "APPSECRET-canary-7f3a"
+PASSWORD_CANARY = "SIPPW-canary-"  # the simulator's default password prefix
+FILE_SECRET = "FILESECRET-canary-19bd"
+PHONES = 250  # three pages at page_size 100
+
+# name -> (faults, extra target settings, exit status of `scrape`)
+SCENARIOS: dict[str, tuple[list[Fault], dict[str, Any], int]] = {
+    "ok": ([], {}, 0),
+    "ret_code": ([Fault("ret_code", pages=(1,), value="1")], {}, 1),
+    "query_401": ([Fault("http_status", value=401)], {}, 1),
+    "malformed_page": ([Fault("malformed_json", pages=(2,))], {}, 1),
+    "truncated_page": ([Fault("truncated", pages=(0,))], {}, 1),
+    "total_shift": ([Fault("total_shift", pages=(1,), value=5)], {}, 0),
+    "token_500": ([Fault("http_status", api="tokenByAkSk", value=500)], {}, 1),
+    "token_malformed": ([Fault("malformed_json", api="tokenByAkSk")], {}, 1),
+    "token_without_access_token": ([Fault("no_access_token", api="tokenByAkSk")], {}, 1),
+    "response_over_cap": ([], {"max_response_bytes": 2048}, 1),
+    "wrong_secret": ([], {"app_secret": APP_SECRET + "-old"}, 1),
+}
+
+
+def canaries(*sims: Simulator) -> list[str]:
+    tokens = [t for sim in sims for t in sim.issued_tokens()]
+    return [APP_SECRET, FILE_SECRET, PASSWORD_CANARY, *tokens]
+
+
+def assert_clean(texts: dict[str, str], secrets: list[str]) -> None:
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:6]}...) leaked in {where}"
+
+
+def assert_json_lines(text: str, where: str) -> None:
+    for line in text.splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            assert {"ts", "level", "logger", "msg"} <= set(entry), (where, line)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_scrape_never_prints_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path], log_format: str
+) -> None:
+    runs: dict[str, tuple[Simulator, Path, int]] = {}
+    for name, (faults, settings, status) in SCENARIOS.items():
+        sim = simulator(phones=PHONES, tenants=2, app_secret=APP_SECRET, app_key="leak-key")
+        sim.set_faults(faults)
+        entry = target_entry(sim, "sim", per_phone_metrics=True, **settings)
+        runs[name] = (sim, write_config(targets=[entry]), status)
+
+    def scrape(config: Path) -> Any:
+        args = ("--log-level", "debug", "--log-format", log_format)
+        return run_cli("scrape", "--config", str(config), *args)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(runs, pool.map(scrape, [c for _, c, _ in runs.values()]), strict=True))
+
+    secrets = canaries(*(sim for sim, _, _ in runs.values()))
+    assert len(secrets) > 3, "no token was issued: the canary check would prove nothing"
+    for name, result in results.items():
+        sim, _, status = runs[name]
+        assert result.returncode == status, (name, result.stderr)
+        assert_clean({f"{name} stdout": result.stdout, f"{name} stderr": result.stderr}, secrets)
+        assert "Traceback" not in result.stderr, name
+        if log_format == "json":
+            assert_json_lines(result.stderr, name)
+        up = sample(result.stdout, "cec_up", target="sim")
+        assert up == (1.0 if status == 0 else 0.0), name
+    ok = results["ok"]
+    assert "new token" in ok.stderr  # debug logging was really on
+    # Per-phone series carry numbers, never passwords.
+    assert "cec_softphone_registered" in ok.stdout
+    assert 'phone_num="88880000"' in ok.stdout
+    assert "HTTP 401" in results["query_401"].stderr or "401" in results["query_401"].stderr
+
+
+def test_check_config_never_prints_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = simulator(phones=1, app_secret=APP_SECRET)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(FILE_SECRET)
+    config = write_config(
+        targets=[
+            target_entry(sim, "inline"),
+            {**target_entry(sim, "file"), "app_secret": None, "app_secret_file": str(secret_file)},
+        ]
+    )
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "- inline:" in result.stdout
+    assert "- file:" in result.stdout
+    assert_clean({"check-config": result.stdout + result.stderr}, canaries(sim))
+
+    # A secret pasted into a URL is refused without being echoed.
+    leaky = write_config(
+        targets=[target_entry(sim, "sim", base_url=f"http://user:{APP_SECRET}@127.0.0.1:9")]
+    )
+    result = run_cli("check-config", "--config", str(leaky))
+    assert result.returncode == 2
+    assert "targets[0].base_url" in result.stderr
+    assert_clean({"check-config (bad URL)": result.stdout + result.stderr}, canaries(sim))
+
+
+def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:
+    """Hit every endpoint through successes and failures; return every page seen."""
+    pages: dict[str, str] = {}
+    with httpx.Client(timeout=30) as client:
+
+        def hit(label: str, method: str, path: str) -> httpx.Response:
+            response = client.request(method, server.url + path)
+            pages[label] = f"{response.status_code} {response.headers}\n{response.text}"
+            return response
+
+        def round_trip(label: str) -> None:
+            hit(f"{label} /", "GET", "/")
+            hit(f"{label} /metrics", "GET", "/metrics")
+            hit(f"{label} /probe", "GET", "/probe?target=sim")
+
+        round_trip("ok")
+        assert sample(pages["ok /metrics"].split("\n", 1)[1], "cec_up", target="sim") == 1.0
+        hit("bogus probe", "GET", "/probe?target=bogus")
+        hit("URL probe", "GET", f"/probe?target={sim.url}")
+        hit("healthy", "GET", "/-/healthy")
+        hit("ready", "GET", "/-/ready")
+        assert hit("reload", "POST", "/-/reload").status_code == 200
+        for label, fault in [
+            ("ret_code", Fault("ret_code", pages=(1,), value="2")),
+            ("query_401", Fault("http_status", value=401)),
+            ("malformed", Fault("malformed_json", pages=(1,))),
+        ]:
+            sim.set_faults([fault])
+            round_trip(label)
+            assert 'cec_up{target="sim"} 0.0' in pages[f"{label} /metrics"], label
+        sim.clear_faults()
+        # The token expires: the next scrape gets a 401 and asks for a new one...
+        sim.expire_tokens()
+        round_trip("expired token")
+        assert 'cec_up{target="sim"} 1.0' in pages["expired token /metrics"]
+        # ... unless the token endpoint fails.
+        sim.expire_tokens()
+        sim.set_faults([Fault("http_status", api="tokenByAkSk", value=500)])
+        round_trip("token 500")
+        sim.set_faults([Fault("bad_expires", api="tokenByAkSk")])
+        round_trip("token bad expires")
+        sim.clear_faults()
+        # A broken config with the secret pasted where a file name belongs: the
+        # reload error is logged, and the secret (registered by now) is scrubbed.
+        config.write_text(
+            good.replace(f"app_secret: {APP_SECRET}", f"app_secret_file: {APP_SECRET}")
+        )
+        assert hit("bad reload", "POST", "/-/reload").status_code == 500
+        server.signal(signal.SIGHUP)
+        server.wait_for_count(r"reload failed.*app_secret_file", 2)
+        config.write_text(good)
+        assert hit("good reload", "POST", "/-/reload").status_code == 200
+        round_trip("after reload")
+    return pages
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_serve_never_shows_secrets(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],  # noqa: F811 - the fixture imported above
+    log_format: str,
+) -> None:
+    sim = simulator(phones=PHONES, tenants=2, app_secret=APP_SECRET, app_key="leak-key")
+    config = write_config(targets=[target_entry(sim, "sim", per_phone_metrics=True)])
+    good = config.read_text()
+    assert f"app_secret: {APP_SECRET}" in good
+    server = serve_process(
+        "--config", str(config), "--log-level", "debug", "--log-format", log_format
+    ).start()
+    pages = _exercise(server, sim, config, good)
+    output = server.stop()
+    secrets = canaries(sim)
+    assert len(secrets) >= 6  # several tokens were issued and used along the way
+    assert_clean({**pages, "serve output": output}, secrets)
+    assert "Traceback" not in output
+    assert "new token" in output  # debug logging was really on
+    assert "reload failed" in output
+    if log_format == "json":
+        assert_json_lines(output, "serve")
+
+
+# --- the in-process logger ------------------------------------------------------------------
+
+
+def test_redact_scrubs_credential_shapes() -> None:
+    samples = {
+        "Authorization: Bearer tok-123.abc": "tok-123.abc",
+        "authorization: bearer   tok-456": "tok-456",
+        "Authorization: Basic YWxpY2U6cGFzcw==": "YWxpY2U6cGFzcw==",
+        '{"password": "SIPPW-canary-000001"}': "SIPPW-canary-000001",
+        '{"password":"SIPPW-canary-000002","phoneNum":"88880002"}': "SIPPW-canary-000002",
+        "{'password': 'SIPPW-canary-000003'}": "SIPPW-canary-000003",
+        "password=SIPPW-canary-000004": "SIPPW-canary-000004",
+        '{"AccessToken": "tok-789", "Expires": "600"}': "tok-789",
+        '{"app_key": "k", "app_secret": "two words"}': "two words",
+    }
+    for text, secret in samples.items():
+        scrubbed = redact(text)
+        assert secret not in scrubbed, text
+        assert REDACTED in scrubbed, text
+    assert "88880002" in redact('{"password":"x","phoneNum":"88880002"}')  # only the value goes
+    # Config key paths carry no value and stay readable.
+    message = "targets[0].app_secret: set exactly one of app_secret, app_secret_file"
+    assert redact(message) == message
+
+
+def test_redact_scrubs_registered_secrets() -> None:
+    register_secret("registered-canary-5e21")
+    assert redact("sent registered-canary-5e21 to x") == f"sent {REDACTED} to x"
+    register_secret("abc")  # too short to scrub safely: ignored
+    assert redact("abc def") == "abc def"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_lines_are_scrubbed(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup_logging("debug", log_format)
+        register_secret("registered-canary-77aa")
+        log = logging.getLogger("exporter.test")
+        log.debug("token registered-canary-77aa in a message")
+        log.info("headers %s", {"Authorization": "Bearer tok-canary-1"})
+        log.warning("page %s", {"phoneNum": "88880001", "password": "SIPPW-canary-000001"})
+        try:
+            raise ValueError("failed with registered-canary-77aa and password=SIPPW-canary-9")
+        except ValueError:
+            log.exception("it broke")
+        # A third-party logger goes through the same formatter.
+        logging.getLogger("somelib").error("app_secret=%s", APP_SECRET)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 5, err
+    for secret in ("registered-canary-77aa", "tok-canary-1", PASSWORD_CANARY, APP_SECRET):
+        assert secret not in err
+    assert "Traceback" not in err
+    assert "88880001" in err
+    if log_format == "json":
+        assert_json_lines(err, "in-process")
