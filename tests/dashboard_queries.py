@@ -15,6 +15,8 @@ test (every query returns data from a Prometheus scraping a live exporter):
 `$target` and `$tenant_id` become the given regular expressions (the
 dashboard's "All" value is `.*`), `$__rate_interval` / `$__interval` /
 `$__range` become the given durations. `${datasource}` never occurs in a query.
+
+`running_alertmanager()` runs a real Alertmanager beside it (tests/test_alerting_e2e.py).
 """
 
 from __future__ import annotations
@@ -322,3 +324,96 @@ def backfill_openmetrics(
     )
     if proc.returncode != 0:
         raise RuntimeError(f"promtool backfill failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+# ------------------------------------------------------------- Alertmanager
+
+
+@dataclass
+class AlertmanagerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+        """`GET /api/v2/alerts` (label matchers as `filter=name="value"`)."""
+        url = self.url + "/api/v2/alerts"
+        if filters:
+            url += "?" + urllib.parse.urlencode(
+                [("filter", f'{name}="{value}"') for name, value in filters.items()]
+            )
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            alerts: list[dict[str, Any]] = json.load(resp)
+        return alerts
+
+
+ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
+
+
+@contextlib.contextmanager
+def running_alertmanager(
+    workdir: Path,
+    config_text: str,
+    *,
+    binary: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = 60,
+) -> Iterator[AlertmanagerProcess]:
+    """Run an Alertmanager on 127.0.0.1 with `config_text` and no cluster gossip, stopped on exit.
+
+    `binary` defaults to the first of ALERTMANAGER_BINARIES on PATH (Debian
+    names it prometheus-alertmanager).
+    """
+    names = (binary,) if binary else ALERTMANAGER_BINARIES
+    exe = next((path for path in map(shutil.which, names) if path), None)
+    if exe is None:
+        raise FileNotFoundError(" or ".join(names))
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "alertmanager.yml"
+    config.write_text(config_text, encoding="utf-8")
+    storage = workdir / "am-data"
+    storage.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / "alertmanager.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={config}",
+                f"--storage.path={storage}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            start_new_session=True,
+        )
+    am = AlertmanagerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"alertmanager exited with {proc.returncode}:\n{am.log()}")
+            try:
+                with urllib.request.urlopen(am.url + "/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"alertmanager not ready after {ready_timeout}s:\n{am.log()}")
+            time.sleep(0.2)
+        yield am
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
