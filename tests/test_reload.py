@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import parse_samples, sample, samples_named, target_entry
-from test_web import ServeProcess, serve_process  # noqa: F401 - the fixture
+from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
 from exporter.simulator import Simulator
 
@@ -52,7 +51,7 @@ def targets_in(text: str) -> set[str]:
 def test_reload_adds_rejects_and_removes_targets(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],  # noqa: F811 - the fixture imported above
+    serve_process: Callable[..., ServeProcess],
     how: str,
 ) -> None:
     sim_a, sim_b = simulator(phones=120), simulator(phones=30)
@@ -133,7 +132,7 @@ def test_reload_adds_rejects_and_removes_targets(
 def test_rotated_secret_file_is_used_without_restart(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],  # noqa: F811
+    serve_process: Callable[..., ServeProcess],
     tmp_path: Path,
 ) -> None:
     sim = simulator(phones=50, app_secret="first-secret-aaaa")
@@ -166,7 +165,7 @@ def test_rotated_secret_file_is_used_without_restart(
 def test_reload_during_a_slow_scrape(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],  # noqa: F811
+    serve_process: Callable[..., ServeProcess],
 ) -> None:
     """A reload that replaces a target's collector while it collects: the scrape still answers."""
     sim = simulator(phones=300, latency_ms=700)

@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import run_cli, sample, target_entry
-from test_web import ServeProcess, serve_process  # noqa: F401 - the fixture
+from conftest import ServeProcess, run_cli, sample, target_entry
 
 from exporter.logs import REDACTED, redact, register_secret, setup_logging
 from exporter.simulator import Fault, Simulator
@@ -186,7 +185,7 @@ def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> 
 def test_serve_never_shows_secrets(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],  # noqa: F811 - the fixture imported above
+    serve_process: Callable[..., ServeProcess],
     log_format: str,
 ) -> None:
     sim = simulator(phones=PHONES, tenants=2, app_secret=APP_SECRET, app_key="leak-key")

@@ -2,22 +2,17 @@
 
 TLS and basic auth run the real CLI (``python -m exporter serve ...``) as a subprocess;
 request-level checks also go through a subprocess so its stderr can be checked for
-tracebacks. ``ServeProcess`` is shared with test_secrets.py and test_reload.py.
+tracebacks.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import re
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,134 +22,11 @@ import httpx
 import pytest
 import trustme
 import yaml
-from conftest import run_cli, sample, target_entry
+from conftest import ServeProcess, run_cli, sample, target_entry
 
 from exporter.config import ConfigError
 from exporter.simulator import Simulator
 from exporter.web import HEADER_READ_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES, load_web_config
-
-_LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/metrics")
-
-
-class ServeProcess:
-    """``cec-phone-exporter serve`` in a subprocess on a free loopback port.
-
-    Output (stdout and stderr together) is collected line by line as it comes.
-    """
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--listen", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = 20) -> re.Match[str]:
-        """The first output line (from the start) matching ``pattern``; fails after ``timeout``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line matching {regex.pattern!r} in:\n{self.output}")
-                self._changed.wait(min(left, 0.2))
-
-    def count(self, pattern: str) -> int:
-        """How many output lines so far match ``pattern``."""
-        return len(self.lines_matching(pattern))
-
-    def lines_matching(self, pattern: str) -> list[str]:
-        """Output lines so far that match ``pattern``."""
-        regex = re.compile(pattern)
-        with self._changed:
-            return [line for line in self.lines if regex.search(line)]
-
-    def wait_for_count(self, pattern: str, n: int, timeout: float = 20) -> None:
-        """Wait until at least ``n`` output lines match ``pattern``."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.count(pattern) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"fewer than {n} lines match {pattern!r}:\n{self.output}")
-                self._changed.wait(min(left, 0.2))
-
-    def start(self, client: httpx.Client | None = None) -> ServeProcess:
-        """Wait for the listening line, then for ``/-/healthy``."""
-        match = self.wait_for_line(_LISTENING)
-        self.url = f"{match.group(1)}://{match.group(2)}"
-        probe = client or httpx.Client(verify=False)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if probe.get(self.url + "/-/healthy", timeout=5).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"/-/healthy never answered:\n{self.output}")
-                time.sleep(0.1)
-        finally:
-            if client is None:
-                probe.close()
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self) -> str:
-        """SIGTERM, wait, and return everything it printed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        return self.output
-
-
-@pytest.fixture
-def serve_process() -> Iterator[Callable[..., ServeProcess]]:
-    """Factory: ``serve_process("--config", C, ...)`` starts ``serve`` (not yet waited for)."""
-    started: list[ServeProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        process = ServeProcess(*args, env=env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
