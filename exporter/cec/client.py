@@ -13,7 +13,10 @@ import contextvars
 import email.utils
 import logging
 import math
+import os
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
@@ -47,10 +50,27 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
+KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
 # The monotonic time by which the current collection must end; retries that
 # cannot fit before it are not attempted. Tasks inherit it from ``collect``.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
+
+
+class _Abandoned:
+    """Raised when a collection gives up its other pages because one page failed."""
+
+    __slots__ = ("raised",)
+
+    def __init__(self) -> None:
+        self.raised = False
+
+
+# Requests cancelled because a sibling page failed have no outcome of their own:
+# they are not counted (a "timeout" there would report a failure that did not happen).
+_abandoned: contextvars.ContextVar[_Abandoned | None] = contextvars.ContextVar(
+    "abandoned", default=None
+)
 
 
 class RequestObserver(Protocol):
@@ -87,7 +107,22 @@ def _transport_error(err: httpx.HTTPError) -> CecError:
     if isinstance(err, httpx.TimeoutException):
         return RequestTimeout(f"request timed out ({type(err).__name__})")
     cause = str(err) or type(err).__name__
+    reason = _os_reason(err)
+    if reason and reason.lower() not in cause.lower():
+        cause += f" ({reason})"  # "All connection attempts failed" alone hides the why
     return NetworkError(cause)
+
+
+def _os_reason(err: BaseException) -> str | None:
+    """The errno text of the OS error under ``err`` (e.g. "Connection refused"), if any."""
+    seen = err.__cause__ or err.__context__
+    for _ in range(10):  # a bounded walk down the chain
+        if seen is None or isinstance(seen, (ssl.SSLError, socket.gaierror)):
+            return None  # their errno is not an OS errno; str(err) already says it
+        if isinstance(seen, OSError) and seen.errno is not None and seen.errno > 0:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class CecClient:
@@ -101,21 +136,53 @@ class CecClient:
     ) -> None:
         self.target = target
         self._observer = observer
-        verify: str | bool = target.ca_file or target.verify_tls
-        self._http = httpx.AsyncClient(
+        self._transport = transport
+        self._pool_suspect = False
+        # Built once: loading the CA bundle costs tens of ms, and the pool may be renewed.
+        # A context, not the path: httpx 0.28 deprecates verify=<str> (same meaning).
+        self._ssl_context = (
+            ssl.create_default_context(cafile=target.ca_file)
+            if target.ca_file
+            else httpx.create_ssl_context(verify=target.verify_tls, trust_env=False)
+        )
+        self._http = self._new_http()
+        self.tokens = TokenCache(self._fetch_token)
+
+    def _new_http(self) -> httpx.AsyncClient:
+        target = self.target
+        return httpx.AsyncClient(
             base_url=target.base_url,
-            verify=verify,
+            verify=self._ssl_context,
             proxy=target.proxy,
             timeout=httpx.Timeout(target.timeout_seconds),
             limits=httpx.Limits(
                 max_connections=target.max_concurrency + 1,
                 max_keepalive_connections=target.max_concurrency + 1,
+                # httpx's 5 s default would reopen every connection (TLS handshakes
+                # included) on each scrape at a 15-60 s interval; an idle connection the
+                # server closed meanwhile is noticed and dropped before reuse.
+                keepalive_expiry=KEEPALIVE_SECONDS,
             ),
-            transport=transport,
+            transport=self._transport,
             trust_env=False,  # only the proxy the config names
             follow_redirects=False,
         )
-        self.tokens = TokenCache(self._fetch_token)
+
+    async def _renew_pool(self) -> None:
+        """Replace the connection pool after a collection that cancelled requests.
+
+        httpcore can leave a request cancelled at the wrong moment holding its pool
+        slot for good (encode/httpcore#1093, open in 1.0.9); once ``max_connections``
+        slots are held, every request would wait for the pool until the deadline.
+        """
+        self._pool_suspect = False
+        if self._transport is not None:
+            return  # an injected transport is the caller's to manage
+        old, self._http = self._http, self._new_http()
+        try:
+            await old.aclose()
+        except (httpx.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
+            log.debug("target=%s closing the old pool: %s", self.target.name, err)
 
     async def aclose(self) -> None:
         """Close pooled connections."""
@@ -134,10 +201,12 @@ class CecClient:
         """POST ``payload``, read the body (size-capped) and parse it with ``read``.
 
         Reports exactly one outcome to the observer, whatever happens, including
-        cancellation by the scrape deadline (reported as a timeout).
+        cancellation by the scrape deadline (reported as a timeout); a request
+        abandoned because a sibling page failed is not reported.
         """
         started = time.monotonic()
         outcome, status, ret_code = "timeout", None, None
+        report = True
         try:
             async with self._http.stream("POST", path, headers=headers, json=payload) as response:
                 status = response.status_code
@@ -164,8 +233,14 @@ class CecClient:
         except Exception:
             outcome = "invalid_response"  # a body our parser choked on: still counted once
             raise
+        except asyncio.CancelledError:
+            abandoned = _abandoned.get()
+            report = abandoned is None or not abandoned.raised
+            raise
         finally:
-            self._observer.request_done(api, outcome, time.monotonic() - started, status, ret_code)
+            if report:
+                seconds = time.monotonic() - started
+                self._observer.request_done(api, outcome, seconds, status, ret_code)
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         cap = self.target.max_response_bytes
@@ -188,16 +263,18 @@ class CecClient:
             secret = self.target.app_secret.read()
         except OSError as err:
             raise CredentialError(f"cannot read app secret: {err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise CredentialError("cannot read app secret: not UTF-8 text") from None
         register_secret(secret)
         headers = {
             "Content-Type": "application/json",
             "X-Token-Expire": str(self.target.token_lifetime_seconds),
         }
         payload = {"app_key": self.target.app_key, "app_secret": secret}
-        token = await self._with_retries(
-            lambda: self._exchange(
-                TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
-            )
+        # One attempt: a token is only fetched inside a page's retry loop (query_page),
+        # which retries it; a loop here as well would multiply the tries (3 x 3).
+        token = await self._exchange(
+            TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
         )
         register_secret(token.value)
         self._observer.token_issued(token.expires_at)
@@ -276,7 +353,19 @@ class CecClient:
         ``deadline`` (monotonic) only stops retries that cannot fit; run this under
         a timeout too: on cancellation the pages in flight are cancelled.
         """
+        if self._pool_suspect:
+            await self._renew_pool()
+        try:
+            return await self._collect(deadline)
+        except BaseException:
+            # A failed collection (cancelled by its deadline, or by one page failing
+            # while others were in flight) may have left connections stuck in the pool.
+            self._pool_suspect = True
+            raise
+
+    async def _collect(self, deadline: float) -> Snapshot:
         _deadline.set(deadline)
+        _abandoned.set(_Abandoned())
         target = self.target
         builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
         first = await self.query_page(0)
@@ -344,6 +433,9 @@ async def _run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None
         for task in done:
             error = task.exception()
             if error is not None:
+                abandoned = _abandoned.get()
+                if abandoned is not None:
+                    abandoned.raised = True  # the pages still in flight are cancelled below
                 raise error
         await asyncio.gather(*tasks)
     finally:

@@ -75,19 +75,23 @@ class SnapshotBuilder:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
         self.pages += 1
         self._endpoints.update(page.endpoints)
+        seen = self._seen
+        counted: list[tuple[str, Status]] = []  # one Counter.update per page: its C fast path
         for phone in page.phones:
-            if phone.key is not None:
-                if phone.key in self._seen:
+            key = phone.key
+            if key is not None:
+                if key in seen:
                     self.duplicates += 1
                     continue
-                self._seen.add(phone.key)
-            self._counts[(phone.tenant_id, phone.status)] += 1
+                seen.add(key)
+            counted.append((phone.tenant_id, phone.status))
             if self.per_phone and phone.phone_num:
                 if len(self._phones) < self.per_phone_cap:
                     registered = phone.status is Status.REGISTERED
                     self._phones[phone.phone_num] = (phone.tenant_id, registered)
                 else:
                     self.phones_truncated = True
+        self._counts.update(counted)
 
     def build(self) -> Snapshot:
         """The snapshot of everything added so far."""

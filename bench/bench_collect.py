@@ -1,0 +1,386 @@
+"""Benchmark one collection: wall time against the network's lower bound, CPU, memory, fan-in.
+
+Runs three processes on loopback, so each is measured alone:
+
+* the CEC simulator (``cec-phone-exporter simulate``), steered through ``/_sim/``;
+* the exporter (``cec-phone-exporter serve``), a fresh process per measurement that needs one;
+* this script: it scrapes, times, reads the exporter's CPU time and peak RSS with psutil
+  and ``/proc/PID/status``, and runs the plain sequential httpx loop used as the baseline.
+
+Usage::
+
+    python bench/bench_collect.py [--phones 20000 --latency-ms 40 --concurrency 8]
+
+Prints one table of figures with the goal each should meet, and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+APP_KEY, APP_SECRET = "bench-app-key", "bench-app-secret"
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
+QUERY_PATH = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
+PAGE_SIZE = 100
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m exporter ARGS`` until the block ends; wait until ``ready_url`` answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(ready_url)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Sim:
+    """The simulator process, steered through its control endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def configure(self, **changes: Any) -> None:
+        self.http.patch("/_sim/config", json=changes).raise_for_status()
+
+    def faults(self, faults: list[dict[str, Any]]) -> None:
+        self.http.put("/_sim/faults", json=faults).raise_for_status()
+
+    def reset_stats(self) -> None:
+        self.http.post("/_sim/reset-stats").raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        response = self.http.get("/_sim/state")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()["stats"]
+        return stats
+
+
+@dataclass
+class Exporter:
+    """An exporter process and a client to scrape it."""
+
+    proc: psutil.Process
+    url: str
+    http: httpx.Client
+
+    def scrape(self, timeout_header: float | None = None) -> tuple[float, str]:
+        """(seconds, body) of one ``GET /metrics``."""
+        headers = {}
+        if timeout_header is not None:
+            headers["X-Prometheus-Scrape-Timeout-Seconds"] = str(timeout_header)
+        started = time.perf_counter()
+        response = self.http.get(self.url + "/metrics", headers=headers)
+        seconds = time.perf_counter() - started
+        response.raise_for_status()
+        return seconds, response.text
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc)
+
+    def peak_rss(self) -> int:
+        """VmHWM (peak resident set) in bytes; falls back to current RSS off Linux."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return int(self.proc.memory_info().rss)
+
+
+@contextlib.contextmanager
+def exporter(sim_url: str, concurrency: int, workdir: Path, phones: int) -> Iterator[Exporter]:
+    """A fresh ``cec-phone-exporter serve`` process against ``sim_url``, cache off."""
+    config = {
+        "defaults": {
+            "timeout_seconds": 60,
+            "max_concurrency": concurrency,
+            "max_pages": max(1000, math.ceil(phones / PAGE_SIZE)),
+            "cache_ttl_seconds": 0,
+        },
+        "targets": [
+            {"name": "bench", "base_url": sim_url, "app_key": APP_KEY, "app_secret": APP_SECRET}
+        ],
+    }
+    path = workdir / f"config-{concurrency}-{time.monotonic_ns()}.yml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--log-level", "error"]
+    with process(args, url + "/-/healthy") as proc, httpx.Client(timeout=120) as http:
+        yield Exporter(psutil.Process(proc.pid), url, http)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of ``proc`` (all its threads) so far."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def value(text: str, name: str) -> float | None:
+    """The first sample called exactly ``name`` (with any labels) in exposition ``text``."""
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def sequential_baseline(sim_url: str) -> tuple[float, float, int]:
+    """What a user would write: token, then page after page, parse, count.
+
+    Returns (wall seconds, CPU seconds of this process, phones counted).
+    """
+    me = psutil.Process()
+    cpu_before, started = cpu_seconds(me), time.perf_counter()
+    counts: Counter[tuple[str, object]] = Counter()
+    with httpx.Client(base_url=sim_url, timeout=30) as http:
+        token = http.post(
+            TOKEN_PATH,
+            json={"app_key": APP_KEY, "app_secret": APP_SECRET},
+            headers={"X-Token-Expire": "600"},
+        ).json()["AccessToken"]
+        headers = {"Authorization": f"Bearer {token}", "X-APP-Key": APP_KEY}
+        offset, total = 0, None
+        while total is None or offset < total:
+            body = http.post(
+                QUERY_PATH, json={"offset": offset, "limit": PAGE_SIZE}, headers=headers
+            ).json()
+            result = body["result"]
+            total = int(result["total"]) if total is None else total
+            for phone in result["phone"]:
+                counts[(phone.get("tenantId", ""), phone.get("status"))] += 1
+            offset += PAGE_SIZE
+    wall, cpu = time.perf_counter() - started, cpu_seconds(me) - cpu_before
+    return wall, cpu, sum(counts.values())
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )
+
+
+@dataclass
+class Figures:
+    """Everything one run measures."""
+
+    walls: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    sim_cpu: float = 0.0
+    upstream: int = 0
+    fan_in_all_up: bool = False
+    hang_seconds: float = 0.0
+    hang_up: float | None = None
+    seq_wall: float = 0.0
+    seq_cpu: float = 0.0
+    peaks: dict[int, int] = field(default_factory=dict)
+
+
+def measure_scrapes(
+    exp: Exporter, sim: Sim, sim_ps: psutil.Process, runs: int, fig: Figures
+) -> None:
+    """Timed scrapes: wall time of each, CPU of the exporter and of the simulator."""
+    _, text = exp.scrape()  # warm-up: imports, token, connections
+    if value(text, "cec_up") != 1.0:
+        raise SystemExit("warm-up scrape failed:\n" + text[:2000])
+    cpu_before, sim_before = exp.cpu_seconds(), cpu_seconds(sim_ps)
+    for _ in range(runs):
+        seconds, text = exp.scrape()
+        if value(text, "cec_up") != 1.0:
+            raise SystemExit("a timed scrape failed:\n" + text[:2000])
+        fig.walls.append(seconds)
+    fig.cpu = exp.cpu_seconds() - cpu_before
+    fig.sim_cpu = cpu_seconds(sim_ps) - sim_before
+
+
+def measure_fan_in(exp: Exporter, sim: Sim, scrapers: int, fig: Figures) -> None:
+    """``scrapers`` simultaneous scrapes, cache off: what they cost upstream."""
+    sim.reset_stats()
+    barrier = threading.Barrier(scrapers)
+    ups: list[float | None] = []
+
+    def one_scrape() -> None:
+        with httpx.Client(timeout=120) as http:
+            barrier.wait()
+            ups.append(value(http.get(exp.url + "/metrics").text, "cec_up"))
+
+    threads = [threading.Thread(target=one_scrape) for _ in range(scrapers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = sim.stats()
+    fig.upstream = int(stats["query_requests"]) + int(stats["token_requests"])
+    fig.fan_in_all_up = len(ups) == scrapers and all(u == 1.0 for u in ups)
+
+
+def measure_hang(exp: Exporter, sim: Sim, page: int, fig: Figures) -> None:
+    """One page hangs; Prometheus allows 3 s."""
+    sim.faults([{"kind": "hang", "pages": [page], "value": 30}])
+    try:
+        fig.hang_seconds, text = exp.scrape(timeout_header=3)
+        fig.hang_up = value(text, "cec_up")
+    finally:
+        sim.faults([])
+
+
+def measure_rss(
+    sim: Sim, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
+) -> None:
+    """Peak RSS of a fresh exporter per size, after three scrapes (no latency needed)."""
+    sim.configure(latency_ms=0.0)
+    for size in sizes:
+        sim.configure(phones=size)
+        with exporter(sim.url, concurrency, workdir, size) as exp:
+            for _ in range(3):
+                _, text = exp.scrape()
+                if value(text, "cec_up") != 1.0:
+                    raise SystemExit(f"scrape at {size} phones failed:\n" + text[:2000])
+            fig.peaks[size] = exp.peak_rss()
+
+
+def ok(flag: bool) -> str:
+    return "[ok]" if flag else "[MISSED]"
+
+
+def table(opts: argparse.Namespace, fig: Figures) -> list[tuple[str, str, str]]:
+    n, conc = opts.phones, opts.concurrency
+    pages = max(1, math.ceil(n / PAGE_SIZE))
+    bound = (1 + math.ceil((pages - 1) / conc)) * opts.latency_ms / 1000.0
+    wall = statistics.median(fig.walls)
+    per_10k = 1000 / (len(fig.walls) * n / 10_000)  # CPU seconds -> ms per 10,000 phones
+    cpu, sim_cpu, seq_cpu = (
+        fig.cpu * per_10k,
+        fig.sim_cpu * per_10k,
+        fig.seq_cpu * 1000 / (n / 10_000),
+    )
+    small, large = opts.rss_small, opts.rss_large
+    growth = (fig.peaks[large] - fig.peaks[small]) / MIB
+    upstream_ok = fig.upstream <= pages + 1 and fig.fan_in_all_up
+    hang_ok = fig.hang_seconds < 3 and fig.hang_up == 0
+    return [
+        (f"exporter scrape wall, N={n} L={opts.latency_ms:g}ms C={conc}",
+         f"{wall * 1000:.0f} ms",
+         f"median of {len(fig.walls)}: " + " ".join(f"{w * 1000:.0f}" for w in fig.walls)),
+        (f"lower bound (1+ceil(({pages}-1)/{conc}))*L", f"{bound * 1000:.0f} ms", ""),
+        ("wall / lower bound", f"{wall / bound:.2f}x", "goal <= 1.20x " + ok(wall <= 1.2 * bound)),
+        ("plain sequential httpx loop", f"{fig.seq_wall * 1000:.0f} ms", ""),
+        ("speed-up over sequential", f"{fig.seq_wall / wall:.1f}x",
+         "goal ~7x " + ok(fig.seq_wall / wall >= 6.5)),
+        ("exporter CPU per 10,000 phones", f"{cpu:.0f} ms", "goal <= 150 ms " + ok(cpu <= 150)),
+        ("  sequential loop CPU per 10,000 phones", f"{seq_cpu:.0f} ms", "for scale"),
+        ("  simulator CPU per 10,000 phones", f"{sim_cpu:.0f} ms", "for scale"),
+        (f"exporter peak RSS, {small:,} phones", f"{fig.peaks[small] / MIB:.1f} MiB", ""),
+        (f"exporter peak RSS, {large:,} phones", f"{fig.peaks[large] / MIB:.1f} MiB", ""),
+        ("RSS growth", f"{growth:.1f} MiB", "goal <= 30 MiB " + ok(growth <= 30)),
+        (f"upstream requests, {opts.fan_in} simultaneous scrapes", f"{fig.upstream}",
+         f"one collection = {pages} (+1 token); all up: {fig.fan_in_all_up} " + ok(upstream_ok)),
+        ("hanging page, scrape timeout 3 s", f"{fig.hang_seconds * 1000:.0f} ms",
+         f"cec_up {fig.hang_up:g}; goal < 3000 ms " + ok(hang_ok)),
+    ]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--phones", type=int, default=20_000)
+    parser.add_argument("--latency-ms", type=float, default=40.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=5, help="timed scrapes (median reported)")
+    parser.add_argument("--rss-small", type=int, default=1_000)
+    parser.add_argument("--rss-large", type=int, default=100_000)
+    parser.add_argument("--fan-in", type=int, default=20, help="simultaneous scrapes")
+    opts = parser.parse_args()
+    pages = max(1, math.ceil(opts.phones / PAGE_SIZE))
+    fig = Figures()
+
+    sim_port = free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    sim_args = [
+        "simulate",
+        *("--listen", f"127.0.0.1:{sim_port}", "--phones", str(opts.phones)),
+        *("--latency-ms", str(opts.latency_ms), "--app-key", APP_KEY, "--app-secret", APP_SECRET),
+        *("--log-level", "error"),
+    ]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        process(sim_args, sim_url + "/_sim/state") as sim_proc,
+    ):
+        workdir, sim, sim_ps = Path(tmp), Sim(sim_url), psutil.Process(sim_proc.pid)
+        with exporter(sim_url, opts.concurrency, workdir, opts.phones) as exp:
+            measure_scrapes(exp, sim, sim_ps, opts.runs, fig)
+            measure_fan_in(exp, sim, opts.fan_in, fig)
+            measure_hang(exp, sim, pages // 2, fig)
+        fig.seq_wall, fig.seq_cpu, counted = sequential_baseline(sim_url)
+        if counted != opts.phones:
+            raise SystemExit(f"the baseline counted {counted} phones, not {opts.phones}")
+        measure_rss(sim, (opts.rss_small, opts.rss_large), opts.concurrency, workdir, fig)
+
+    rows = table(opts, fig)
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    print(f"machine: {machine()}")
+    print(f"command: python bench/bench_collect.py {' '.join(sys.argv[1:])}".rstrip())
+    for name, figure, note in rows:
+        print(f"{name:<{width[0]}}  {figure:>{width[1]}}  {note}".rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
