@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, sample, samples_named, target_entry
+from conftest import run_cli, sample, samples_named, target_entry
 
 from exporter import __version__
 from exporter.simulator import Fault
@@ -95,11 +95,10 @@ def test_vendor_doc_example_body_parses_as_two_unknown_phones():
     from exporter.cec.parse import parse_page
     from exporter.cec.snapshot import SnapshotBuilder, Status
 
-    doc = (REPO.parent / "shared" / "vendor" / "queryPhone-v2.0.0.txt").read_text()
-    body = re.search(r'(\{ "retMsg".*\} \})', doc)
-    assert body is not None, "the vendor example is no longer in the doc"
+    # Copied verbatim from shared/vendor/queryPhone-v2.0.0.txt ("Response parameters").
+    body = (GOLDEN / "vendor_example.json").read_text().strip()
     builder = SnapshotBuilder()
-    builder.add(parse_page(body.group(1).encode()))
+    builder.add(parse_page(body.encode()))
     snap = builder.build()
     assert snap.total == 2
     assert snap.counts == {("", Status.UNKNOWN): 2}
