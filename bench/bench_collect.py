@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import psutil
 import yaml
 
@@ -56,9 +56,9 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            httpx.get(url, timeout=1.0)
+            httpx2.get(url, timeout=1.0)
             return
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
@@ -90,7 +90,7 @@ class Sim:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
+        self.http = httpx2.Client(base_url=url, timeout=10)
 
     def configure(self, **changes: Any) -> None:
         self.http.patch("/_sim/config", json=changes).raise_for_status()
@@ -114,7 +114,7 @@ class Exporter:
 
     proc: psutil.Process
     url: str
-    http: httpx.Client
+    http: httpx2.Client
 
     def scrape(self, timeout_header: float | None = None) -> tuple[float, str]:
         """(seconds, body) of one ``GET /metrics``."""
@@ -158,7 +158,7 @@ def exporter(sim_url: str, concurrency: int, workdir: Path, phones: int) -> Iter
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--log-level", "error"]
-    with process(args, url + "/-/healthy") as proc, httpx.Client(timeout=120) as http:
+    with process(args, url + "/-/healthy") as proc, httpx2.Client(timeout=120) as http:
         yield Exporter(psutil.Process(proc.pid), url, http)
 
 
@@ -184,7 +184,7 @@ def sequential_baseline(sim_url: str) -> tuple[float, float, int]:
     me = psutil.Process()
     cpu_before, started = cpu_seconds(me), time.perf_counter()
     counts: Counter[tuple[str, object]] = Counter()
-    with httpx.Client(base_url=sim_url, timeout=30) as http:
+    with httpx2.Client(base_url=sim_url, timeout=30) as http:
         token = http.post(
             TOKEN_PATH,
             json={"app_key": APP_KEY, "app_secret": APP_SECRET},
@@ -258,7 +258,7 @@ def measure_fan_in(exp: Exporter, sim: Sim, scrapers: int, fig: Figures) -> None
     ups: list[float | None] = []
 
     def one_scrape() -> None:
-        with httpx.Client(timeout=120) as http:
+        with httpx2.Client(timeout=120) as http:
             barrier.wait()
             ups.append(value(http.get(exp.url + "/metrics").text, "cec_up"))
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 import yaml
 
@@ -141,9 +141,9 @@ def exporter_process(config: Path, port: int, log_file: Path) -> Iterator[subpro
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
+                    if httpx2.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
                         break
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the exporter did not start; see {log_file}")
@@ -161,7 +161,7 @@ def exporter_process(config: Path, port: int, log_file: Path) -> Iterator[subpro
 class Soak:
     """The scrape loop against one exporter process, steering the simulator between scrapes."""
 
-    def __init__(self, sim: Simulator, client: httpx.Client) -> None:
+    def __init__(self, sim: Simulator, client: httpx2.Client) -> None:
         self.sim = sim
         self.client = client
         self.results: Counter[str] = Counter()  # "phase: up|down" -> scrapes
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with (
             exporter_process(write_config(work, sim), port, log_file) as proc,
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+            httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
         ):
             ps = psutil.Process(proc.pid)
             soak = Soak(sim, client)

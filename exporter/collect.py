@@ -94,7 +94,7 @@ class TargetCollector:
             return await asyncio.shield(self._inflight)
         try:
             return await asyncio.wait_for(asyncio.shield(self._inflight), budget)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             waited = time.monotonic() - started
             log.warning(
                 "target=%s scrape deadline of %.2fs passed while joining the collection in flight",
@@ -113,7 +113,7 @@ class TargetCollector:
         budget = max(0.0, deadline - started)
         try:
             snapshot = await asyncio.wait_for(self.client.collect(deadline), budget)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = f"deadline of {budget:.2f}s exceeded"
         except asyncio.CancelledError:
             # Only aclose() cancels this task: a reload replaced or removed the target.

@@ -96,7 +96,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Send every log record to stderr in ``fmt``, at ``level`` and above.
 
     Tracebacks are never printed: the formatters keep one line per event.
-    httpx and httpcore stay at WARNING whatever the level, since their debug
+    httpx2 and httpcore2 stay at WARNING whatever the level, since their debug
     traces describe requests we already log in a safer form.
     """
     handler = logging.StreamHandler(sys.stderr)
@@ -106,5 +106,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "hpack", "asyncio"):
+    for noisy in ("httpx2", "httpcore2", "hpack", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

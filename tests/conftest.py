@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -72,9 +72,9 @@ class RunningExporter:
 
     exporter: Exporter
     url: str
-    client: httpx.Client
+    client: httpx2.Client
 
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+    def get(self, path: str, **kwargs: Any) -> httpx2.Response:
         return self.client.get(self.url + path, **kwargs)
 
     def metrics(self, path: str = "/metrics", **kwargs: Any) -> str:
@@ -86,14 +86,14 @@ class RunningExporter:
 @pytest.fixture
 def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
     """Factory: ``exporter_server(config_path, web_config=None)`` serves an exporter on loopback."""
-    running: list[tuple[Any, Exporter, threading.Thread, httpx.Client]] = []
+    running: list[tuple[Any, Exporter, threading.Thread, httpx2.Client]] = []
 
     def start(config_path: Path, web_config: WebConfig | None = None) -> RunningExporter:
         exporter = Exporter(load_config(config_path), str(config_path))
         server = serve(App(exporter, web_config), "127.0.0.1:0")
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        client = httpx.Client(timeout=30, verify=False)
+        client = httpx2.Client(timeout=30, verify=False)
         running.append((server, exporter, thread, client))
         scheme = "https" if web_config and web_config.tls else "http"
         return RunningExporter(exporter, f"{scheme}://127.0.0.1:{server.server_port}", client)
@@ -219,18 +219,18 @@ class ServeProcess:
                     raise AssertionError(f"fewer than {n} lines match {pattern!r}:\n{self.output}")
                 self._changed.wait(min(left, 0.2))
 
-    def start(self, client: httpx.Client | None = None) -> ServeProcess:
+    def start(self, client: httpx2.Client | None = None) -> ServeProcess:
         """Wait for the listening line, then for ``/-/healthy``."""
         match = self.wait_for_line(_LISTENING)
         self.url = f"{match.group(1)}://{match.group(2)}"
-        probe = client or httpx.Client(verify=False)
+        probe = client or httpx2.Client(verify=False)
         try:
             deadline = time.monotonic() + 20
             while True:
                 try:
                     if probe.get(self.url + "/-/healthy", timeout=5).status_code == 200:
                         return self
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"/-/healthy never answered:\n{self.output}")
@@ -272,4 +272,4 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
 
 @pytest.fixture(autouse=True)
 def _quiet_third_party_logs() -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from conftest import RunningExporter, run_cli, sample, samples_named, target_entry
 
@@ -284,7 +284,7 @@ def test_simultaneous_scrapes_cost_one_collection_upstream(
 
     def scrape() -> None:
         try:
-            with httpx.Client(timeout=30) as client:
+            with httpx2.Client(timeout=30) as client:
                 barrier.wait(timeout=10)
                 response = client.get(running.url + "/metrics")
                 response.raise_for_status()
@@ -456,7 +456,7 @@ def test_connections_are_reused_across_scrapes(
     running = serve(target_entry(sim, max_concurrency=4))
     for _ in range(2):
         assert up(running.metrics()) == 1
-    time.sleep(5.5)  # idle longer than httpx's default keep-alive expiry of 5 s
+    time.sleep(5.5)  # idle longer than httpx2's default keep-alive expiry of 5 s
     for _ in range(2):
         assert up(running.metrics()) == 1
     assert stat(sim, "query_requests") == 4 * 20

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
@@ -26,7 +26,7 @@ def write(path: Path, targets: list[dict[str, Any]]) -> None:
 class Reloader:
     """Triggers a reload one way and waits until the server has handled it."""
 
-    def __init__(self, server: ServeProcess, how: str, client: httpx.Client) -> None:
+    def __init__(self, server: ServeProcess, how: str, client: httpx2.Client) -> None:
         self.server, self.how, self.client = server, how, client
 
     def __call__(self, expect_ok: bool) -> None:
@@ -58,7 +58,7 @@ def test_reload_adds_rejects_and_removes_targets(
     entry_a, entry_b = target_entry(sim_a, "alpha"), target_entry(sim_b, "beta")
     config = write_config(targets=[entry_a])
     server = serve_process("--config", str(config)).start()
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         reload = Reloader(server, how, client)
 
         def metrics() -> str:
@@ -141,7 +141,7 @@ def test_rotated_secret_file_is_used_without_restart(
     entry = {**target_entry(sim, "sim"), "app_secret": None, "app_secret_file": str(secret_file)}
     config = write_config(targets=[entry])
     server = serve_process("--config", str(config)).start()
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
 
         def up() -> float | None:
             return sample(client.get(server.url + "/metrics").text, "cec_up", target="sim")
@@ -176,8 +176,8 @@ def test_reload_during_a_slow_scrape(
 
     def scrape() -> None:
         try:
-            result["response"] = httpx.get(server.url + "/metrics", timeout=30)
-        except httpx.HTTPError as err:
+            result["response"] = httpx2.get(server.url + "/metrics", timeout=30)
+        except httpx2.HTTPError as err:
             result["error"] = err
 
     scraper = threading.Thread(target=scrape)
@@ -185,7 +185,7 @@ def test_reload_during_a_slow_scrape(
     while sim.stats()["query_requests"] == 0 and scraper.is_alive():
         threading.Event().wait(0.05)
     write(config, [{**entry, "page_size": 50}])  # a changed target gets a new collector
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         assert client.post(server.url + "/-/reload").status_code == 200
         scraper.join(timeout=30)
         assert "error" not in result, result

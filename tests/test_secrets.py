@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
@@ -128,9 +128,9 @@ def test_check_config_never_prints_secrets(
 def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:
     """Hit every endpoint through successes and failures; return every page seen."""
     pages: dict[str, str] = {}
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
 
-        def hit(label: str, method: str, path: str) -> httpx.Response:
+        def hit(label: str, method: str, path: str) -> httpx2.Response:
             response = client.request(method, server.url + path)
             pages[label] = f"{response.status_code} {response.headers}\n{response.text}"
             return response

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from exporter.simulator import Expected, Fault, SimConfig, Simulator, parse_faults
@@ -24,12 +24,12 @@ def sim() -> Iterator[Simulator]:
 
 
 @pytest.fixture
-def client(sim: Simulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=5, verify=False) as c:
+def client(sim: Simulator) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=sim.url, timeout=5, verify=False) as c:
         yield c
 
 
-def get_token(client: httpx.Client, expire: str | None = None) -> str:
+def get_token(client: httpx2.Client, expire: str | None = None) -> str:
     headers = {"X-Token-Expire": expire} if expire is not None else {}
     r = client.post(TOKEN, json=CREDS, headers=headers)
     assert r.status_code == 200, r.text
@@ -41,8 +41,8 @@ def auth(token: str) -> dict[str, str]:
 
 
 def query(
-    client: httpx.Client, token: str, offset: object = 0, limit: object = 100
-) -> httpx.Response:
+    client: httpx2.Client, token: str, offset: object = 0, limit: object = 100
+) -> httpx2.Response:
     return client.post(QUERY, json={"offset": offset, "limit": limit}, headers=auth(token))
 
 
@@ -51,7 +51,7 @@ def status_name(record: dict[str, Any]) -> str:
 
 
 def collect(
-    client: httpx.Client, token: str, limit: int = 100
+    client: httpx2.Client, token: str, limit: int = 100
 ) -> tuple[Any, Counter[Any], set[Any]]:
     """Page through everything the way an exporter would: (total, counts, endpoints)."""
     total, offset = None, 0
@@ -85,7 +85,7 @@ def _ep(ep: dict[str, str]) -> tuple[str, str, str, str]:
 
 
 def test_token_body_is_all_strings_and_lifetime_is_capped(
-    sim: Simulator, client: httpx.Client
+    sim: Simulator, client: httpx2.Client
 ) -> None:
     r = client.post(TOKEN, json=CREDS)
     body = r.json()
@@ -118,14 +118,14 @@ def test_token_body_is_all_strings_and_lifetime_is_capped(
     assert stats["token_expire_requested"] == [None, 60, 9999, "soon"]
 
 
-def test_wrong_secret_is_401_json(sim: Simulator, client: httpx.Client) -> None:
+def test_wrong_secret_is_401_json(sim: Simulator, client: httpx2.Client) -> None:
     r = client.post(TOKEN, json={**CREDS, "app_secret": "nope"})
     assert r.status_code == 401
     assert "error_msg" in r.json()
     assert sim.stats()["unauthorized"] == 1
 
 
-def test_token_expires_for_real(sim: Simulator, client: httpx.Client) -> None:
+def test_token_expires_for_real(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(token_max_seconds=1)
     token = get_token(client, "600")
     assert query(client, token).status_code == 200
@@ -133,7 +133,7 @@ def test_token_expires_for_real(sim: Simulator, client: httpx.Client) -> None:
     assert query(client, token).status_code == 401
 
 
-def test_expire_tokens_and_auth_header_rules(sim: Simulator, client: httpx.Client) -> None:
+def test_expire_tokens_and_auth_header_rules(sim: Simulator, client: httpx2.Client) -> None:
     token = get_token(client)
     assert query(client, token).status_code == 200
     bad_headers = [
@@ -162,7 +162,7 @@ def test_expire_tokens_and_auth_header_rules(sim: Simulator, client: httpx.Clien
 @pytest.mark.parametrize("mode", ["single", "pool", "legacy"])
 def test_paging_matches_expected(mode: str) -> None:
     config = SimConfig(phones=1234, tenants=4, suspended_ratio=0.15, unknown_ratio=0.1, mode=mode)
-    with Simulator(config) as sim, httpx.Client(base_url=sim.url, verify=False) as client:
+    with Simulator(config) as sim, httpx2.Client(base_url=sim.url, verify=False) as client:
         token = get_token(client)
         total, counts, endpoints = collect(client, token)
         exp = sim.expected()
@@ -185,7 +185,7 @@ def test_expected_shape_and_spread() -> None:
     assert legacy.expected().endpoints == [("legacy", "", "10.162.98.43", "5060", "", "")]
 
 
-def test_records_are_v2_shaped_and_suspended_are_spread(client: httpx.Client) -> None:
+def test_records_are_v2_shaped_and_suspended_are_spread(client: httpx2.Client) -> None:
     phones = query(client, get_token(client), 0, 100).json()["result"]["phone"]
     assert phones[0] == {
         "phoneNum": "88880000",
@@ -205,7 +205,7 @@ def test_records_are_v2_shaped_and_suspended_are_spread(client: httpx.Client) ->
 def test_legacy_records_and_unknown_statuses() -> None:
     with (
         Simulator(SimConfig(phones=10, mode="legacy")) as sim,
-        httpx.Client(base_url=sim.url, verify=False) as c,
+        httpx2.Client(base_url=sim.url, verify=False) as c,
     ):
         result = query(c, get_token(c)).json()["result"]
         assert set(result) == {"total", "regIPAddress", "regPort", "phone"}
@@ -215,7 +215,7 @@ def test_legacy_records_and_unknown_statuses() -> None:
         assert {p.get("status") for p in phones} == {None, 7}  # missing and out-of-range
 
 
-def test_numbers_as_strings_and_string_pagination(sim: Simulator, client: httpx.Client) -> None:
+def test_numbers_as_strings_and_string_pagination(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(numbers_as_strings=True)
     token = get_token(client)
     result = query(client, token, "100", "100").json()["result"]
@@ -228,7 +228,7 @@ def test_numbers_as_strings_and_string_pagination(sim: Simulator, client: httpx.
     assert sim.stats()["query_requests_by_page"] == {1: 1, 0: 1}
 
 
-def test_offset_past_the_end_is_an_empty_page(client: httpx.Client) -> None:
+def test_offset_past_the_end_is_an_empty_page(client: httpx2.Client) -> None:
     result = query(client, get_token(client), 300, 100).json()["result"]
     assert result["total"] == 250
     assert result["phone"] == []
@@ -247,21 +247,21 @@ def test_offset_past_the_end_is_an_empty_page(client: httpx.Client) -> None:
         {"offset": True, "limit": 10},
     ],
 )
-def test_bad_paging_is_ret_code_4(client: httpx.Client, body: dict[str, object]) -> None:
+def test_bad_paging_is_ret_code_4(client: httpx2.Client, body: dict[str, object]) -> None:
     r = client.post(QUERY, json=body, headers=auth(get_token(client)))
     assert r.status_code == 200
     assert r.json()["retCode"] == "4"
     assert "result" not in r.json()
 
 
-def test_non_json_body_is_400_and_unknown_path_404(client: httpx.Client) -> None:
+def test_non_json_body_is_400_and_unknown_path_404(client: httpx2.Client) -> None:
     r = client.post(QUERY, content=b"nope", headers=auth(get_token(client)))
     assert r.status_code == 400
     assert client.post("/elsewhere", json={}).status_code == 404
     assert client.get(QUERY).status_code == 405
 
 
-def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx.Client) -> None:
+def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx2.Client) -> None:
     token = get_token(client)
     for _ in range(5):
         client.post(
@@ -274,13 +274,13 @@ def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx.Client) -
     assert stats["tenant_space_ids"] == ["ts-1"]
 
 
-def test_latency_and_concurrency_are_observed(sim: Simulator, client: httpx.Client) -> None:
+def test_latency_and_concurrency_are_observed(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(latency_ms=150, jitter_ms=20)
     token = get_token(client)
     results: list[int] = []
 
     def one(page: int) -> None:
-        with httpx.Client(base_url=sim.url, verify=False) as c:
+        with httpx2.Client(base_url=sim.url, verify=False) as c:
             results.append(query(c, token, page * 10, 10).status_code)
 
     threads = [threading.Thread(target=one, args=(p,)) for p in range(6)]
@@ -299,7 +299,7 @@ def test_deterministic_across_instances() -> None:
     for _ in range(2):
         with (
             Simulator(SimConfig(phones=50, unknown_ratio=0.2)) as sim,
-            httpx.Client(base_url=sim.url, verify=False) as c,
+            httpx2.Client(base_url=sim.url, verify=False) as c,
         ):
             pages.append(query(c, get_token(c), 0, 50).json())
     assert pages[0] == pages[1]
@@ -308,7 +308,7 @@ def test_deterministic_across_instances() -> None:
 def test_large_account_pages_on_the_fly() -> None:
     with (
         Simulator(SimConfig(phones=100_000)) as sim,
-        httpx.Client(base_url=sim.url, verify=False) as c,
+        httpx2.Client(base_url=sim.url, verify=False) as c,
     ):
         result = query(c, get_token(c), 99_900, 100).json()["result"]
         assert result["total"] == 100_000
@@ -319,20 +319,22 @@ def test_large_account_pages_on_the_fly() -> None:
 # --- faults ----------------------------------------------------------------------------------
 
 
-def faulted(sim: Simulator, client: httpx.Client, *faults: Fault, page: int = 0) -> httpx.Response:
+def faulted(
+    sim: Simulator, client: httpx2.Client, *faults: Fault, page: int = 0
+) -> httpx2.Response:
     token = get_token(client)
     sim.set_faults(list(faults))
     return query(client, token, page * 100, 100)
 
 
-def test_fault_ret_code(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_ret_code(sim: Simulator, client: httpx2.Client) -> None:
     r = faulted(sim, client, Fault("ret_code", value="E_LONG_CODE_123"))
     assert r.status_code == 200
     assert r.json()["retCode"] == "E_LONG_CODE_123"
     assert "result" not in r.json()
 
 
-def test_fault_http_status_with_retry_after(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_http_status_with_retry_after(sim: Simulator, client: httpx2.Client) -> None:
     r = faulted(sim, client, Fault("http_status", value=429, retry_after=2))
     assert r.status_code == 429
     assert r.headers["Retry-After"] == "2"
@@ -341,13 +343,13 @@ def test_fault_http_status_with_retry_after(sim: Simulator, client: httpx.Client
     assert r.headers["Retry-After"] == "0.5"
 
 
-def test_fault_only_on_chosen_pages(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_only_on_chosen_pages(sim: Simulator, client: httpx2.Client) -> None:
     token = get_token(client)
     sim.add_fault(Fault("http_status", pages=(1,), value=500))
     assert [query(client, token, p * 100, 100).status_code for p in range(3)] == [200, 500, 200]
 
 
-def test_fault_times_is_spent(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_times_is_spent(sim: Simulator, client: httpx2.Client) -> None:
     token = get_token(client)
     sim.set_faults([Fault("http_status", value=500, times=2)])
     assert [query(client, token).status_code for _ in range(3)] == [500, 500, 200]
@@ -373,36 +375,36 @@ def test_fault_times_is_spent(sim: Simulator, client: httpx.Client) -> None:
     ],
 )
 def test_fault_broken_bodies(
-    sim: Simulator, client: httpx.Client, fault: Fault, check: Any
+    sim: Simulator, client: httpx2.Client, fault: Fault, check: Any
 ) -> None:
     assert check(faulted(sim, client, fault))
 
 
 @pytest.mark.parametrize("kind", ["truncated", "close"])
-def test_fault_connection_level(sim: Simulator, client: httpx.Client, kind: str) -> None:
-    with pytest.raises(httpx.RemoteProtocolError):
+def test_fault_connection_level(sim: Simulator, client: httpx2.Client, kind: str) -> None:
+    with pytest.raises(httpx2.RemoteProtocolError):
         faulted(sim, client, Fault(kind))
     sim.clear_faults()
     assert query(client, get_token(client)).status_code == 200  # the client recovers
 
 
-def test_fault_huge_is_exact_size_valid_json(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_huge_is_exact_size_valid_json(sim: Simulator, client: httpx2.Client) -> None:
     r = faulted(sim, client, Fault("huge", value=3 * 1024 * 1024 + 7))
     assert len(r.content) == 3 * 1024 * 1024 + 7
     assert r.json()["retCode"] == "0"
 
 
-def test_fault_slow_and_hang(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_slow_and_hang(sim: Simulator, client: httpx2.Client) -> None:
     started = time.monotonic()
     assert faulted(sim, client, Fault("slow", value=0.3)).status_code == 200
     assert time.monotonic() - started >= 0.3
     token = get_token(client)
     sim.set_faults([Fault("hang")])
-    with pytest.raises(httpx.ReadTimeout):
+    with pytest.raises(httpx2.ReadTimeout):
         client.post(QUERY, json={"offset": 0, "limit": 1}, headers=auth(token), timeout=0.3)
 
 
-def test_fault_total_shift_and_duplicate(sim: Simulator, client: httpx.Client) -> None:
+def test_fault_total_shift_and_duplicate(sim: Simulator, client: httpx2.Client) -> None:
     token = get_token(client)
     sim.set_faults([Fault("total_shift", pages=(1,), value=-5), Fault("duplicate", pages=(1,))])
     first = query(client, token, 0, 100).json()["result"]
@@ -426,22 +428,22 @@ def test_fault_total_shift_and_duplicate(sim: Simulator, client: httpx.Client) -
         (Fault("slow", api="tokenByAkSk", value=0.1), lambda r: "AccessToken" in r.json()),
     ],
 )
-def test_token_faults(sim: Simulator, client: httpx.Client, fault: Fault, check: Any) -> None:
+def test_token_faults(sim: Simulator, client: httpx2.Client, fault: Fault, check: Any) -> None:
     token = get_token(client)
     sim.set_faults([fault])
     assert check(client.post(TOKEN, json=CREDS))
     assert query(client, token).status_code == 200  # faults on tokenByAkSk leave queryPhone alone
 
 
-def test_token_hang(sim: Simulator, client: httpx.Client) -> None:
+def test_token_hang(sim: Simulator, client: httpx2.Client) -> None:
     sim.set_faults([Fault("hang", api="tokenByAkSk", times=1)])
-    with pytest.raises(httpx.ReadTimeout):
+    with pytest.raises(httpx2.ReadTimeout):
         client.post(TOKEN, json=CREDS, timeout=0.3)
 
 
 def test_stop_releases_a_hanging_request_promptly() -> None:
     sim = Simulator(SimConfig(phones=10)).start()
-    with httpx.Client(base_url=sim.url, timeout=10, verify=False) as client:
+    with httpx2.Client(base_url=sim.url, timeout=10, verify=False) as client:
         token = get_token(client)
         sim.set_faults([Fault("hang")])
         errors: list[BaseException] = []
@@ -449,7 +451,7 @@ def test_stop_releases_a_hanging_request_promptly() -> None:
         def call() -> None:
             try:
                 query(client, token)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 errors.append(exc)
 
         thread = threading.Thread(target=call)
@@ -461,9 +463,9 @@ def test_stop_releases_a_hanging_request_promptly() -> None:
         assert not thread.is_alive()
         assert time.monotonic() - started < 1.0
         assert errors
-        assert isinstance(errors[0], httpx.RemoteProtocolError | httpx.ReadError)
-    with pytest.raises(httpx.ConnectError):
-        httpx.post(sim.url + TOKEN, json=CREDS, verify=False)
+        assert isinstance(errors[0], httpx2.RemoteProtocolError | httpx2.ReadError)
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.post(sim.url + TOKEN, json=CREDS, verify=False)
 
 
 def test_parse_faults() -> None:
@@ -510,7 +512,7 @@ def test_update_validates(sim: Simulator) -> None:
     assert sim.config.phones == 10
 
 
-def test_control_endpoints(sim: Simulator, client: httpx.Client) -> None:
+def test_control_endpoints(sim: Simulator, client: httpx2.Client) -> None:
     state = client.get("/_sim/state").json()
     assert set(state) == {"config", "stats", "expected", "faults"}
     assert state["config"]["phones"] == 250

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import httpx
+import httpx2
 import pytest
 import trustme
 import yaml
@@ -96,7 +96,7 @@ def test_tls_serves_https_and_survives_bad_clients(
             }
         },
     )
-    with httpx.Client(verify=client_context(pki), timeout=30) as client:
+    with httpx2.Client(verify=client_context(pki), timeout=30) as client:
         server = serve_process("--config", str(config), "--web-config", str(web)).start(client)
         assert server.url.startswith("https://127.0.0.1:")
         host, port = server.url.removeprefix("https://").split(":")
@@ -110,11 +110,11 @@ def test_tls_serves_https_and_survives_bad_clients(
             assert sample(response.text, "cec_softphones_allocated", target="sim") == 120
 
         # Plain HTTP to the TLS port is not served.
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(server.url.replace("https://", "http://") + "/metrics", timeout=5)
+        with pytest.raises(httpx2.HTTPError):
+            httpx2.get(server.url.replace("https://", "http://") + "/metrics", timeout=5)
         # A client that does not trust the server's CA refuses it.
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url + "/metrics", verify=client_context(pki, ca="other_ca"))
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(server.url + "/metrics", verify=client_context(pki, ca="other_ca"))
         # ... and the server still serves afterwards.
         assert client.get(server.url + "/probe?target=sim").status_code == 200
     output = server.stop()
@@ -141,11 +141,11 @@ def test_tls_requires_a_verified_client_certificate(
             }
         },
     )
-    with httpx.Client(verify=client_context(pki, cert="client"), timeout=30) as client:
+    with httpx2.Client(verify=client_context(pki, cert="client"), timeout=30) as client:
         server = serve_process("--config", str(config), "--web-config", str(web)).start(client)
         for cert in (None, "stranger"):  # no certificate, or one the client CA did not sign
-            refused = httpx.Client(verify=client_context(pki, cert=cert), timeout=10)
-            with refused, pytest.raises(httpx.TransportError):
+            refused = httpx2.Client(verify=client_context(pki, cert=cert), timeout=10)
+            with refused, pytest.raises(httpx2.TransportError):
                 refused.get(server.url + "/metrics")
         response = client.get(server.url + "/metrics")
         assert response.status_code == 200
@@ -187,7 +187,7 @@ def test_basic_auth(
         ("POST", "/-/reload"),
         ("GET", "/no-such-page"),
     ]
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         before = query_requests(sim)
         for method, path in protected:
             for why, headers in refusals.items():
@@ -315,7 +315,7 @@ def test_empty_web_config_is_plain_http(
     web.write_text("# nothing configured\n")
     server = serve_process("--config", str(config), "--web.config.file", str(web)).start()
     assert server.url.startswith("http://")
-    assert httpx.get(server.url + "/metrics").status_code == 200
+    assert httpx2.get(server.url + "/metrics").status_code == 200
 
 
 # --- hostile and mistaken requests --------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_hostile_and_mistaken_requests(
     stalled.sendall(b"GET /metr")
     stalled.settimeout(HEADER_READ_TIMEOUT_SECONDS + 15)
 
-    with httpx.Client(timeout=10) as client:
+    with httpx2.Client(timeout=10) as client:
         before = query_requests(sim)
         for query in ("", "?target=", "?target=sim&target=sim", "?other=sim"):
             response = client.get(server.url + "/probe" + query)

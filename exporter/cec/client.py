@@ -1,6 +1,6 @@
 """Talk to one CEC account: fetch tokens, page through queryPhone, build a snapshot.
 
-One ``httpx.AsyncClient`` per target reuses connections. The first page tells
+One ``httpx2.AsyncClient`` per target reuses connections. The first page tells
 ``total``; the remaining pages are fetched with at most ``max_concurrency`` in
 flight and folded into a ``SnapshotBuilder`` as they arrive. Every HTTP request
 is reported once, with its outcome, to the ``RequestObserver``.
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
-import httpx
+import httpx2
 
 from exporter.cec.errors import (
     CecError,
@@ -103,8 +103,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _transport_error(err: httpx.HTTPError) -> CecError:
-    if isinstance(err, httpx.TimeoutException):
+def _transport_error(err: httpx2.HTTPError) -> CecError:
+    if isinstance(err, httpx2.TimeoutException):
         return RequestTimeout(f"request timed out ({type(err).__name__})")
     cause = str(err) or type(err).__name__
     reason = _os_reason(err)
@@ -132,33 +132,33 @@ class CecClient:
         self,
         target: TargetConfig,
         observer: RequestObserver,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.target = target
         self._observer = observer
         self._transport = transport
         self._pool_suspect = False
         # Built once: loading the CA bundle costs tens of ms, and the pool may be renewed.
-        # A context, not the path: httpx 0.28 deprecates verify=<str> (same meaning).
+        # A context, not the path: httpx 0.28 (and httpx2) deprecate verify=<str> (same meaning).
         self._ssl_context = (
             ssl.create_default_context(cafile=target.ca_file)
             if target.ca_file
-            else httpx.create_ssl_context(verify=target.verify_tls, trust_env=False)
+            else httpx2.create_ssl_context(verify=target.verify_tls, trust_env=False)
         )
         self._http = self._new_http()
         self.tokens = TokenCache(self._fetch_token)
 
-    def _new_http(self) -> httpx.AsyncClient:
+    def _new_http(self) -> httpx2.AsyncClient:
         target = self.target
-        return httpx.AsyncClient(
+        return httpx2.AsyncClient(
             base_url=target.base_url,
             verify=self._ssl_context,
             proxy=target.proxy,
-            timeout=httpx.Timeout(target.timeout_seconds),
-            limits=httpx.Limits(
+            timeout=httpx2.Timeout(target.timeout_seconds),
+            limits=httpx2.Limits(
                 max_connections=target.max_concurrency + 1,
                 max_keepalive_connections=target.max_concurrency + 1,
-                # httpx's 5 s default would reopen every connection (TLS handshakes
+                # httpx2's 5 s default would reopen every connection (TLS handshakes
                 # included) on each scrape at a 15-60 s interval; an idle connection the
                 # server closed meanwhile is noticed and dropped before reuse.
                 keepalive_expiry=KEEPALIVE_SECONDS,
@@ -181,7 +181,7 @@ class CecClient:
         old, self._http = self._http, self._new_http()
         try:
             await old.aclose()
-        except (httpx.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
+        except (httpx2.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
             log.debug("target=%s closing the old pool: %s", self.target.name, err)
 
     async def aclose(self) -> None:
@@ -223,7 +223,7 @@ class CecClient:
         except RetCodeError as err:
             outcome, ret_code = "ret_code_error", err.ret_code
             raise
-        except httpx.HTTPError as err:
+        except httpx2.HTTPError as err:
             failure = _transport_error(err)
             outcome = failure.outcome
             raise failure from None
@@ -242,7 +242,7 @@ class CecClient:
                 seconds = time.monotonic() - started
                 self._observer.request_done(api, outcome, seconds, status, ret_code)
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
+    async def _read_capped(self, response: httpx2.Response) -> bytes:
         cap = self.target.max_response_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > cap:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """A softphone's registration status, as the ``status`` label spells it."""
 
     REGISTERED = "registered"
