@@ -137,8 +137,7 @@ class CecClient:
         self.target = target
         self._observer = observer
         self._transport = transport
-        self._pool_suspect = False
-        # Built once: loading the CA bundle costs tens of ms, and the pool may be renewed.
+        # Built once: loading the CA bundle costs tens of ms.
         # A context, not the path: httpx 0.28 (and httpx2) deprecate verify=<str> (same meaning).
         self._ssl_context = (
             ssl.create_default_context(cafile=target.ca_file)
@@ -167,22 +166,6 @@ class CecClient:
             trust_env=False,  # only the proxy the config names
             follow_redirects=False,
         )
-
-    async def _renew_pool(self) -> None:
-        """Replace the connection pool after a collection that cancelled requests.
-
-        httpcore can leave a request cancelled at the wrong moment holding its pool
-        slot for good (encode/httpcore#1093, open in 1.0.9); once ``max_connections``
-        slots are held, every request would wait for the pool until the deadline.
-        """
-        self._pool_suspect = False
-        if self._transport is not None:
-            return  # an injected transport is the caller's to manage
-        old, self._http = self._http, self._new_http()
-        try:
-            await old.aclose()
-        except (httpx2.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
-            log.debug("target=%s closing the old pool: %s", self.target.name, err)
 
     async def aclose(self) -> None:
         """Close pooled connections."""
@@ -353,17 +336,8 @@ class CecClient:
         ``deadline`` (monotonic) only stops retries that cannot fit; run this under
         a timeout too: on cancellation the pages in flight are cancelled.
         """
-        if self._pool_suspect:
-            await self._renew_pool()
-        try:
-            return await self._collect(deadline)
-        except BaseException:
-            # A failed collection (cancelled by its deadline, or by one page failing
-            # while others were in flight) may have left connections stuck in the pool.
-            self._pool_suspect = True
-            raise
-
-    async def _collect(self, deadline: float) -> Snapshot:
+        # One pool for the client's lifetime: httpx2 reclaims the slot of a request
+        # cancelled mid-connect (pydantic/httpx2#983, tests/test_pool_leak.py).
         _deadline.set(deadline)
         _abandoned.set(_Abandoned())
         target = self.target
