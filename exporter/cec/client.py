@@ -345,7 +345,7 @@ class CecClient:
         first = await self.query_page(0)
         builder.add(first)
         if first.total is None:
-            await self._collect_until_short_page(builder, len(first.phones))
+            await self._collect_until_short_page(builder, len(first.keys))
         else:
             pages = max(1, math.ceil(first.total / target.page_size))
             if pages > target.max_pages:
@@ -382,7 +382,7 @@ class CecClient:
             offset += self.target.page_size
             page = await self.query_page(offset)
             builder.add(page)
-            size = len(page.phones)
+            size = len(page.keys)
 
 
 def _retryable(err: CecError) -> bool:
