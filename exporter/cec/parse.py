@@ -26,8 +26,10 @@ class Phone(NamedTuple):
     scrape at the size cap), and a frozen dataclass costs several times more.
     """
 
-    key: str | None
-    """Identity for de-duplication across pages: ``id``, else ``phoneNum``."""
+    key: tuple[str, str] | None
+    """Identity for de-duplication across pages: (``id``, ``phoneNum``); None when both are
+    missing (such records are all counted). ``id`` alone is no identity: it is a
+    "Configuration ID" that phones in different ``partdbId`` partitions share."""
     phone_num: str
     tenant_id: str
     status: Status
@@ -146,7 +148,7 @@ def _phone(raw: object) -> Phone:
     if type(code) is not int:
         code = _integer(code)
     status = _STATUS.get(code, Status.UNKNOWN) if code is not None else Status.UNKNOWN
-    return Phone(key or phone_num or None, phone_num, tenant_id, status)
+    return Phone((key, phone_num) if key or phone_num else None, phone_num, tenant_id, status)
 
 
 def parse_page(body: bytes) -> Page:

@@ -54,7 +54,7 @@ class Snapshot:
 
 @dataclass
 class SnapshotBuilder:
-    """Folds pages into counts; phones seen twice (same id) count once."""
+    """Folds pages into counts; a phone seen twice (same ``id`` and ``phoneNum``) counts once."""
 
     per_phone: bool = False
     per_phone_cap: int = 50_000
@@ -64,7 +64,7 @@ class SnapshotBuilder:
     phones_truncated: bool = False
     _counts: Counter[tuple[str, Status]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
-    _seen: set[str] = field(default_factory=set)
+    _seen: set[tuple[str, str]] = field(default_factory=set)
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:

@@ -48,6 +48,9 @@ class SimConfig:
     max_limit: int = 100
     password_prefix: str = "SIPPW-canary-"
     seed: int = 0
+    id_period: int = 0
+    """0: every phone has its own ``id``; N: ids repeat every N records (a "Configuration ID"
+    shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""
@@ -124,6 +127,7 @@ def validate(config: SimConfig) -> None:
         (config.app_secret != "", "app_secret: must not be empty"),
         (config.token_max_seconds >= 1, "token_max_seconds: must be >= 1"),
         (config.max_limit >= 1, "max_limit: must be >= 1"),
+        (config.id_period >= 0, "id_period: must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -172,7 +176,7 @@ def phone_record(config: SimConfig, i: int) -> dict[str, object]:
     }
     if config.mode == "legacy":
         return record
-    record["id"] = _number(config, i + 1)
+    record["id"] = _number(config, (i % config.id_period if config.id_period else i) + 1)
     status = status_of(config, i)
     if status != "unknown":
         record["status"] = _number(config, 0 if status == "registered" else 1)
@@ -180,7 +184,7 @@ def phone_record(config: SimConfig, i: int) -> dict[str, object]:
         record["status"] = _number(config, 7)
     record["remark"] = ""
     record["tenantId"] = f"tenant-{i % config.tenants}"
-    record["partdbId"] = "p1"
+    record["partdbId"] = f"p{i // config.id_period + 1}" if config.id_period else "p1"
     return record
 
 

@@ -1,0 +1,87 @@
+"""A count is exported only when it is the whole count: de-duplication and completeness.
+
+Phones are de-duplicated by (``id``, ``phoneNum``): the vendor's ``id`` is a
+"Configuration ID" that phones in different ``partdbId`` partitions may share.
+Everything goes over loopback against the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RunningExporter, sample, samples_named, target_entry
+
+from exporter.cec.parse import parse_page
+from exporter.cec.snapshot import SnapshotBuilder, Status
+from exporter.simulator import Simulator
+
+StartSim = Callable[..., Simulator]
+
+
+@pytest.fixture
+def serve(
+    write_config: Callable[..., Path], exporter_server: Callable[..., RunningExporter]
+) -> Callable[..., RunningExporter]:
+    """Factory: ``serve(entry, ...)`` serves an exporter for these targets."""
+
+    def start(*entries: dict[str, Any]) -> RunningExporter:
+        return exporter_server(write_config(targets=list(entries)))
+
+    return start
+
+
+def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
+    return {
+        (labels["tenant_id"], labels["status"]): value
+        for labels, value in samples_named(text, "cec_softphones")
+        if labels["target"] == target
+    }
+
+
+def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:
+    return {key: float(n) for key, n in sim.expected().counts.items() if n}
+
+
+# --- de-duplication by (id, phoneNum) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("numbers_as_strings", [False, True])
+def test_phones_sharing_an_id_in_other_partitions_are_all_counted(
+    simulator: StartSim, serve: Callable[..., RunningExporter], numbers_as_strings: bool
+) -> None:
+    # 700 phones, ids 1..7 repeating: each id is shared by 100 phones with distinct numbers.
+    sim = simulator(phones=700, tenants=3, id_period=7, numbers_as_strings=numbers_as_strings)
+    text = serve(target_entry(sim, page_size=100, max_concurrency=4)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sum(counts(text).values()) == 700
+    assert counts(text) == expected_counts(sim)
+
+
+def test_records_with_neither_id_nor_phone_number_are_all_counted() -> None:
+    record: dict[str, object] = {"status": 1, "tenantId": "t"}
+    body = {"retCode": "0", "result": {"total": 3, "phone": [record, record, record]}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    snapshot = builder.build()
+    assert snapshot.counts == {("t", Status.SUSPENDED): 3}
+    assert snapshot.duplicates == 0
+
+
+def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
+    phones = [
+        {"id": 1, "phoneNum": "100", "status": 0},
+        {"id": 1, "phoneNum": "100", "status": 0},  # the same phone again
+        {"phoneNum": "200", "status": 0},
+        {"phoneNum": "200", "status": 0},  # no id: the number alone identifies it
+        {"id": 1, "phoneNum": "300", "status": 0},  # same id, another phone
+    ]
+    body = {"retCode": "0", "result": {"total": 3, "phone": phones}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    snapshot = builder.build()
+    assert snapshot.counts == {("", Status.REGISTERED): 3}
+    assert snapshot.duplicates == 2
