@@ -115,14 +115,37 @@ def test_check_config_never_prints_secrets(
     assert "- file:" in result.stdout
     assert_clean({"check-config": result.stdout + result.stderr}, canaries(sim))
 
-    # A secret pasted into a URL is refused without being echoed.
-    leaky = write_config(
-        targets=[target_entry(sim, "sim", base_url=f"http://user:{APP_SECRET}@127.0.0.1:9")]
-    )
-    result = run_cli("check-config", "--config", str(leaky))
-    assert result.returncode == 2
-    assert "targets[0].base_url" in result.stderr
-    assert_clean({"check-config (bad URL)": result.stdout + result.stderr}, canaries(sim))
+
+# A secret where it does not belong: each config is refused (exit 2, the key path
+# named) without echoing it. ``$S`` stands for the canary, ``${CEC_APP_SECRET}`` holds it.
+LEAKY_CONFIGS = {
+    "URL credentials": ("targets[0].base_url", {"base_url": "http://user:$S@127.0.0.1:9"}),
+    "typo'd URL with credentials": ("targets[0].base_url", {"base_url": "http:/admin:$S@host"}),
+    "proxy credentials": ("targets[0].proxy", {"proxy": "http//user:$S@proxy:3128"}),
+    "secret as the secret file": (
+        "targets[0].app_secret_file",
+        {"app_secret": None, "app_secret_file": "${CEC_APP_SECRET}"},
+    ),
+    "secret as the CA file": ("targets[0].ca_file", {"ca_file": "$S"}),
+    "secret variable in a number": ("targets[0].page_size", {"page_size": "${CEC_APP_SECRET}"}),
+    "secret variable in the name": ("targets[0].name", {"name": "${CEC_APP_SECRET}!"}),
+}
+
+
+@pytest.mark.parametrize("case", LEAKY_CONFIGS)
+def test_config_errors_never_echo_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path], case: str
+) -> None:
+    sim = simulator(phones=1, app_secret=APP_SECRET)
+    key_path, settings = LEAKY_CONFIGS[case]
+    entry = {k: v.replace("$S", APP_SECRET) if v else v for k, v in settings.items()}
+    config = write_config(targets=[{**target_entry(sim, "sim"), **entry}])
+    for command in ("check-config", "scrape"):
+        result = run_cli(command, "--config", str(config), env={"CEC_APP_SECRET": APP_SECRET})
+        assert result.returncode == 2, (command, result.stderr)
+        assert key_path in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert_clean({f"{command} ({case})": result.stdout + result.stderr}, [APP_SECRET])
 
 
 def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:
