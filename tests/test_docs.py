@@ -195,15 +195,15 @@ _STANDARD = ("process_", "python_")
 
 
 @pytest.fixture
-def live_metrics(
+def live_exporter(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
-) -> dict[str, tuple[str, frozenset[str]]]:
-    """{metric name: (type, label names)} from a real exporter's /metrics.
+) -> tuple[RunningExporter, str]:
+    """A real exporter against the simulator, and its /metrics after three scrapes.
 
-    Three scrapes: a retCode failure, an HTTP error, then a success with per-phone
-    metrics in pool mode, so every documented series has at least one sample.
+    A retCode failure, an HTTP error, then a success with per-phone metrics in pool
+    mode, so every documented series has at least one sample.
     """
     sim = simulator(phones=30, tenants=2, mode="pool")
     sim.set_faults(
@@ -217,6 +217,15 @@ def live_metrics(
     text = ""
     for _ in range(3):
         text = server.metrics()
+    return server, text
+
+
+@pytest.fixture
+def live_metrics(
+    live_exporter: tuple[RunningExporter, str],
+) -> dict[str, tuple[str, frozenset[str]]]:
+    """{metric name: (type, label names)} from the live exporter's /metrics."""
+    _, text = live_exporter
     found: dict[str, tuple[str, frozenset[str]]] = {}
     for family in text_string_to_metric_families(text):
         if family.name.startswith(_STANDARD) or not family.samples:
@@ -283,6 +292,21 @@ def test_every_metric_the_docs_name_exists(
                     f"{doc.relative_to(REPO)} names {name}, which /metrics does not have"
                 )
     assert not problems, "\n".join(sorted(problems))
+
+
+def test_every_documented_endpoint_answers(live_exporter: tuple[RunningExporter, str]) -> None:
+    server, _ = live_exporter
+    rows = tables_with(section(readme(), "HTTP endpoints"), "path")
+    assert rows, "README's HTTP endpoints section has no table with a path column"
+    problems = []
+    for row in rows:
+        method = "POST" if "POST" in " ".join(row.values()) else "GET"
+        for path in ticked(row["path"]):
+            url = path.replace("NAME", "sim")
+            status = server.client.request(method, server.url + url).status_code
+            if status in (404, 405):
+                problems.append(f"README's endpoint {method} {path} answers {status}")
+    assert not problems, "\n".join(problems)
 
 
 # --- (b) config: README tables against the loader ---------------------------------------------
