@@ -22,7 +22,8 @@ import yaml
 from exporter.collect import Exporter
 from exporter.config import load_config
 from exporter.simulator import SimConfig, Simulator
-from exporter.web import App, WebConfig, serve
+from exporter.web import App, serve
+from exporter.webconfig import WebConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
