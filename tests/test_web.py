@@ -260,6 +260,17 @@ def _bad_web_configs(pki: dict[str, Path]) -> dict[str, tuple[str, str]]:
             "  client_ca_file: /nonexistent/ca.pem\n",
             "tls_server_config.client_ca_file",
         ),
+        "client-ca-without-auth-type": (
+            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+            f"  client_ca_file: {pki['client_ca']}\n",
+            "tls_server_config.client_auth_type",
+        ),
+        "require-any-client-cert": (
+            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+            "  client_auth_type: RequireAnyClientCert\n",
+            "tls_server_config.client_auth_type",
+        ),
+        "duplicate-key": (f"basic_auth_users:\n  a: '{good_hash}'\n  a: '{good_hash}'\n", "FILE"),
         "not-a-mapping": ("- tls_server_config\n", "(top level)"),
         "unparseable": ("tls_server_config: [\n", "FILE"),
     }
