@@ -107,14 +107,21 @@ class TargetConfig:
     pagination_as_strings: bool = False
     per_phone_metrics: bool = False
     max_response_bytes: int = 16 * 1024 * 1024
+    requests_per_second: float = 0.0
+    """0: unlimited; targets with the same base_url and app_key share one budget."""
+
+
+DEFAULT_MAX_INFLIGHT_REQUESTS = 64
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole validated config: the targets, in file order."""
+    """The whole validated config: the targets, in file order, and exporter-wide limits."""
 
     targets: tuple[TargetConfig, ...]
     source: str = ""
+    max_inflight_requests: int = DEFAULT_MAX_INFLIGHT_REQUESTS
+    """Requests in flight at once across every target (bounds sockets and vendor load)."""
 
     def target(self, name: str) -> TargetConfig | None:
         """The target called ``name``, or None."""
@@ -255,9 +262,10 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "pagination_as_strings": _bool,
     "per_phone_metrics": _bool,
     "max_response_bytes": _int_in(1024, 1024**3),
+    "requests_per_second": _float_in(0, 100_000),
 }
 _IDENTITY = ("name", "base_url", "app_key", "app_secret", "app_secret_file", "tenant_space_id")
-_TOP_LEVEL = ("defaults", "targets")
+_TOP_LEVEL = ("defaults", "targets", "max_inflight_requests")
 
 
 def expand_env(
@@ -373,7 +381,14 @@ def parse_config(raw: object, source: str = "", environ: Mapping[str, str] | Non
         if target.name in seen:
             raise ConfigError(f"targets[{i}].name", f"duplicate target name {target.name!r}")
         seen.add(target.name)
-    return Config(targets=targets, source=source)
+    inflight = data.get("max_inflight_requests")
+    return Config(
+        targets=targets,
+        source=source,
+        max_inflight_requests=DEFAULT_MAX_INFLIGHT_REQUESTS
+        if inflight is None
+        else _int_in(1, 10_000)("max_inflight_requests", inflight),
+    )
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -404,7 +419,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
 def summary(config: Config) -> str:
     """A human summary for ``check-config``: settings and secret sources, never values."""
-    lines = [f"config {config.source or '(inline)'}: OK, {len(config.targets)} target(s)"]
+    lines = [
+        f"config {config.source or '(inline)'}: OK, {len(config.targets)} target(s)",
+        f"max_inflight_requests: {config.max_inflight_requests}",
+    ]
     names = [f.name for f in fields(TargetConfig) if f.name not in _IDENTITY]
     for t in config.targets:
         lines.append(f"- {t.name}: {t.base_url}")

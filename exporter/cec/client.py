@@ -1,9 +1,11 @@
 """Talk to one CEC account: fetch tokens, page through queryPhone, build a snapshot.
 
-One ``httpx2.AsyncClient`` per target reuses connections. The first page tells
+Connections come from a pool shared with every target on the same endpoint
+(``Upstream``), which also paces and caps requests. The first page tells
 ``total``; the remaining pages are fetched with at most ``max_concurrency`` in
 flight and folded into a ``SnapshotBuilder`` as they arrive. Every HTTP request
-is reported once, with its outcome, to the ``RequestObserver``.
+is reported once, with its outcome, to the ``RequestObserver``, logged at debug
+level and recorded in the collection's ``CollectionTrace`` when there is one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from exporter.cec.errors import (
 from exporter.cec.parse import Page, Token, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.token import TokenCache
+from exporter.cec.trace import CollectionTrace, RequestRecord, clip
+from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
 from exporter.logs import register_secret
 
@@ -50,11 +54,15 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
-KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
 # The monotonic time by which the current collection must end; retries that
 # cannot fit before it are not attempted. Tasks inherit it from ``collect``.
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
+# The log of the current collection (None: not recorded), and which try of a page this is.
+_trace: contextvars.ContextVar[CollectionTrace | None] = contextvars.ContextVar(
+    "trace", default=None
+)
+_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("attempt", default=1)
 
 
 class _Abandoned:
@@ -129,64 +137,20 @@ class CecClient:
     """The HTTP client for one target; ``collect`` returns a ``Snapshot``."""
 
     def __init__(
-        self,
-        target: TargetConfig,
-        observer: RequestObserver,
-        transport: httpx2.AsyncBaseTransport | None = None,
+        self, target: TargetConfig, observer: RequestObserver, upstream: Upstream | None = None
     ) -> None:
         self.target = target
         self._observer = observer
-        self._transport = transport
-        self._pool_suspect = False
-        # Built once: loading the CA bundle costs tens of ms, and the pool may be renewed.
-        # A context, not the path: httpx 0.28 (and httpx2) deprecate verify=<str> (same meaning).
-        self._ssl_context = (
-            ssl.create_default_context(cafile=target.ca_file)
-            if target.ca_file
-            else httpx2.create_ssl_context(verify=target.verify_tls, trust_env=False)
-        )
-        self._http = self._new_http()
+        self._upstream = upstream or Upstream()
+        # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
+        # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
+        # cancelled by its deadline cannot starve the others of connections.
+        self._http = self._upstream.acquire_pool(target)
         self.tokens = TokenCache(self._fetch_token)
 
-    def _new_http(self) -> httpx2.AsyncClient:
-        target = self.target
-        return httpx2.AsyncClient(
-            base_url=target.base_url,
-            verify=self._ssl_context,
-            proxy=target.proxy,
-            timeout=httpx2.Timeout(target.timeout_seconds),
-            limits=httpx2.Limits(
-                max_connections=target.max_concurrency + 1,
-                max_keepalive_connections=target.max_concurrency + 1,
-                # httpx2's 5 s default would reopen every connection (TLS handshakes
-                # included) on each scrape at a 15-60 s interval; an idle connection the
-                # server closed meanwhile is noticed and dropped before reuse.
-                keepalive_expiry=KEEPALIVE_SECONDS,
-            ),
-            transport=self._transport,
-            trust_env=False,  # only the proxy the config names
-            follow_redirects=False,
-        )
-
-    async def _renew_pool(self) -> None:
-        """Replace the connection pool after a collection that cancelled requests.
-
-        httpcore can leave a request cancelled at the wrong moment holding its pool
-        slot for good (encode/httpcore#1093, open in 1.0.9); once ``max_connections``
-        slots are held, every request would wait for the pool until the deadline.
-        """
-        self._pool_suspect = False
-        if self._transport is not None:
-            return  # an injected transport is the caller's to manage
-        old, self._http = self._http, self._new_http()
-        try:
-            await old.aclose()
-        except (httpx2.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
-            log.debug("target=%s closing the old pool: %s", self.target.name, err)
-
     async def aclose(self) -> None:
-        """Close pooled connections."""
-        await self._http.aclose()
+        """Give the shared pool back (its last user closes the connections)."""
+        await self._upstream.release_pool(self.target)
 
     # --- one HTTP exchange, counted once -------------------------------------------
 
@@ -202,13 +166,28 @@ class CecClient:
 
         Reports exactly one outcome to the observer, whatever happens, including
         cancellation by the scrape deadline (reported as a timeout); a request
-        abandoned because a sibling page failed is not reported.
+        abandoned because a sibling page failed is not reported. Waiting for the
+        rate budget and the in-flight cap comes first and is no request of its own.
         """
+        async with self._upstream.admit(self.target, _deadline.get()) as waited:
+            return await self._send(api, path, headers, payload, read, waited)
+
+    async def _send(
+        self,
+        api: str,
+        path: str,
+        headers: dict[str, str],
+        payload: dict[str, Any],
+        read: Callable[[bytes], _T],
+        waited: float,
+    ) -> _T:
         started = time.monotonic()
-        outcome, status, ret_code = "timeout", None, None
+        outcome, status, ret_code, ret_msg = "timeout", None, None, None
         report = True
         try:
-            async with self._http.stream("POST", path, headers=headers, json=payload) as response:
+            async with self._http.stream(
+                "POST", path, headers=headers, json=payload, timeout=self.target.timeout_seconds
+            ) as response:
                 status = response.status_code
                 if status != 200:
                     outcome = "http_error"
@@ -221,7 +200,7 @@ class CecClient:
             outcome = "success"
             return result
         except RetCodeError as err:
-            outcome, ret_code = "ret_code_error", err.ret_code
+            outcome, ret_code, ret_msg = "ret_code_error", err.ret_code, err.ret_msg
             raise
         except httpx2.HTTPError as err:
             failure = _transport_error(err)
@@ -238,9 +217,62 @@ class CecClient:
             report = abandoned is None or not abandoned.raised
             raise
         finally:
+            seconds = time.monotonic() - started
             if report:
-                seconds = time.monotonic() - started
                 self._observer.request_done(api, outcome, seconds, status, ret_code)
+            self._record(
+                api,
+                payload,
+                outcome if report else "cancelled",
+                seconds,
+                status,
+                ret_code,
+                ret_msg,
+                waited,
+            )
+
+    def _record(
+        self,
+        api: str,
+        payload: dict[str, Any],
+        outcome: str,
+        seconds: float,
+        status: int | None,
+        ret_code: str | None,
+        ret_msg: str | None,
+        waited: float,
+    ) -> None:
+        """One debug log line per request (never a secret), and the collection's record."""
+        offset = int(payload["offset"]) if "offset" in payload else None
+        attempt = _attempt.get()
+        code = None if ret_code is None else clip(ret_code, 20)
+        log.debug(
+            "target=%s api=%s offset=%s status=%s retCode=%s duration=%.3fs try=%d outcome=%s",
+            self.target.name,
+            api,
+            "-" if offset is None else offset,
+            "-" if status is None else status,
+            "-" if code is None else code,
+            seconds,
+            attempt,
+            outcome,
+        )
+        trace = _trace.get()
+        if trace is not None:
+            trace.request(
+                RequestRecord(
+                    at=max(0.0, trace.elapsed() - seconds),
+                    api=api,
+                    offset=offset,
+                    attempt=attempt,
+                    outcome=outcome,
+                    seconds=seconds,
+                    status=status,
+                    ret_code=code,
+                    ret_msg=None if ret_msg is None else clip(ret_msg),
+                    waited=waited,
+                )
+            )
 
     async def _read_capped(self, response: httpx2.Response) -> bytes:
         cap = self.target.max_response_bytes
@@ -258,7 +290,11 @@ class CecClient:
 
     # --- token ---------------------------------------------------------------------
 
-    async def _fetch_token(self) -> Token:
+    async def _fetch_token(self, reason: str) -> Token:
+        trace = _trace.get()
+        if trace is not None:
+            trace.token_noted = True  # every renewal is noted; a reuse only once
+            trace.note(f"new token: {reason}")
         try:
             secret = self.target.app_secret.read()
         except OSError as err:
@@ -309,6 +345,9 @@ class CecClient:
     async def _query_once(self, offset: int) -> Page:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
         token = await self.tokens.get()
+        trace = _trace.get()
+        if trace is not None:
+            trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
         payload = self._query_payload(offset)
         try:
             return await self._exchange(
@@ -333,6 +372,7 @@ class CecClient:
         thing; a wait that cannot fit is not started.
         """
         for number in range(1, MAX_TRIES + 1):
+            _attempt.set(number)
             try:
                 return await attempt()
             except (HttpStatusError, NetworkError) as err:
@@ -342,26 +382,25 @@ class CecClient:
                 if time.monotonic() + delay >= _deadline.get():
                     raise  # no time left to wait and try again
                 log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
+                trace = _trace.get()
+                if trace is not None:
+                    trace.note(f"{err}; retrying in {delay:.2f}s")
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- a whole collection ---------------------------------------------------------
 
-    async def collect(self, deadline: float = math.inf) -> Snapshot:
+    async def collect(
+        self, deadline: float = math.inf, trace: CollectionTrace | None = None
+    ) -> Snapshot:
         """Read every page and return the snapshot; raises ``CecError`` on any failure.
 
-        ``deadline`` (monotonic) only stops retries that cannot fit; run this under
-        a timeout too: on cancellation the pages in flight are cancelled.
+        ``deadline`` (monotonic) stops retries and rate-budget waits that cannot fit;
+        run this under a timeout too: on cancellation the pages in flight are
+        cancelled. Each request is recorded in ``trace`` when one is given.
         """
-        if self._pool_suspect:
-            await self._renew_pool()
-        try:
-            return await self._collect(deadline)
-        except BaseException:
-            # A failed collection (cancelled by its deadline, or by one page failing
-            # while others were in flight) may have left connections stuck in the pool.
-            self._pool_suspect = True
-            raise
+        _trace.set(trace)
+        return await self._collect(deadline)
 
     async def _collect(self, deadline: float) -> Snapshot:
         _deadline.set(deadline)

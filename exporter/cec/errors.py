@@ -27,6 +27,7 @@ class RetCodeError(CecError):
     def __init__(self, ret_code: str, ret_msg: str) -> None:
         super().__init__(f"retCode {ret_code}" + (f" ({ret_msg})" if ret_msg else ""))
         self.ret_code = ret_code
+        self.ret_msg = ret_msg
 
 
 class HttpStatusError(CecError):
@@ -44,6 +45,10 @@ class RequestTimeout(CecError):
     """A request did not finish in time (its own timeout or the scrape deadline)."""
 
     outcome = "timeout"
+
+
+class DeadlineExceeded(RequestTimeout):
+    """The next request could not start before the collection's deadline (rate budget)."""
 
 
 class NetworkError(CecError):
