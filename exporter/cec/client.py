@@ -245,6 +245,8 @@ class CecClient:
         """One debug log line per request (never a secret), and the collection's record."""
         offset = int(payload["offset"]) if "offset" in payload else None
         attempt = _attempt.get()
+        if api == QUERY_API and outcome == "success":
+            ret_code = "0"  # _check_ret_code let it through
         code = None if ret_code is None else clip(ret_code, 20)
         log.debug(
             "target=%s api=%s offset=%s status=%s retCode=%s duration=%.3fs try=%d outcome=%s",
