@@ -11,7 +11,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
+
+from exporter.cec.keyset import KeySet
 
 if TYPE_CHECKING:
     from exporter.cec.parse import Page
@@ -70,7 +72,7 @@ class SnapshotBuilder:
     phones_truncated: bool = False
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
-    _seen: set[int] = field(default_factory=set)  # Page.keys says why 64-bit hashes do
+    _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:
@@ -81,32 +83,21 @@ class SnapshotBuilder:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        keys, seen = page.keys, self._seen
-        fresh = set(keys)
         numbers: Sequence[str] = page.numbers
         counted: Sequence[tuple[str, str]] = page.buckets
-        if len(fresh) == len(keys) and None not in fresh and fresh.isdisjoint(seen):
-            seen |= cast("set[int]", fresh)  # the usual page: all new; set operations in C
-        else:
-            numbers, counted = self._unseen(page)
+        repeats = self._seen.add(page.keys)
+        if repeats:  # phones seen before (on this page or another): counted once
+            self.duplicates += len(repeats)
+            skip = set(repeats)
+            numbers = [n for i, n in enumerate(numbers) if i not in skip]
+            counted = [b for i, b in enumerate(counted) if i not in skip]
         self._counts.update(counted)
         if self.per_phone:
             self._add_phones(numbers, counted)
 
-    def _unseen(self, page: Page) -> tuple[list[str], list[tuple[str, str]]]:
-        """The numbers and buckets of the phones not seen before; duplicates are counted."""
-        seen = self._seen
-        numbers: list[str] = []
-        counted: list[tuple[str, str]] = []
-        for key, number, bucket in zip(page.keys, page.numbers, page.buckets, strict=True):
-            if key is not None:
-                if key in seen:
-                    self.duplicates += 1
-                    continue
-                seen.add(key)
-            numbers.append(number)
-            counted.append(bucket)
-        return numbers, counted
+    def expect(self, phones: int) -> None:
+        """Make room for ``phones`` keys at once (a hint, once ``total`` is trusted)."""
+        self._seen.reserve(phones)
 
     def _add_phones(self, numbers: Iterable[str], counted: Iterable[tuple[str, str]]) -> None:
         phones = self._phones
