@@ -31,6 +31,9 @@ RUN_ID=cec-smoke-$$
 CA=/etc/ssl/certs/ca-certificates.crt # host bundle: lets pip in RUN steps through a TLS proxy
 export CONTAINERS_CONF=$W/containers.conf
 mkdir -p "$W"
+# One run at a time per work folder (several worktrees on one machine share it).
+exec 9>"$W/.lock"
+flock 9
 
 START=$(date +%s)
 declare -a TIMES=()
@@ -72,6 +75,7 @@ cleanup() {
   for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT HUP # so that the EXIT trap removes the containers
 
 # ------------------------------------------------------------------ tools
 tools() {
