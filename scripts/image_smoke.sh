@@ -290,7 +290,7 @@ EOF
   rc=0
   out=$(podman run --rm --network none --no-healthcheck -v "$cfg:/config:ro" -e CEC_EXPORTER_CONFIG=/config/cec.yml \
     -e CEC_APP_KEY=smoke-key "$IMAGE" check-config 2>&1) || rc=$?
-  if [[ $rc == 2 && $out == *"app_secret_file: cannot read /config/app_secret: Permission denied"* ]]; then
+  if [[ $rc == 2 && $out == *"targets[0].app_secret_file: cannot read"*"Permission denied"* ]]; then
     pass "check-config: a root-owned 0600 secret gives exit 2, '$out'"
   else
     fail "check-config with a root-owned 0600 secret: exit $rc, '$out'"
