@@ -22,9 +22,11 @@ from prometheus_client.exposition import generate_latest
 from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
+from exporter.debug import debug_report
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.simulator import SimConfig, Simulator, parse_faults
-from exporter.web import App, WebConfig, load_web_config, parse_listen, serve
+from exporter.web import App, parse_listen, serve
+from exporter.webconfig import WebConfigFile, load_web_config
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -121,7 +123,7 @@ def cli() -> None:
     """Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)."""
 
 
-def run_server(exporter: Exporter, listen: str, web_config: WebConfig | None) -> None:
+def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the config."""
     app = App(exporter, web_config)
     try:
@@ -173,7 +175,7 @@ def serve_command(
     web_config = None
     if web_config_path:
         try:
-            web_config = load_web_config(web_config_path)
+            web_config = WebConfigFile(web_config_path, load_web_config(web_config_path))
         except ConfigError as err:
             _fail(f"web config: {err}")
     log.info("cec-phone-exporter %s, %d target(s)", __version__, len(config.targets))
@@ -310,8 +312,16 @@ def check_config(config_path: str) -> None:
 @cli.command()
 @_config_option
 @click.option("--target", help="Collect only this target (as /probe does).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the debug probe's report instead: the collection log, the metrics and the "
+    "effective config with secrets redacted.",
+)
 @_logging_options
-def scrape(config_path: str, target: str | None, log_level: str, log_format: str) -> None:
+def scrape(
+    config_path: str, target: str | None, debug: bool, log_level: str, log_format: str
+) -> None:
     """Collect once and print the exposition.
 
     Exit 0 if every target is up, 1 if any is down, 2 for a bad config or an unknown --target.
@@ -322,6 +332,12 @@ def scrape(config_path: str, target: str | None, log_level: str, log_format: str
         _fail(f"--target: no target named {target!r} in {config_path}")
     exporter = Exporter(config, config_path)
     try:
+        if debug:
+            reports = [
+                debug_report(exporter, n) for n in ([target] if target else config.target_names)
+            ]
+            click.echo("\n".join(text for text, _ in reports), nl=False)
+            sys.exit(0 if all(up for _, up in reports) else 1)
         registry, collections = exporter.scrape(target)
         click.echo(generate_latest(registry).decode(), nl=False)
     finally:

@@ -97,6 +97,30 @@ def test_scrape_never_prints_secrets(
     assert "HTTP 401" in results["query_401"].stderr or "401" in results["query_401"].stderr
 
 
+def test_scrape_debug_never_prints_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+) -> None:
+    """The debug report (log, metrics, effective config) in every failure scenario."""
+    runs: dict[str, tuple[Simulator, Path, int]] = {}
+    for name, (faults, settings, status) in SCENARIOS.items():
+        sim = simulator(phones=PHONES, tenants=2, app_secret=APP_SECRET, app_key="leak-key")
+        sim.set_faults(faults)
+        runs[name] = (sim, write_config(targets=[target_entry(sim, "sim", **settings)]), status)
+
+    def scrape(config: Path) -> Any:
+        return run_cli("scrape", "--config", str(config), "--debug", "--log-level", "debug")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(runs, pool.map(scrape, [c for _, c, _ in runs.values()]), strict=True))
+    secrets = [*canaries(*(sim for sim, _, _ in runs.values())), "leak-key"]
+    for name, result in results.items():
+        assert result.returncode == runs[name][2], (name, result.stderr)
+        assert "Effective config (secrets redacted)" in result.stdout, name
+        assert_clean({f"{name} stdout": result.stdout}, secrets)
+        assert_clean({f"{name} stderr": result.stderr}, secrets[:-1])
+    assert "new token: the old one was rejected with HTTP 401" in results["query_401"].stdout
+
+
 def test_check_config_never_prints_secrets(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -159,9 +183,12 @@ def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> 
             return response
 
         def round_trip(label: str) -> None:
-            hit(f"{label} /", "GET", "/")
             hit(f"{label} /metrics", "GET", "/metrics")
             hit(f"{label} /probe", "GET", "/probe?target=sim")
+            hit(f"{label} debug probe", "GET", "/probe?target=sim&debug=true")
+            hit(f"{label} /sd", "GET", "/sd")
+            hit(f"{label} own metrics", "GET", "/metrics?collect[]=exporter")
+            hit(f"{label} /", "GET", "/")  # last: its recent collections include the above
 
         round_trip("ok")
         assert sample(pages["ok /metrics"].split("\n", 1)[1], "cec_up", target="sim") == 1.0
