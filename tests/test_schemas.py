@@ -276,12 +276,17 @@ def rendered_errors(docs: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def test_kustomize_output_validates() -> None:
-    docs = kustomize(K8S)
-    kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(
-        ["ConfigMap", "Deployment", "PrometheusRule", "Service", "ServiceMonitor"]
-    )
+@pytest.mark.parametrize(
+    ("folder", "kinds"),
+    [
+        (K8S, ["ConfigMap", "Deployment", "PrometheusRule", "Service", "ServiceMonitor"]),
+        (K8S / "sharded", ["Deployment", "Deployment", "Service", "Service"]),
+    ],
+    ids=["base", "sharded"],
+)
+def test_kustomize_output_validates(folder: Path, kinds: list[str]) -> None:
+    docs = kustomize(folder)
+    assert sorted(d["kind"] for d in docs) == kinds
     assert rendered_errors(docs) == []
     assert not any("release" in d["metadata"].get("labels", {}) for d in docs)
 
