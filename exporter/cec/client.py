@@ -23,10 +23,13 @@ from typing import Any, Protocol, TypeVar
 
 import httpx2
 
+from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
     CecError,
     CredentialError,
+    DeadlineExceeded,
     HttpStatusError,
+    IncompleteError,
     InvalidResponse,
     NetworkError,
     PageLimitError,
@@ -52,9 +55,11 @@ BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
 KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
-# The monotonic time by which the current collection must end; retries that
-# cannot fit before it are not attempted. Tasks inherit it from ``collect``.
-_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
+# When the current collection must end (it may move later while it runs); retries
+# that cannot fit before it are not attempted. Tasks inherit it from ``collect``.
+_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "deadline", default=None
+)
 
 
 class _Abandoned:
@@ -273,9 +278,17 @@ class CecClient:
         payload = {"app_key": self.target.app_key, "app_secret": secret}
         # One attempt: a token is only fetched inside a page's retry loop (query_page),
         # which retries it; a loop here as well would multiply the tries (3 x 3).
-        token = await self._exchange(
-            TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
-        )
+        try:
+            token = await self._exchange(
+                TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
+            )
+        except HttpStatusError as err:
+            if err.status_code not in (401, 403):
+                raise
+            # Counted as an http_error request; the collection failed for its credentials.
+            raise CredentialError(
+                f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
+            ) from None
         register_secret(token.value)
         self._observer.token_issued(token.expires_at)
         log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
@@ -339,7 +352,8 @@ class CecClient:
                 if number == MAX_TRIES or not _retryable(err):
                     raise
                 delay = _backoff(number, getattr(err, "retry_after", None))
-                if time.monotonic() + delay >= _deadline.get():
+                deadline = _deadline.get()
+                if deadline is not None and time.monotonic() + delay >= deadline.at:
                     raise  # no time left to wait and try again
                 log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
                 await asyncio.sleep(delay)
@@ -347,48 +361,73 @@ class CecClient:
 
     # --- a whole collection ---------------------------------------------------------
 
-    async def collect(self, deadline: float = math.inf) -> Snapshot:
-        """Read every page and return the snapshot; raises ``CecError`` on any failure.
+    async def collect(self, deadline: Deadline | None = None) -> Snapshot:
+        """Read every page and return a complete snapshot; raises ``CecError`` on any failure.
 
-        ``deadline`` (monotonic) only stops retries that cannot fit; run this under
-        a timeout too: on cancellation the pages in flight are cancelled.
+        The collection ends by ``deadline`` (``DeadlineExceeded``), which may move later
+        while it runs; on cancellation the pages in flight are cancelled.
         """
+        deadline = deadline or Deadline()
         if self._pool_suspect:
             await self._renew_pool()
+        started = time.monotonic()
         try:
-            return await self._collect(deadline)
+            async with deadline.enforce() as timer:
+                return await self._collect(deadline)
+        except TimeoutError:
+            self._pool_suspect = True
+            if not timer.expired():
+                raise
+            raise DeadlineExceeded(f"deadline of {deadline.at - started:.2f}s exceeded") from None
         except BaseException:
             # A failed collection (cancelled by its deadline, or by one page failing
             # while others were in flight) may have left connections stuck in the pool.
             self._pool_suspect = True
             raise
 
-    async def _collect(self, deadline: float) -> Snapshot:
+    async def _collect(self, deadline: Deadline) -> Snapshot:
+        """Read every page; an incomplete read is retried once from the first page."""
         _deadline.set(deadline)
         _abandoned.set(_Abandoned())
+        started = time.monotonic()
+        builder = await self._read_pages()
+        problem = builder.incomplete()
+        if problem is not None:
+            # Another pass costs about as long as this one: start it only if it can finish.
+            if deadline.left() <= time.monotonic() - started:
+                raise IncompleteError(f"{problem}; no time left to read again")
+            log.info("target=%s %s; reading again from the first page", self.target.name, problem)
+            builder = await self._read_pages()
+            problem = builder.incomplete()
+            if problem is not None:
+                raise IncompleteError(f"{problem}, twice in a row")
+        snapshot = builder.build()
+        if snapshot.phones_truncated:
+            log.warning(
+                "target=%s per-phone series capped at %d phones",
+                self.target.name,
+                builder.per_phone_cap,
+            )
+        return snapshot
+
+    async def _read_pages(self) -> SnapshotBuilder:
+        """One pass over every page, from the first, folded into a fresh builder."""
         target = self.target
         builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
         first = await self.query_page(0)
         builder.add(first)
         if first.total is None:
             await self._collect_until_short_page(builder, len(first.phones))
-        else:
-            pages = max(1, math.ceil(first.total / target.page_size))
-            if pages > target.max_pages:
-                raise PageLimitError(
-                    f"total {first.total} needs {pages} pages, more than max_pages "
-                    f"{target.max_pages} at page_size {target.page_size}"
-                )
-            offsets = iter(range(target.page_size, first.total, target.page_size))
-            await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
-        snapshot = builder.build()
-        if snapshot.phones_truncated:
-            log.warning(
-                "target=%s per-phone series capped at %d phones",
-                target.name,
-                builder.per_phone_cap,
+            return builder
+        pages = max(1, math.ceil(first.total / target.page_size))
+        if pages > target.max_pages:
+            raise PageLimitError(
+                f"total {first.total} needs {pages} pages, more than max_pages "
+                f"{target.max_pages} at page_size {target.page_size}"
             )
-        return snapshot
+        offsets = iter(range(target.page_size, first.total, target.page_size))
+        await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
+        return builder
 
     def _page_worker(
         self, offsets: Iterator[int], builder: SnapshotBuilder
