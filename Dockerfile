@@ -3,18 +3,25 @@
 # cec-phone-exporter container image.
 #
 #   docker build -t cec-phone-exporter .
-#   docker run --rm -p 9877:9877 cec-phone-exporter demo --listen 0.0.0.0:9877
-#   docker run --rm -p 9877:9877 \
+#   docker run --rm -p 127.0.0.1:9877:9877 cec-phone-exporter demo
+#   docker run --rm -p 127.0.0.1:9877:9877 \
 #       -v "$PWD/config.yml:/etc/cec-phone-exporter/config.yml:ro" \
 #       -e CEC_APP_KEY=... -v "$PWD/app_secret:/run/secrets/cec_app_secret:ro" \
 #       cec-phone-exporter
 #
-# The default command is `serve --config /etc/cec-phone-exporter/config.yml`:
-# mount the config file there. CEC_EXPORTER_CONFIG holds the same path for the
-# commands that read it from the environment (`check-config`, `scrape`, or
-# `serve` without --config); a --config on the command line wins over it.
+# The default command is `serve`, which reads the config file named by
+# CEC_EXPORTER_CONFIG (default /etc/cec-phone-exporter/config.yml): mount the
+# file there, or mount it elsewhere and set CEC_EXPORTER_CONFIG; a --config on
+# the command line wins over both. Any other command replaces `serve`
+# (`demo`, `check-config`, `scrape`, `simulate`).
+# The process runs as uid/gid 10001: mounted config and secret files must be
+# readable by it (chown 10001 or chmod o+r; in Kubernetes fsGroup: 10001 and a
+# Secret defaultMode of 0440 do it).
 # The HEALTHCHECK probes http://127.0.0.1:9877/-/healthy: keep the default
 # listen port, and plain HTTP, or override the health check.
+# Dependencies come from requirements.lock (exact versions and hashes; see
+# scripts/lock.sh), so two builds of one commit install the same packages.
+# scripts/image_smoke.sh builds and runs this image as CI does.
 
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 
@@ -25,10 +32,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Locked dependencies first (a layer that survives code changes): exact versions,
+# every file checked against its hash, wheels only (nothing compiled here).
+COPY requirements.lock requirements-build.lock ./
+RUN pip wheel --require-hashes --only-binary=:all: --wheel-dir /wheels -r requirements.lock \
+    && pip install --require-hashes --only-binary=:all: -r requirements-build.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-# One wheel for the project and one for each dependency, installed offline below.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The project's wheel, built by the locked setuptools rather than whatever is newest.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # ------------------------------------------------------------------ final
 FROM ${PYTHON_IMAGE}
@@ -48,6 +60,7 @@ RUN groupadd --system --gid 10001 cec \
        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin cec \
     && mkdir -p /etc/cec-phone-exporter
 
+# Offline, from the builder's wheels only: a dependency missing from the lock fails here.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl
 
@@ -58,4 +71,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9877/-/healthy', timeout=4).status == 200 else 1)"]
 
 ENTRYPOINT ["cec-phone-exporter"]
-CMD ["serve", "--config", "/etc/cec-phone-exporter/config.yml"]
+CMD ["serve"]

@@ -1,6 +1,8 @@
 """The ``cec-phone-exporter`` command line: it parses options and wires parts together.
 
-Every option may also come from the environment (``CEC_EXPORTER_<NAME>``).
+Every option may also come from the environment, by one rule (``envvar_rule``):
+the options that mean the same wherever they appear have one shared name
+(``SHARED_ENVVARS``), every other one is ``CEC_EXPORTER_<COMMAND>_<OPTION>``.
 Config errors exit 2 with the key path; nothing here prints a traceback.
 """
 
@@ -20,6 +22,7 @@ from prometheus_client.exposition import generate_latest
 from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
+from exporter.debug import debug_report
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.simulator import SimConfig, Simulator, parse_faults
 from exporter.web import App, WebConfig, load_web_config, parse_listen, serve
@@ -29,6 +32,17 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 DEFAULT_LISTEN = "0.0.0.0:9877"
 DEFAULT_SIMULATOR_LISTEN = "127.0.0.1:9878"
+ENVVAR_PREFIX = "CEC_EXPORTER"
+# Options that mean the same in every command that has them: one variable for all.
+# ``--listen`` is the exporter's address, so it is shared by serve and demo only;
+# simulate's ``--listen`` is the simulator's and follows the per-command rule.
+SHARED_ENVVARS = {
+    "config": f"{ENVVAR_PREFIX}_CONFIG",
+    "web-config": f"{ENVVAR_PREFIX}_WEB_CONFIG",
+    "log-level": f"{ENVVAR_PREFIX}_LOG_LEVEL",
+    "log-format": f"{ENVVAR_PREFIX}_LOG_FORMAT",
+}
+SHARED_LISTEN_COMMANDS = ("serve", "demo")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -56,10 +70,9 @@ def _config_option(func: _F) -> _F:
         "--config",
         "--config.file",
         "config_path",
-        envvar="CEC_EXPORTER_CONFIG",
         required=True,
         metavar="FILE",
-        help="YAML config file (env CEC_EXPORTER_CONFIG).",
+        help="YAML config file.",
     )(func)
 
 
@@ -68,36 +81,34 @@ def _listen_option(default: str) -> Callable[[_F], _F]:
         "--listen",
         "--web.listen-address",
         "listen",
-        envvar="CEC_EXPORTER_LISTEN",
         default=default,
         show_default=True,
         callback=_listen,
         metavar="HOST:PORT",
-        help="Address to listen on (env CEC_EXPORTER_LISTEN).",
+        help="Address to listen on.",
     )
 
 
 def _logging_options(func: _F) -> _F:
     func = click.option(
         "--log-level",
-        envvar="CEC_EXPORTER_LOG_LEVEL",
         type=click.Choice(LEVELS, case_sensitive=False),
         default="info",
         show_default=True,
+        help="Lowest level logged (debug: one line per API request).",
     )(func)
     return click.option(
         "--log-format",
-        envvar="CEC_EXPORTER_LOG_FORMAT",
         type=click.Choice(FORMATS),
         default="text",
         show_default=True,
+        help="Log lines as logfmt-style text or JSON.",
     )(func)
 
 
 def _phones_option(func: _F) -> _F:
     return click.option(
         "--phones",
-        envvar="CEC_EXPORTER_PHONES",
         type=click.IntRange(0, 10_000_000),
         default=1000,
         show_default=True,
@@ -150,9 +161,8 @@ def run_server(exporter: Exporter, listen: str, web_config: WebConfig | None) ->
     "--web-config",
     "--web.config.file",
     "web_config_path",
-    envvar="CEC_EXPORTER_WEB_CONFIG",
     metavar="FILE",
-    help="TLS and basic auth, exporter-toolkit format (env CEC_EXPORTER_WEB_CONFIG).",
+    help="TLS and basic auth, exporter-toolkit format.",
 )
 @_logging_options
 def serve_command(
@@ -204,14 +214,40 @@ def demo(listen: str, phones: int, log_level: str, log_format: str) -> None:
 @cli.command()
 @_listen_option(DEFAULT_SIMULATOR_LISTEN)
 @_phones_option
-@click.option("--tenants", type=click.IntRange(1, 100_000), default=3, show_default=True)
-@click.option("--suspended-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option(
-    "--mode", type=click.Choice(["single", "pool", "legacy"]), default="single", show_default=True
+    "--tenants",
+    type=click.IntRange(1, 100_000),
+    default=3,
+    show_default=True,
+    help="Tenants the phones are spread over.",
 )
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
-@click.option("--app-key", envvar="CEC_SIM_APP_KEY", default=SimConfig.app_key, show_default=True)
-@click.option("--app-secret", envvar="CEC_SIM_APP_SECRET", default=SimConfig.app_secret)
+@click.option(
+    "--suspended-ratio",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Share of the phones that are suspended.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["single", "pool", "legacy"]),
+    default="single",
+    show_default=True,
+    help="Shape of the queryPhone answer.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Delay added to every request.",
+)
+@click.option(
+    "--app-key", default=SimConfig.app_key, show_default=True, help="App key the simulator accepts."
+)
+@click.option(
+    "--app-secret", default=SimConfig.app_secret, help="App secret the simulator accepts."
+)
 @click.option(
     "--faults",
     "faults_json",
@@ -268,22 +304,39 @@ def simulate(
 @cli.command("check-config")
 @_config_option
 def check_config(config_path: str) -> None:
-    """Validate the config file and print a summary (never secrets)."""
+    """Validate the config file and print a summary (never secrets); exit 0, or 2 if invalid."""
     click.echo(summary(_load(config_path)))
 
 
 @cli.command()
 @_config_option
 @click.option("--target", help="Collect only this target (as /probe does).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the debug probe's report instead: the collection log, the metrics and the "
+    "effective config with secrets redacted.",
+)
 @_logging_options
-def scrape(config_path: str, target: str | None, log_level: str, log_format: str) -> None:
-    """Collect once and print the exposition; exit 1 unless every target is up."""
+def scrape(
+    config_path: str, target: str | None, debug: bool, log_level: str, log_format: str
+) -> None:
+    """Collect once and print the exposition.
+
+    Exit 0 if every target is up, 1 if any is down, 2 for a bad config or an unknown --target.
+    """
     setup_logging(log_level, log_format)
     config = _load(config_path)
     if target is not None and config.target(target) is None:
         _fail(f"--target: no target named {target!r} in {config_path}")
     exporter = Exporter(config, config_path)
     try:
+        if debug:
+            reports = [
+                debug_report(exporter, n) for n in ([target] if target else config.target_names)
+            ]
+            click.echo("\n".join(text for text, _ in reports), nl=False)
+            sys.exit(0 if all(up for _, up in reports) else 1)
         registry, collections = exporter.scrape(target)
         click.echo(generate_latest(registry).decode(), nl=False)
     finally:
@@ -291,9 +344,37 @@ def scrape(config_path: str, target: str | None, log_level: str, log_format: str
     sys.exit(0 if collections and all(c.up for c in collections) else 1)
 
 
+def envvar_rule(command: str, option: str) -> str:
+    """The environment variable of ``--option`` of ``command`` (the documented rule)."""
+    if option == "listen" and command in SHARED_LISTEN_COMMANDS:
+        return f"{ENVVAR_PREFIX}_LISTEN"
+    name = SHARED_ENVVARS.get(option)
+    if name is None:
+        name = f"{ENVVAR_PREFIX}_{command}_{option}".upper().replace("-", "_")
+    return name
+
+
+def _apply_envvar_rule(group: click.Group) -> None:
+    """Give every option of every command its variable, and show it in ``--help``.
+
+    Named from the option's first long flag, not its Python parameter name, so
+    ``--faults`` is ``..._FAULTS`` (as documented) however the parameter is called.
+    """
+    for command in group.commands.values():
+        assert command.name is not None
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                flag = next(o for o in param.opts if o.startswith("--"))
+                param.envvar = envvar_rule(command.name, flag[2:])
+                param.show_envvar = True
+
+
+_apply_envvar_rule(cli)
+
+
 def main() -> None:
     """Console-script entry point."""
-    cli.main(prog_name="cec-phone-exporter", auto_envvar_prefix="CEC_EXPORTER")
+    cli.main(prog_name="cec-phone-exporter")
 
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "envvar_rule", "main"]

@@ -10,11 +10,13 @@ another, and builds the families that the web layer encodes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import platform
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from exporter import __version__
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
+from exporter.cec.trace import CollectionTrace
+from exporter.cec.upstream import Upstream
 from exporter.config import Config, ConfigError, TargetConfig, load_config
 from exporter.metrics import ApiMetrics
 
@@ -39,6 +43,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # SPEC: no _created 
 
 SCRAPE_MARGIN_SECONDS = 0.5
 SCRAPE_MARGIN_RATIO = 0.1
+HISTORY = 10  # recent collections kept per target for the landing page
 
 
 def collection_budget(scrape_timeout: float | None, timeout_seconds: float) -> float:
@@ -64,11 +69,19 @@ class Collection:
     finished_mono: float
     last_success: float | None = None
     age: float = 0.0
+    trace: CollectionTrace | None = None
+    """What happened, request by request (None when no collection ran for it)."""
+    started_wall: float = dataclasses.field(default_factory=time.time)
 
     @property
     def up(self) -> bool:
         """True when every page was read with retCode 0."""
         return self.snapshot is not None
+
+    @property
+    def phone_records(self) -> int | None:
+        """Phone records counted (after de-duplication), when the collection succeeded."""
+        return None if self.snapshot is None else sum(self.snapshot.counts.values())
 
 
 class TargetCollector:
@@ -78,25 +91,31 @@ class TargetCollector:
     it; each scrape answers by its own deadline (SPEC section 6).
     """
 
-    def __init__(self, config: TargetConfig, api_metrics: ApiMetrics) -> None:
+    def __init__(
+        self, config: TargetConfig, api_metrics: ApiMetrics, upstream: Upstream | None = None
+    ) -> None:
         self.config = config
         self._observer = api_metrics.observer(config.name)
-        self.client = CecClient(config, self._observer)
+        self.client = CecClient(config, self._observer, upstream)
+        self.history: deque[Collection] = deque(maxlen=HISTORY)
+        """The most recent collections, oldest first (the landing page shows them)."""
         self._inflight: asyncio.Task[Collection | None] | None = None
         self._deadline = Deadline()
         self._cached: Collection | None = None
         self._last_success: float | None = None
         self._closed = False
 
-    async def get(self, deadline: float) -> Collection | None:
+    async def get(self, deadline: float, fresh: bool = False) -> Collection | None:
         """A collection no older than the cache TTL, by ``deadline`` (monotonic).
 
+        ``fresh`` (the debug probe) skips the cache: it wants a collection to look at.
         None when a reload closed this collector meanwhile: the caller asks the
         collector that replaced it, if any.
         """
         started = time.monotonic()
         cached = self._cached
-        if cached is not None and started - cached.finished_mono < self.config.cache_ttl_seconds:
+        ttl = 0.0 if fresh else self.config.cache_ttl_seconds
+        if cached is not None and started - cached.finished_mono < ttl:
             return _replace_age(cached, started - cached.finished_mono)
         if self._closed:
             return None
@@ -133,10 +152,16 @@ class TargetCollector:
             self._cached = result
 
     async def _collect(self, deadline: Deadline) -> Collection | None:
+        collection = await self._run(deadline, CollectionTrace())
+        if collection is not None:
+            self.history.append(collection)
+        return collection
+
+    async def _run(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
         started = time.monotonic()
         reason: str | None = None
         try:
-            snapshot = await self.client.collect(deadline)
+            snapshot = await self.client.collect(deadline, trace)
         except asyncio.CancelledError:
             if not self._closed:
                 raise
@@ -158,6 +183,8 @@ class TargetCollector:
                 duration=time.monotonic() - started,
                 finished_mono=time.monotonic(),
                 last_success=self._last_success,
+                trace=trace,
+                started_wall=trace.started_wall,
             )
         duration = time.monotonic() - started
         log.warning(
@@ -165,9 +192,11 @@ class TargetCollector:
         )
         if reason is not None:  # an internal error is a bug, not a reason the API gave
             self._observer.collection_failed(reason)
-        return self._failed(error, duration)
+        return self._failed(error, duration, trace)
 
-    def _failed(self, error: str, duration: float) -> Collection:
+    def _failed(
+        self, error: str, duration: float, trace: CollectionTrace | None = None
+    ) -> Collection:
         return Collection(
             target=self.config.name,
             snapshot=None,
@@ -175,6 +204,8 @@ class TargetCollector:
             duration=duration,
             finished_mono=time.monotonic(),
             last_success=self._last_success,
+            trace=trace,
+            started_wall=time.time() - duration if trace is None else trace.started_wall,
         )
 
     async def aclose(self) -> None:
@@ -187,15 +218,7 @@ class TargetCollector:
 
 
 def _replace_age(collection: Collection, age: float) -> Collection:
-    return Collection(
-        target=collection.target,
-        snapshot=collection.snapshot,
-        error=collection.error,
-        duration=collection.duration,
-        finished_mono=collection.finished_mono,
-        last_success=collection.last_success,
-        age=age,
-    )
+    return dataclasses.replace(collection, age=age)
 
 
 def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
@@ -302,6 +325,7 @@ class Exporter:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config_path = config_path
         self.api_metrics = ApiMetrics()
+        self.upstream = Upstream(config.max_inflight_requests)
         self._io = LoopThread()
         self._targets: dict[str, TargetCollector] = {}
         self._reload_lock = threading.Lock()
@@ -323,12 +347,13 @@ class Exporter:
         """Swap to ``config``: keep collectors whose settings did not change (and their tokens)."""
         old = self._targets
         new: dict[str, TargetCollector] = {}
+        self.upstream.configure(config.targets, config.max_inflight_requests)
         for target in config.targets:
             kept = old.get(target.name)
             if kept is not None and kept.config == target:
                 new[target.name] = kept
             else:
-                new[target.name] = TargetCollector(target, self.api_metrics)
+                new[target.name] = TargetCollector(target, self.api_metrics, self.upstream)
                 self.api_metrics.add_target(target.name)
         self._targets = new
         self.config = config
@@ -355,7 +380,9 @@ class Exporter:
             log.info("config reloaded: %d target(s)", len(config.targets))
             return True
 
-    def collect(self, names: list[str], scrape_timeout: float | None = None) -> list[Collection]:
+    def collect(
+        self, names: list[str], scrape_timeout: float | None = None, fresh: bool = False
+    ) -> list[Collection]:
         """Collect ``names`` concurrently, each within its own budget; blocks the caller."""
         started = time.monotonic()
         targets = self._targets
@@ -369,7 +396,7 @@ class Exporter:
             # A reload may close the collector mid-way: ask its successor, by the same
             # deadline; a target the reload removed is left out of the answer.
             while (collector := self._targets.get(name)) is not None:
-                collection = await collector.get(deadline)
+                collection = await collector.get(deadline, fresh)
                 if collection is not None:
                     return collection
             return None
@@ -384,12 +411,15 @@ class Exporter:
         return self._io.run(run(), timeout=max(budgets.values(), default=0) + 1.0)
 
     def scrape(
-        self, target: str | None = None, scrape_timeout: float | None = None
+        self, target: str | None = None, scrape_timeout: float | None = None, fresh: bool = False
     ) -> tuple[CollectorRegistry, list[Collection]]:
-        """A registry to encode: one target (``/probe``), or all plus our own metrics."""
+        """A registry to encode: one target (``/probe``), or all plus our own metrics.
+
+        ``fresh`` skips the cache (the debug probe runs a real collection).
+        """
         names = self.target_names if target is None else [target]
         try:
-            collections = self.collect(names, scrape_timeout)
+            collections = self.collect(names, scrape_timeout, fresh)
         except FutureTimeout:
             log.error("collection loop did not answer in time")  # noqa: TRY400
             collections = []
@@ -398,6 +428,21 @@ class Exporter:
         if target is None:
             registry.register(_Families(self.registry.collect))
         return registry, collections
+
+    def own_metrics(self) -> CollectorRegistry:
+        """The exporter's own metrics alone, without collecting any target.
+
+        Sharded replicas are scraped for these while their targets come through ``/probe``.
+        """
+        return self.registry
+
+    def recent(self) -> dict[str, list[Collection]]:
+        """The recent collections of every configured target, newest first."""
+
+        async def read() -> dict[str, list[Collection]]:  # on the loop: history is its data
+            return {name: list(reversed(t.history)) for name, t in self._targets.items()}
+
+        return self._io.run(read(), timeout=5)
 
     def _exporter_families(self) -> Iterator[Metric]:
         yield from self.api_metrics.collect()
@@ -425,6 +470,7 @@ class Exporter:
 
         async def close_all() -> None:
             await asyncio.gather(*(t.aclose() for t in targets), return_exceptions=True)
+            await self.upstream.aclose()
 
         try:
             self._io.run(close_all(), timeout=5)

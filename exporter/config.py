@@ -2,7 +2,8 @@
 
 Every error names its key path (``targets[1].page_size: must be 1..100, got 500``)
 so an operator can fix the file without reading code. Secrets are kept in a
-``Secret`` whose ``repr`` never shows the value.
+``Secret`` whose ``repr`` never shows the value, and an error never echoes a
+value that may be one (see ``_shown``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import yaml
 _T = TypeVar("_T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TARGET_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# Everything from after a scheme-ish prefix ("http://", "http:/", "http//") up to
+# the last "@": the userinfo of a URL, however mistyped the rest is.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:?/+)?.*@", re.DOTALL)
 
 
 class ConfigError(Exception):
@@ -59,6 +63,27 @@ class Secret:
     __str__ = __repr__
 
 
+class _FromEnv(str):
+    """A string that ``${VAR}`` expansion produced: errors name the variables, not the value."""
+
+    variables: tuple[str, ...] = ()
+
+
+def _shown(raw: object) -> str:
+    """How an error shows a rejected value without leaking a secret.
+
+    A value from the environment may be a secret (``${CEC_APP_SECRET}`` in the wrong
+    key), so only its variables are named; URL credentials are always cut out.
+    """
+    if isinstance(raw, _FromEnv):
+        return (
+            "the value from " + ", ".join(f"${{{name}}}" for name in raw.variables) + " (not shown)"
+        )
+    if isinstance(raw, str):
+        return repr(_USERINFO.sub(r"\g<1>***@", raw))
+    return repr(raw)
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """One CEC account to collect from: its identity and collection settings."""
@@ -80,14 +105,21 @@ class TargetConfig:
     pagination_as_strings: bool = False
     per_phone_metrics: bool = False
     max_response_bytes: int = 16 * 1024 * 1024
+    requests_per_second: float = 0.0
+    """0: unlimited; targets with the same base_url and app_key share one budget."""
+
+
+DEFAULT_MAX_INFLIGHT_REQUESTS = 64
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole validated config: the targets, in file order."""
+    """The whole validated config: the targets, in file order, and exporter-wide limits."""
 
     targets: tuple[TargetConfig, ...]
     source: str = ""
+    max_inflight_requests: int = DEFAULT_MAX_INFLIGHT_REQUESTS
+    """Requests in flight at once across every target (bounds sockets and vendor load)."""
 
     def target(self, name: str) -> TargetConfig | None:
         """The target called ``name``, or None."""
@@ -103,23 +135,19 @@ class Config:
 
 
 def _number(path: str, raw: object, kind: Callable[[str], _T]) -> _T:
-    if isinstance(raw, bool):
-        raise ConfigError(path, f"must be a number, got {raw!r}")
-    if isinstance(raw, (int, float)):
-        raw = str(raw)
-    if isinstance(raw, str):
+    if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
         try:
-            return kind(raw.strip())
+            return kind(str(raw).strip())
         except ValueError:
             pass
-    raise ConfigError(path, f"must be a number, got {raw!r}")
+    raise ConfigError(path, f"must be a number, got {_shown(raw)}")
 
 
 def _int_in(low: int, high: int) -> Callable[[str, object], int]:
     def check(path: str, raw: object) -> int:
         number = _number(path, raw, float)
         if not number.is_integer():
-            raise ConfigError(path, f"must be a whole number, got {raw!r}")
+            raise ConfigError(path, f"must be a whole number, got {_shown(raw)}")
         value = int(number)
         if not low <= value <= high:
             raise ConfigError(path, f"must be {low}..{high}, got {value}")
@@ -150,7 +178,7 @@ def _bool(path: str, raw: object) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
         return raw.strip().lower() == "true"
-    raise ConfigError(path, f"must be true or false, got {raw!r}")
+    raise ConfigError(path, f"must be true or false, got {_shown(raw)}")
 
 
 def _string(path: str, raw: object) -> str:
@@ -178,7 +206,9 @@ def _http_url(path: str, raw: object) -> str:
     if parts.username is not None or parts.password is not None:
         raise ConfigError(path, "must not carry credentials")  # and never echo them
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(path, f"must be an http:// or https:// URL with a host, got {value!r}")
+        raise ConfigError(
+            path, f"must be an http:// or https:// URL with a host, got {_shown(raw)}"
+        )
     if parts.query or parts.fragment:
         raise ConfigError(path, "must not carry a query or fragment")
     try:
@@ -194,7 +224,9 @@ def _readable_file(path: str, raw: object) -> str:
         with open(value, "rb"):
             pass
     except OSError as err:
-        raise ConfigError(path, f"cannot read {value}: {err.strerror or err}") from None
+        # Not the name: what fails to open may be the secret itself, pasted as a path.
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(path, f"cannot read the file named there: {reason}") from None
     return value
 
 
@@ -210,7 +242,7 @@ def _ca_file(path: str, raw: object) -> str:
 def _target_name(path: str, raw: object) -> str:
     value = _string(path, raw)
     if not _TARGET_NAME.match(value):
-        raise ConfigError(path, f"must match [a-zA-Z0-9_.-]+, got {value!r}")
+        raise ConfigError(path, f"must match [a-zA-Z0-9_.-]+, got {_shown(raw)}")
     return value
 
 
@@ -228,9 +260,10 @@ _SETTINGS: dict[str, Callable[[str, object], Any]] = {
     "pagination_as_strings": _bool,
     "per_phone_metrics": _bool,
     "max_response_bytes": _int_in(1024, 1024**3),
+    "requests_per_second": _float_in(0, 100_000),
 }
 _IDENTITY = ("name", "base_url", "app_key", "app_secret", "app_secret_file", "tenant_space_id")
-_TOP_LEVEL = ("defaults", "targets")
+_TOP_LEVEL = ("defaults", "targets", "max_inflight_requests")
 
 
 def expand_env(
@@ -256,14 +289,15 @@ def expand_env(
         done[id(node)] = expanded
         return expanded
     if isinstance(node, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
+        variables = _ENV_REF.findall(node)
+        for name in variables:
             if name not in environ:
                 raise ConfigError(path, f"environment variable {name} is not set")
-            return environ[name]
-
-        return _ENV_REF.sub(substitute, node)
+        if not variables:
+            return node
+        value = _FromEnv(_ENV_REF.sub(lambda match: environ[match.group(1)], node))
+        value.variables = tuple(variables)
+        return value
     return node
 
 
@@ -345,7 +379,14 @@ def parse_config(raw: object, source: str = "", environ: Mapping[str, str] | Non
         if target.name in seen:
             raise ConfigError(f"targets[{i}].name", f"duplicate target name {target.name!r}")
         seen.add(target.name)
-    return Config(targets=targets, source=source)
+    inflight = data.get("max_inflight_requests")
+    return Config(
+        targets=targets,
+        source=source,
+        max_inflight_requests=DEFAULT_MAX_INFLIGHT_REQUESTS
+        if inflight is None
+        else _int_in(1, 10_000)("max_inflight_requests", inflight),
+    )
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -376,7 +417,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
 def summary(config: Config) -> str:
     """A human summary for ``check-config``: settings and secret sources, never values."""
-    lines = [f"config {config.source or '(inline)'}: OK, {len(config.targets)} target(s)"]
+    lines = [
+        f"config {config.source or '(inline)'}: OK, {len(config.targets)} target(s)",
+        f"max_inflight_requests: {config.max_inflight_requests}",
+    ]
     names = [f.name for f in fields(TargetConfig) if f.name not in _IDENTITY]
     for t in config.targets:
         lines.append(f"- {t.name}: {t.base_url}")

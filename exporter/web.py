@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import html
 import logging
 import re
 import socket
@@ -32,6 +31,8 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import ConfigError
+from exporter.debug import debug_report
+from exporter.pages import landing_page, service_discovery
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class App:
             "/metrics": (("GET", "HEAD"), self._metrics),
             "/probe": (("GET", "HEAD"), self._probe),
             "/": (("GET", "HEAD"), self._landing),
+            "/sd": (("GET", "HEAD"), self._sd),
             "/-/healthy": (("GET", "HEAD"), self._healthy),
             "/-/ready": (("GET", "HEAD"), self._ready),
             "/-/reload": (("POST", "PUT"), self._reload_endpoint),
@@ -298,32 +300,39 @@ class App:
         return self._send(start_response, "200 OK", encoder(registry), content_type=content_type)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        return self._exposition(environ, start_response, None)
+        # node_exporter's collect[] filter: `collect[]=exporter` gives the exporter's own
+        # metrics without collecting any target (sharded replicas, see README).
+        wanted = parse_qs(environ.get("QUERY_STRING", "")).get("collect[]")
+        if wanted is None:
+            return self._exposition(environ, start_response, None)
+        if set(wanted) != {"exporter"}:
+            message = b"collect[] accepts only exporter (the exporter's own metrics)\n"
+            return self._send(start_response, "400 Bad Request", message)
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        body = encoder(self.exporter.own_metrics())
+        return self._send(start_response, "200 OK", body, content_type=content_type)
 
     def _probe(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        names = query.get("target", [])
         if len(names) != 1 or not names[0]:
             return self._send(start_response, "400 Bad Request", b"Give one target=NAME\n")
         if names[0] not in self.exporter.target_names:
             message = "Unknown target: name a target from the config file\n"
             return self._send(start_response, "400 Bad Request", message.encode())
+        if query.get("debug", [""])[-1].lower() in ("true", "1"):
+            report, _ = debug_report(self.exporter, names[0], _scrape_timeout(environ))
+            return self._send(start_response, "200 OK", report.encode())
         return self._exposition(environ, start_response, names[0])
 
     def _landing(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        rows = "".join(
-            f'<li>{html.escape(n)}: <a href="/probe?target={html.escape(n)}">/probe?target='
-            f"{html.escape(n)}</a></li>"
-            for n in self.exporter.target_names
-        )
-        page = (
-            "<!DOCTYPE html><html><head><title>CEC Phone Exporter</title></head><body>"
-            f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(__version__)}</p>"
-            '<ul><li><a href="/metrics">/metrics</a></li>'
-            '<li><a href="/-/healthy">/-/healthy</a></li>'
-            '<li><a href="/-/ready">/-/ready</a></li></ul>'
-            f"<h2>Targets</h2><ul>{rows}</ul></body></html>"
-        )
-        return self._send(start_response, "200 OK", page.encode(), content_type="text/html")
+        page = landing_page(__version__, self.exporter.recent())
+        content_type = "text/html; charset=utf-8"
+        return self._send(start_response, "200 OK", page.encode(), content_type=content_type)
+
+    def _sd(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        body = service_discovery(self.exporter.config)
+        return self._send(start_response, "200 OK", body, content_type="application/json")
 
     def _healthy(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         return self._send(start_response, "200 OK", b"Healthy\n")

@@ -150,15 +150,20 @@ _LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/metrics")
 
 
 class ServeProcess:
-    """``cec-phone-exporter serve`` in a subprocess on a free loopback port.
+    """``cec-phone-exporter serve`` (or ``command``) in a subprocess on a free loopback port.
 
     Output (stdout and stderr together) is collected line by line as it comes.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("serve", "--listen", "127.0.0.1:0"),
+    ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "exporter", *command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -260,8 +265,8 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     """Factory: ``serve_process("--config", C, ...)`` starts ``serve`` (not yet waited for)."""
     started: list[ServeProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        process = ServeProcess(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> ServeProcess:
+        process = ServeProcess(*args, env=env, **kwargs)
         started.append(process)
         return process
 

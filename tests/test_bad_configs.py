@@ -3,7 +3,8 @@
 Each ``tests/configs/bad/*.yaml`` names what its error must mention on its first
 line: ``# expect: targets[0].page_size`` (``FILE`` stands for the file's own path;
 ``a | b`` means both must appear). ``${CEC_TEST_BAD_DIR}`` in those files points
-at the helper files beside them (an empty secret, a non-UTF-8 one, a bogus CA).
+at the helper files beside them (an empty secret, a non-UTF-8 one, a bogus CA);
+``${CEC_TEST_SECRET}`` holds a canary that no error may echo.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from exporter.config import ConfigError, load_config
 
 BAD_DIR = Path(__file__).resolve().parent / "configs" / "bad"
 BAD_FILES = sorted(BAD_DIR.glob("*.yaml"))
-ENV = {"CEC_TEST_BAD_DIR": str(BAD_DIR)}
 SECRET_CANARY = "s3cr3t-canary"
-# Credentials written into bad URLs: an error must not echo them.
+# Credentials in bad URLs, a secret where a path belongs, a secret from the
+# environment in the wrong key: an error must never echo them.
 URL_CANARY = "pw-canary-9c1d"
+ENV = {"CEC_TEST_BAD_DIR": str(BAD_DIR), "CEC_TEST_SECRET": URL_CANARY}
 
 
 def expectations(path: Path) -> list[str]:
@@ -73,13 +75,15 @@ def test_check_config_refuses(
 @pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
 def test_config_error_carries_the_key_path(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process: the error's ``path`` is exactly the expected key path (or file)."""
-    monkeypatch.setenv("CEC_TEST_BAD_DIR", str(BAD_DIR))
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
     expected = expectations(path)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.path == expected[0]
     for fragment in expected[1:]:
         assert fragment in str(caught.value)
+    assert URL_CANARY not in str(caught.value)
 
 
 @pytest.mark.parametrize(

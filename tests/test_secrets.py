@@ -97,6 +97,30 @@ def test_scrape_never_prints_secrets(
     assert "HTTP 401" in results["query_401"].stderr or "401" in results["query_401"].stderr
 
 
+def test_scrape_debug_never_prints_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+) -> None:
+    """The debug report (log, metrics, effective config) in every failure scenario."""
+    runs: dict[str, tuple[Simulator, Path, int]] = {}
+    for name, (faults, settings, status) in SCENARIOS.items():
+        sim = simulator(phones=PHONES, tenants=2, app_secret=APP_SECRET, app_key="leak-key")
+        sim.set_faults(faults)
+        runs[name] = (sim, write_config(targets=[target_entry(sim, "sim", **settings)]), status)
+
+    def scrape(config: Path) -> Any:
+        return run_cli("scrape", "--config", str(config), "--debug", "--log-level", "debug")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(runs, pool.map(scrape, [c for _, c, _ in runs.values()]), strict=True))
+    secrets = [*canaries(*(sim for sim, _, _ in runs.values())), "leak-key"]
+    for name, result in results.items():
+        assert result.returncode == runs[name][2], (name, result.stderr)
+        assert "Effective config (secrets redacted)" in result.stdout, name
+        assert_clean({f"{name} stdout": result.stdout}, secrets)
+        assert_clean({f"{name} stderr": result.stderr}, secrets[:-1])
+    assert "new token: the old one was rejected with HTTP 401" in results["query_401"].stdout
+
+
 def test_check_config_never_prints_secrets(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -115,14 +139,37 @@ def test_check_config_never_prints_secrets(
     assert "- file:" in result.stdout
     assert_clean({"check-config": result.stdout + result.stderr}, canaries(sim))
 
-    # A secret pasted into a URL is refused without being echoed.
-    leaky = write_config(
-        targets=[target_entry(sim, "sim", base_url=f"http://user:{APP_SECRET}@127.0.0.1:9")]
-    )
-    result = run_cli("check-config", "--config", str(leaky))
-    assert result.returncode == 2
-    assert "targets[0].base_url" in result.stderr
-    assert_clean({"check-config (bad URL)": result.stdout + result.stderr}, canaries(sim))
+
+# A secret where it does not belong: each config is refused (exit 2, the key path
+# named) without echoing it. ``$S`` stands for the canary, ``${CEC_APP_SECRET}`` holds it.
+LEAKY_CONFIGS = {
+    "URL credentials": ("targets[0].base_url", {"base_url": "http://user:$S@127.0.0.1:9"}),
+    "typo'd URL with credentials": ("targets[0].base_url", {"base_url": "http:/admin:$S@host"}),
+    "proxy credentials": ("targets[0].proxy", {"proxy": "http//user:$S@proxy:3128"}),
+    "secret as the secret file": (
+        "targets[0].app_secret_file",
+        {"app_secret": None, "app_secret_file": "${CEC_APP_SECRET}"},
+    ),
+    "secret as the CA file": ("targets[0].ca_file", {"ca_file": "$S"}),
+    "secret variable in a number": ("targets[0].page_size", {"page_size": "${CEC_APP_SECRET}"}),
+    "secret variable in the name": ("targets[0].name", {"name": "${CEC_APP_SECRET}!"}),
+}
+
+
+@pytest.mark.parametrize("case", LEAKY_CONFIGS)
+def test_config_errors_never_echo_secrets(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path], case: str
+) -> None:
+    sim = simulator(phones=1, app_secret=APP_SECRET)
+    key_path, settings = LEAKY_CONFIGS[case]
+    entry = {k: v.replace("$S", APP_SECRET) if v else v for k, v in settings.items()}
+    config = write_config(targets=[{**target_entry(sim, "sim"), **entry}])
+    for command in ("check-config", "scrape"):
+        result = run_cli(command, "--config", str(config), env={"CEC_APP_SECRET": APP_SECRET})
+        assert result.returncode == 2, (command, result.stderr)
+        assert key_path in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert_clean({f"{command} ({case})": result.stdout + result.stderr}, [APP_SECRET])
 
 
 def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:
@@ -136,9 +183,12 @@ def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> 
             return response
 
         def round_trip(label: str) -> None:
-            hit(f"{label} /", "GET", "/")
             hit(f"{label} /metrics", "GET", "/metrics")
             hit(f"{label} /probe", "GET", "/probe?target=sim")
+            hit(f"{label} debug probe", "GET", "/probe?target=sim&debug=true")
+            hit(f"{label} /sd", "GET", "/sd")
+            hit(f"{label} own metrics", "GET", "/metrics?collect[]=exporter")
+            hit(f"{label} /", "GET", "/")  # last: its recent collections include the above
 
         round_trip("ok")
         assert sample(pages["ok /metrics"].split("\n", 1)[1], "cec_up", target="sim") == 1.0

@@ -488,8 +488,13 @@ def test_parse_faults() -> None:
     assert parse_faults([{"kind": "http_status", "value": 429, "retry_after": 1, "pages": 0}]) == [
         Fault("http_status", pages=(0,), value=429, retry_after=1)
     ]
+    # Token-only kinds need no "api": it can only be tokenByAkSk.
+    for kind in ("no_access_token", "bad_expires"):
+        assert parse_faults({"kind": kind}) == [Fault(kind, api="tokenByAkSk")]
     bad = [
         ({"kind": "explode"}, "kind"),
+        ({"kind": "no_access_token", "api": "queryPhone"}, "does not apply"),
+        ({"kind": "no_access_token", "pages": [0]}, "only queryPhone requests have pages"),
         ({"kind": "close", "colour": 1}, "unknown field"),
         ({"value": 1}, "missing 'kind'"),
         ({"kind": "ret_code", "api": "tokenByAkSk"}, "does not apply"),

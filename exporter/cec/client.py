@@ -1,9 +1,11 @@
 """Talk to one CEC account: fetch tokens, page through queryPhone, build a snapshot.
 
-One ``httpx2.AsyncClient`` per target reuses connections. The first page tells
+Connections come from a pool shared with every target on the same endpoint
+(``Upstream``), which also paces and caps requests. The first page tells
 ``total``; the remaining pages are fetched with at most ``max_concurrency`` in
 flight and folded into a ``SnapshotBuilder`` as they arrive. Every HTTP request
-is reported once, with its outcome, to the ``RequestObserver``.
+is reported once, with its outcome, to the ``RequestObserver``, logged at debug
+level and recorded in the collection's ``CollectionTrace`` when there is one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from exporter.cec.errors import (
 from exporter.cec.parse import Page, Token, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.token import TokenCache
+from exporter.cec.trace import CollectionTrace, RequestRecord, clip
+from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
 from exporter.logs import register_secret
 
@@ -53,13 +57,24 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
-KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
 # When the current collection must end (it may move later while it runs); retries
-# that cannot fit before it are not attempted. Tasks inherit it from ``collect``.
+# and rate-budget waits that cannot fit before it are not attempted. Tasks inherit
+# it from ``collect``.
 _deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
     "deadline", default=None
 )
+# The log of the current collection (None: not recorded), and which try of a page this is.
+_trace: contextvars.ContextVar[CollectionTrace | None] = contextvars.ContextVar(
+    "trace", default=None
+)
+_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("attempt", default=1)
+
+
+def _deadline_at() -> float:
+    """The current collection's deadline (monotonic), as it stands now."""
+    deadline = _deadline.get()
+    return math.inf if deadline is None else deadline.at
 
 
 class _Abandoned:
@@ -134,64 +149,20 @@ class CecClient:
     """The HTTP client for one target; ``collect`` returns a ``Snapshot``."""
 
     def __init__(
-        self,
-        target: TargetConfig,
-        observer: RequestObserver,
-        transport: httpx2.AsyncBaseTransport | None = None,
+        self, target: TargetConfig, observer: RequestObserver, upstream: Upstream | None = None
     ) -> None:
         self.target = target
         self._observer = observer
-        self._transport = transport
-        self._pool_suspect = False
-        # Built once: loading the CA bundle costs tens of ms, and the pool may be renewed.
-        # A context, not the path: httpx 0.28 (and httpx2) deprecate verify=<str> (same meaning).
-        self._ssl_context = (
-            ssl.create_default_context(cafile=target.ca_file)
-            if target.ca_file
-            else httpx2.create_ssl_context(verify=target.verify_tls, trust_env=False)
-        )
-        self._http = self._new_http()
+        self._upstream = upstream or Upstream()
+        # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
+        # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
+        # cancelled by its deadline cannot starve the others of connections.
+        self._http = self._upstream.acquire_pool(target)
         self.tokens = TokenCache(self._fetch_token)
 
-    def _new_http(self) -> httpx2.AsyncClient:
-        target = self.target
-        return httpx2.AsyncClient(
-            base_url=target.base_url,
-            verify=self._ssl_context,
-            proxy=target.proxy,
-            timeout=httpx2.Timeout(target.timeout_seconds),
-            limits=httpx2.Limits(
-                max_connections=target.max_concurrency + 1,
-                max_keepalive_connections=target.max_concurrency + 1,
-                # httpx2's 5 s default would reopen every connection (TLS handshakes
-                # included) on each scrape at a 15-60 s interval; an idle connection the
-                # server closed meanwhile is noticed and dropped before reuse.
-                keepalive_expiry=KEEPALIVE_SECONDS,
-            ),
-            transport=self._transport,
-            trust_env=False,  # only the proxy the config names
-            follow_redirects=False,
-        )
-
-    async def _renew_pool(self) -> None:
-        """Replace the connection pool after a collection that cancelled requests.
-
-        httpcore can leave a request cancelled at the wrong moment holding its pool
-        slot for good (encode/httpcore#1093, open in 1.0.9); once ``max_connections``
-        slots are held, every request would wait for the pool until the deadline.
-        """
-        self._pool_suspect = False
-        if self._transport is not None:
-            return  # an injected transport is the caller's to manage
-        old, self._http = self._http, self._new_http()
-        try:
-            await old.aclose()
-        except (httpx2.HTTPError, OSError) as err:  # best effort: the old pool is dropped anyway
-            log.debug("target=%s closing the old pool: %s", self.target.name, err)
-
     async def aclose(self) -> None:
-        """Close pooled connections."""
-        await self._http.aclose()
+        """Give the shared pool back (its last user closes the connections)."""
+        await self._upstream.release_pool(self.target)
 
     # --- one HTTP exchange, counted once -------------------------------------------
 
@@ -207,13 +178,28 @@ class CecClient:
 
         Reports exactly one outcome to the observer, whatever happens, including
         cancellation by the scrape deadline (reported as a timeout); a request
-        abandoned because a sibling page failed is not reported.
+        abandoned because a sibling page failed is not reported. Waiting for the
+        rate budget and the in-flight cap comes first and is no request of its own.
         """
+        async with self._upstream.admit(self.target, _deadline_at()) as waited:
+            return await self._send(api, path, headers, payload, read, waited)
+
+    async def _send(
+        self,
+        api: str,
+        path: str,
+        headers: dict[str, str],
+        payload: dict[str, Any],
+        read: Callable[[bytes], _T],
+        waited: float,
+    ) -> _T:
         started = time.monotonic()
-        outcome, status, ret_code = "timeout", None, None
+        outcome, status, ret_code, ret_msg = "timeout", None, None, None
         report = True
         try:
-            async with self._http.stream("POST", path, headers=headers, json=payload) as response:
+            async with self._http.stream(
+                "POST", path, headers=headers, json=payload, timeout=self.target.timeout_seconds
+            ) as response:
                 status = response.status_code
                 if status != 200:
                     outcome = "http_error"
@@ -226,7 +212,7 @@ class CecClient:
             outcome = "success"
             return result
         except RetCodeError as err:
-            outcome, ret_code = "ret_code_error", err.ret_code
+            outcome, ret_code, ret_msg = "ret_code_error", err.ret_code, err.ret_msg
             raise
         except httpx2.HTTPError as err:
             failure = _transport_error(err)
@@ -243,9 +229,64 @@ class CecClient:
             report = abandoned is None or not abandoned.raised
             raise
         finally:
+            seconds = time.monotonic() - started
             if report:
-                seconds = time.monotonic() - started
                 self._observer.request_done(api, outcome, seconds, status, ret_code)
+            self._record(
+                api,
+                payload,
+                outcome if report else "cancelled",
+                seconds,
+                status,
+                ret_code,
+                ret_msg,
+                waited,
+            )
+
+    def _record(
+        self,
+        api: str,
+        payload: dict[str, Any],
+        outcome: str,
+        seconds: float,
+        status: int | None,
+        ret_code: str | None,
+        ret_msg: str | None,
+        waited: float,
+    ) -> None:
+        """One debug log line per request (never a secret), and the collection's record."""
+        offset = int(payload["offset"]) if "offset" in payload else None
+        attempt = _attempt.get()
+        if api == QUERY_API and outcome == "success":
+            ret_code = "0"  # _check_ret_code let it through
+        code = None if ret_code is None else clip(ret_code, 20)
+        log.debug(
+            "target=%s api=%s offset=%s status=%s retCode=%s duration=%.3fs try=%d outcome=%s",
+            self.target.name,
+            api,
+            "-" if offset is None else offset,
+            "-" if status is None else status,
+            "-" if code is None else code,
+            seconds,
+            attempt,
+            outcome,
+        )
+        trace = _trace.get()
+        if trace is not None:
+            trace.request(
+                RequestRecord(
+                    at=max(0.0, trace.elapsed() - seconds),
+                    api=api,
+                    offset=offset,
+                    attempt=attempt,
+                    outcome=outcome,
+                    seconds=seconds,
+                    status=status,
+                    ret_code=code,
+                    ret_msg=None if ret_msg is None else clip(ret_msg),
+                    waited=waited,
+                )
+            )
 
     async def _read_capped(self, response: httpx2.Response) -> bytes:
         cap = self.target.max_response_bytes
@@ -263,7 +304,11 @@ class CecClient:
 
     # --- token ---------------------------------------------------------------------
 
-    async def _fetch_token(self) -> Token:
+    async def _fetch_token(self, reason: str) -> Token:
+        trace = _trace.get()
+        if trace is not None:
+            trace.token_noted = True  # every renewal is noted; a reuse only once
+            trace.note(f"new token: {reason}")
         try:
             secret = self.target.app_secret.read()
         except OSError as err:
@@ -322,6 +367,9 @@ class CecClient:
     async def _query_once(self, offset: int) -> Page:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
         token = await self.tokens.get()
+        trace = _trace.get()
+        if trace is not None:
+            trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
         payload = self._query_payload(offset)
         try:
             return await self._exchange(
@@ -346,44 +394,43 @@ class CecClient:
         thing; a wait that cannot fit is not started.
         """
         for number in range(1, MAX_TRIES + 1):
+            _attempt.set(number)
             try:
                 return await attempt()
             except (HttpStatusError, NetworkError) as err:
                 if number == MAX_TRIES or not _retryable(err):
                     raise
                 delay = _backoff(number, getattr(err, "retry_after", None))
-                deadline = _deadline.get()
-                if deadline is not None and time.monotonic() + delay >= deadline.at:
+                if time.monotonic() + delay >= _deadline_at():
                     raise  # no time left to wait and try again
                 log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
+                trace = _trace.get()
+                if trace is not None:
+                    trace.note(f"{err}; retrying in {delay:.2f}s")
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- a whole collection ---------------------------------------------------------
 
-    async def collect(self, deadline: Deadline | None = None) -> Snapshot:
+    async def collect(
+        self, deadline: Deadline | None = None, trace: CollectionTrace | None = None
+    ) -> Snapshot:
         """Read every page and return a complete snapshot; raises ``CecError`` on any failure.
 
         The collection ends by ``deadline`` (``DeadlineExceeded``), which may move later
-        while it runs; on cancellation the pages in flight are cancelled.
+        while it runs; on cancellation the pages in flight are cancelled. Each request
+        is recorded in ``trace`` when one is given.
         """
         deadline = deadline or Deadline()
-        if self._pool_suspect:
-            await self._renew_pool()
+        _trace.set(trace)
         started = time.monotonic()
         try:
             async with deadline.enforce() as timer:
                 return await self._collect(deadline)
         except TimeoutError:
-            self._pool_suspect = True
             if not timer.expired():
                 raise
             raise DeadlineExceeded(f"deadline of {deadline.at - started:.2f}s exceeded") from None
-        except BaseException:
-            # A failed collection (cancelled by its deadline, or by one page failing
-            # while others were in flight) may have left connections stuck in the pool.
-            self._pool_suspect = True
-            raise
 
     async def _collect(self, deadline: Deadline) -> Snapshot:
         """Read every page; an incomplete read is retried once from the first page."""
@@ -397,6 +444,9 @@ class CecClient:
             if deadline.left() <= time.monotonic() - started:
                 raise IncompleteError(f"{problem}; no time left to read again")
             log.info("target=%s %s; reading again from the first page", self.target.name, problem)
+            trace = _trace.get()
+            if trace is not None:
+                trace.note(f"{problem}; reading again from the first page")
             builder = await self._read_pages()
             problem = builder.incomplete()
             if problem is not None:

@@ -44,6 +44,7 @@ class RetCodeError(CecError):
     def __init__(self, ret_code: str, ret_msg: str) -> None:
         super().__init__(f"retCode {ret_code}" + (f" ({ret_msg})" if ret_msg else ""))
         self.ret_code = ret_code
+        self.ret_msg = ret_msg
 
 
 class HttpStatusError(CecError):
@@ -63,6 +64,11 @@ class RequestTimeout(CecError):
 
     outcome = "timeout"
     reason = "deadline"
+
+
+class DeadlineExceeded(RequestTimeout):
+    """The collection's deadline passed before every page was read, or the next request
+    could not start before it (rate budget)."""
 
 
 class NetworkError(CecError):
@@ -92,9 +98,3 @@ class IncompleteError(CollectionError):
     """The records counted do not add up to ``total`` (a short page, a list that shifted)."""
 
     reason = "incomplete"
-
-
-class DeadlineExceeded(CollectionError):
-    """The collection's deadline passed before every page was read."""
-
-    reason = "deadline"

@@ -22,7 +22,7 @@ class TokenCache:
     """Holds the current token; fetches a new one only when it is due or rejected."""
 
     def __init__(
-        self, fetch: Callable[[], Awaitable[Token]], clock: Callable[[], float] = time.time
+        self, fetch: Callable[[str], Awaitable[Token]], clock: Callable[[], float] = time.time
     ) -> None:
         self._fetch = fetch
         self._clock = clock
@@ -38,22 +38,26 @@ class TokenCache:
     async def get(self) -> Token:
         """A token that is not due for renewal, fetching one if needed."""
         token = self._token
-        if token is not None and self._clock() < self._renew_at:
+        now = self._clock()
+        if token is not None and now < self._renew_at:
             return token
-        return await self._refresh(token)
+        if token is None:
+            return await self._refresh(token, "none held yet")
+        return await self._refresh(token, f"the old one expires in {token.expires_at - now:.0f}s")
 
     async def renew(self, rejected: Token) -> Token:
         """A new token after ``rejected`` got a 401, unless another caller already renewed."""
-        return await self._refresh(rejected)
+        return await self._refresh(rejected, "the old one was rejected with HTTP 401")
 
-    async def _refresh(self, stale: Token | None) -> Token:
+    async def _refresh(self, stale: Token | None, reason: str) -> Token:
+        """Fetch a new token (saying ``reason`` why), unless another caller just did."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._token is not None and self._token is not stale:
                 return self._token  # renewed by someone else while we waited
             now = self._clock()
-            token = await self._fetch()
+            token = await self._fetch(reason)
             self._token = token
             self._renew_at = token.expires_at - renewal_margin(token.expires_at - now)
             return token

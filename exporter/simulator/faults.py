@@ -21,6 +21,13 @@ KINDS_BY_API: dict[str, frozenset[str]] = {
     "tokenByAkSk": DELAY_KINDS | _SHARED_KINDS | {"no_access_token", "bad_expires"},
 }
 ALL_KINDS = KINDS_BY_API["queryPhone"] | KINDS_BY_API["tokenByAkSk"]
+# Kinds that fit one API only: a fault given without "api" goes to that one.
+_ONLY_API = {
+    kind: api
+    for api, kinds in KINDS_BY_API.items()
+    for kind in kinds
+    if not any(kind in other for name, other in KINDS_BY_API.items() if name != api)
+}
 
 DEFAULT_HANG_SECONDS = 3600.0
 DEFAULT_SLOW_SECONDS = 1.0
@@ -78,7 +85,7 @@ def _check(fault: Fault) -> None:
         raise ValueError(f"kind: {fault.kind!r} does not apply to api {fault.api!r}")
     if fault.pages is not None:
         if fault.api != "queryPhone":
-            raise ValueError("pages: only queryPhone requests have pages")
+            raise ValueError("pages: only queryPhone requests have pages (use times)")
         if not all(_is_int(p) and p >= 0 for p in fault.pages):
             raise ValueError("pages: must be non-negative integers")
     if fault.times is not None and not (_is_int(fault.times) and fault.times >= 1):
@@ -140,6 +147,8 @@ def _one(item: object, where: str) -> Fault:
     for name in ("kind", "api"):
         if name in args and not isinstance(args[name], str):
             raise ValueError(f"{where}: {name}: must be a string")
+    if "api" not in args and args["kind"] in _ONLY_API:
+        args["api"] = _ONLY_API[args["kind"]]
     if args["kind"] == "ret_code" and _is_int(args.get("value")):
         args["value"] = str(args["value"])  # "retCode": 3 in a hand-written fault means "3"
     try:

@@ -72,7 +72,7 @@ class SimHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Count and track the new connection."""
         super().setup()
-        self._sim.state.stats.incr("connections")
+        self._sim.state.stats.connection_opened()
         self._sim.track(self.connection)
 
     def finish(self) -> None:
@@ -81,6 +81,7 @@ class SimHandler(BaseHTTPRequestHandler):
             super().finish()
         finally:
             self._sim.untrack(self.connection)
+            self._sim.state.stats.connection_closed()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging: the simulator runs inside tests and benchmarks."""

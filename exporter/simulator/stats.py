@@ -16,6 +16,7 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._open = 0
         self.reset()
 
     def reset(self) -> None:
@@ -28,6 +29,7 @@ class Stats:
             self._tenant_space_ids: set[str] = set()
             self._faults: dict[str, int] = {}
             self._in_flight_max = self._in_flight
+            self._open_max = self._open
 
     def incr(self, name: str) -> None:
         """Add one to the counter ``name``."""
@@ -55,6 +57,18 @@ class Stats:
         with self._lock:
             self._faults[kind] = self._faults.get(kind, 0) + 1
 
+    def connection_opened(self) -> None:
+        """Count a new connection (``connections``) and track how many are open at once."""
+        with self._lock:
+            self._counters["connections"] += 1
+            self._open += 1
+            self._open_max = max(self._open_max, self._open)
+
+    def connection_closed(self) -> None:
+        """A connection closed."""
+        with self._lock:
+            self._open -= 1
+
     @contextmanager
     def in_flight(self) -> Iterator[None]:
         """Count a queryPhone request as in flight for the duration of the block."""
@@ -79,4 +93,6 @@ class Stats:
                 "faults_applied": dict(self._faults),
                 "in_flight": self._in_flight,
                 "in_flight_max": self._in_flight_max,
+                "connections_open": self._open,
+                "connections_open_max": self._open_max,
             }

@@ -1,0 +1,111 @@
+"""The debug probe's report: why a target is up or down, in plain text.
+
+As blackbox_exporter's ``debug=true``: the collection's log (each request and token
+decision), the metrics the probe returns, and the target's effective config with
+every secret redacted. ``/probe?debug=true`` and ``scrape --debug`` print it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+from prometheus_client.exposition import generate_latest
+
+from exporter.cec.trace import CollectionTrace, RequestRecord, clip
+from exporter.cec.upstream import group_rates
+from exporter.collect import Collection, Exporter, collection_budget
+from exporter.config import Config, TargetConfig
+
+REDACTED = "<redacted>"
+ERROR_LIMIT = 400
+_IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
+
+
+def utc(timestamp: float) -> str:
+    """``2026-11-27T13:30:00.123Z``."""
+    millis = int(timestamp * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{millis:03d}Z"
+
+
+def describe_result(collection: Collection) -> str:
+    """``UP after 0.214s: 3 pages, 250 phone records`` or ``DOWN after …: <error>``."""
+    if collection.up and collection.snapshot is not None:
+        return (
+            f"UP after {collection.duration:.3f}s: {collection.snapshot.pages} pages, "
+            f"{collection.phone_records} phone records"
+        )
+    return f"DOWN after {collection.duration:.3f}s: {clip(collection.error or '?', ERROR_LIMIT)}"
+
+
+def _request_line(r: RequestRecord) -> str:
+    where = "" if r.offset is None else f"offset={r.offset} "
+    status = "-" if r.status is None else str(r.status)
+    code = "" if r.ret_code is None else f" retCode={r.ret_code}"
+    message = "" if not r.ret_msg else f" retMsg={r.ret_msg!r}"
+    waited = f" waited={r.waited:.3f}s" if r.waited >= 0.001 else ""
+    return (
+        f"{r.api} {where}try={r.attempt} status={status}{code} duration={r.seconds:.3f}s "
+        f"outcome={r.outcome}{waited}{message}"
+    )
+
+
+def trace_lines(trace: CollectionTrace) -> list[str]:
+    """The log in time order: ``+0.012s queryPhone offset=100 try=1 status=200 …``."""
+    entries = [(r.at, 1, _request_line(r)) for r in trace.requests]
+    entries += [(at, 0, text) for at, text in trace.notes]
+    lines = [f"+{at:.3f}s {text}" for at, _, text in sorted(entries, key=lambda e: e[:2])]
+    if trace.dropped:
+        lines.append(f"... {trace.dropped} more entries not kept")
+    return lines
+
+
+def effective_config(target: TargetConfig, config: Config) -> list[str]:
+    """``key: value`` lines of the settings in force; secrets and the app key redacted."""
+    lines = [f"{name}: {getattr(target, name)}" for name in _IDENTITY_SHOWN]
+    lines.append(f"app_key: {REDACTED}")
+    lines.append(f"app_secret: {target.app_secret.describe()}")
+    skip = {*_IDENTITY_SHOWN, "app_key", "app_secret"}
+    lines += [f"{f.name}: {getattr(target, f.name)}" for f in fields(target) if f.name not in skip]
+    shared = [t.name for t in config.targets if t.base_url == target.base_url]
+    rates = group_rates(config.targets)
+    rate = rates.get((target.base_url, target.app_key), 0.0)
+    lines.append(f"effective requests_per_second of its app (shared budget): {rate:g}")
+    lines.append(f"targets sharing its connection pool (same base_url): {len(shared)}")
+    lines.append(f"max_inflight_requests (all targets): {config.max_inflight_requests}")
+    return lines
+
+
+def debug_report(
+    exporter: Exporter, name: str, scrape_timeout: float | None = None
+) -> tuple[str, bool]:
+    """Run a real collection of ``name`` (no cache) and report it; returns (text, up)."""
+    target = exporter.config.target(name)
+    if target is None:
+        raise KeyError(name)
+    budget = collection_budget(scrape_timeout, target.timeout_seconds)
+    registry, collections = exporter.scrape(name, scrape_timeout, fresh=True)
+    metrics = generate_latest(registry).decode()
+    lines = [f"Debug probe of target {name!r}"]
+    up = False
+    if collections:
+        collection = collections[0]
+        up = collection.up
+        lines.append(f"Started: {utc(collection.started_wall)}")
+        lines.append(f"Deadline: {budget:.2f}s (scrape timeout header: {scrape_timeout or 'none'})")
+        lines.append(f"Result: {describe_result(collection)}")
+        if collection.age > 0:
+            lines.append(
+                f"Served from the collection in flight or cache, age {collection.age:.3f}s"
+            )
+        lines += ["", "Collection log:"]
+        if collection.trace is None:
+            lines.append("  (no collection ran for this probe: it joined one that did not finish)")
+        else:
+            lines += [f"  {line}" for line in trace_lines(collection.trace)]
+    else:
+        lines.append("Result: DOWN: the collection loop did not answer in time")
+    lines += ["", "Metrics that would be returned:", metrics.rstrip("\n"), ""]
+    lines.append("Effective config (secrets redacted):")
+    lines += [f"  {line}" for line in effective_config(target, exporter.config)]
+    return "\n".join(lines) + "\n", up

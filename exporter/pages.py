@@ -1,0 +1,86 @@
+"""The landing page and the HTTP service-discovery answer.
+
+The landing page shows, per target, its recent collections and a link to its debug
+probe, as blackbox_exporter's "Recent Probes" does; every target name and vendor
+message is HTML-escaped. ``/sd`` answers Prometheus's ``http_sd_configs``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote
+
+from exporter.cec.trace import clip
+from exporter.cec.upstream import budget_key
+from exporter.collect import Collection
+from exporter.config import Config
+from exporter.debug import ERROR_LIMIT, utc
+
+SD_GROUP_LABEL = "__meta_cec_budget_group"
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+    "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}.down{color:#b00}"
+)
+
+
+def _row(c: Collection) -> str:
+    trace_pages = c.trace.pages if c.trace is not None else None
+    pages = c.snapshot.pages if c.snapshot is not None else trace_pages
+    records = c.phone_records
+    result = '<span class="up">up</span>' if c.up else '<span class="down">down</span>'
+    cells = (
+        html.escape(utc(c.started_wall)),
+        result,
+        f"{c.duration:.3f}s",
+        "" if pages is None else str(pages),
+        "" if records is None else str(records),
+        html.escape(clip(c.error or "", ERROR_LIMIT)),
+    )
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def landing_page(version: str, recent: Mapping[str, Sequence[Collection]]) -> str:
+    """The HTML of ``/``: version, links, and each target's recent collections."""
+    parts = [
+        '<!DOCTYPE html><html><head><meta charset="utf-8">',
+        f"<title>CEC Phone Exporter</title><style>{_STYLE}</style></head><body>",
+        f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(version)}</p>",
+        '<p><a href="/metrics">/metrics</a> · <a href="/sd">/sd</a> · ',
+        '<a href="/-/healthy">/-/healthy</a> · <a href="/-/ready">/-/ready</a></p>',
+        "<h2>Recent collections</h2>",
+    ]
+    header = (
+        "<tr><th>time (UTC)</th><th>result</th><th>duration</th><th>pages</th>"
+        "<th>phone records</th><th>error</th></tr>"
+    )
+    for name, collections in recent.items():
+        shown = html.escape(name)
+        link = html.escape(f"/probe?target={quote(name, safe='')}")
+        parts.append(
+            f'<h3>{shown}</h3><p><a href="{link}">/probe</a> · '
+            f'<a href="{link}&amp;debug=true">debug probe</a></p>'
+        )
+        if collections:
+            rows = "".join(_row(c) for c in collections)
+            parts.append(f"<table>{header}{rows}</table>")
+        else:
+            parts.append("<p>No collection yet.</p>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def service_discovery(config: Config) -> bytes:
+    """``/sd``: one target group per vendor budget (base_url + app_key), in config order.
+
+    Each group's ``__meta_cec_budget_group`` (the name of its first target, never the
+    app key) lets a sharded setup keep one app's accounts on one replica, so a
+    ``requests_per_second`` budget is not multiplied by the number of replicas.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for target in config.targets:
+        groups.setdefault(budget_key(target), []).append(target.name)
+    answer = [{"targets": names, "labels": {SD_GROUP_LABEL: names[0]}} for names in groups.values()]
+    return json.dumps(answer, indent=1).encode() + b"\n"

