@@ -13,6 +13,18 @@ from exporter.simulator import Fault
 
 Q, T = "queryPhone", "tokenByAkSk"
 SCRAPE_TIMEOUT = 3.0
+# SPEC section 6, copied (not imported: a test must not trust the code's own list):
+# why a collection failed, the reason label of cec_collection_failures_total.
+REASONS = (
+    "ret_code",
+    "http_error",
+    "network_error",
+    "invalid_response",
+    "incomplete",
+    "page_limit",
+    "credentials",
+    "deadline",
+)
 # Page 1 is read only after page 0 and page 2 only after page 1: exact request counts.
 LATER = {"max_concurrency": 1}
 

@@ -11,21 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import RunningExporter, sample, samples_named, target_entry
+from fault_cases import REASONS
 
 from exporter.simulator import Simulator
 
 FAILURES = "cec_collection_failures_total"
-# SPEC section 6, copied.
-REASONS = {
-    "ret_code",
-    "http_error",
-    "network_error",
-    "invalid_response",
-    "incomplete",
-    "page_limit",
-    "credentials",
-    "deadline",
-}
 
 StartSim = Callable[..., Simulator]
 WriteConfig = Callable[..., Path]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import RunningExporter, sample, samples_named, target_entry
-from fault_cases import CASES, SCRAPE_TIMEOUT, Case, Q, T
+from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
 
 from exporter.simulator import Fault, SimConfig, Simulator
 
@@ -32,17 +32,6 @@ COUNT_SERIES = (
     "cec_softphones_allocated",
     "cec_registration_endpoint_info",
     "cec_collection_age_seconds",
-)
-# SPEC section 6, copied: why a collection failed (cec_collection_failures_total).
-REASONS = (
-    "ret_code",
-    "http_error",
-    "network_error",
-    "invalid_response",
-    "incomplete",
-    "page_limit",
-    "credentials",
-    "deadline",
 )
 
 
