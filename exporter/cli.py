@@ -25,7 +25,8 @@ from exporter.config import Config, ConfigError, Secret, TargetConfig, load_conf
 from exporter.debug import debug_report
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.simulator import SimConfig, Simulator, parse_faults
-from exporter.web import App, WebConfig, load_web_config, parse_listen, serve
+from exporter.web import App, parse_listen, serve
+from exporter.webconfig import WebConfigFile, load_web_config
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -122,7 +123,7 @@ def cli() -> None:
     """Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)."""
 
 
-def run_server(exporter: Exporter, listen: str, web_config: WebConfig | None) -> None:
+def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the config."""
     app = App(exporter, web_config)
     try:
@@ -174,7 +175,7 @@ def serve_command(
     web_config = None
     if web_config_path:
         try:
-            web_config = load_web_config(web_config_path)
+            web_config = WebConfigFile(web_config_path, load_web_config(web_config_path))
         except ConfigError as err:
             _fail(f"web config: {err}")
     log.info("cec-phone-exporter %s, %d target(s)", __version__, len(config.targets))

@@ -16,7 +16,6 @@ import math
 import platform
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -97,8 +96,11 @@ class TargetCollector:
         self.config = config
         self._observer = api_metrics.observer(config.name)
         self.client = CecClient(config, self._observer, upstream)
-        self.history: deque[Collection] = deque(maxlen=HISTORY)
-        """The most recent collections, oldest first (the landing page shows them)."""
+        self.history: tuple[Collection, ...] = ()
+        """The most recent collections, oldest first (the landing page shows them).
+
+        Replaced, never mutated, so the web threads can read it while the loop appends.
+        """
         self._inflight: asyncio.Task[Collection | None] | None = None
         self._deadline = Deadline()
         self._cached: Collection | None = None
@@ -154,7 +156,7 @@ class TargetCollector:
     async def _collect(self, deadline: Deadline) -> Collection | None:
         collection = await self._run(deadline, CollectionTrace())
         if collection is not None:
-            self.history.append(collection)
+            self.history = (*self.history[1 - HISTORY :], collection)
         return collection
 
     async def _run(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
@@ -438,11 +440,7 @@ class Exporter:
 
     def recent(self) -> dict[str, list[Collection]]:
         """The recent collections of every configured target, newest first."""
-
-        async def read() -> dict[str, list[Collection]]:  # on the loop: history is its data
-            return {name: list(reversed(t.history)) for name, t in self._targets.items()}
-
-        return self._io.run(read(), timeout=5)
+        return {name: list(reversed(t.history)) for name, t in self._targets.items()}
 
     def _exporter_families(self) -> Iterator[Metric]:
         yield from self.api_metrics.collect()

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter import yamlfile
+
 _T = TypeVar("_T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TARGET_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
@@ -399,7 +401,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except UnicodeDecodeError:
         raise ConfigError(name, "config file is not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yamlfile.load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -1,8 +1,10 @@
-"""HTTP endpoints, basic auth and TLS (exporter-toolkit ``--web-config`` format).
+"""HTTP endpoints, basic auth, rate limit and the HTTPS server of the ``--web-config``.
 
-A threaded WSGI server, so one slow scrape never blocks another. ``/-/healthy``
-and ``/-/ready`` answer without authentication (they reveal nothing and
-Kubernetes probes need them); every other path needs it when users are set.
+A threaded WSGI server speaking HTTP/1.1 with keep-alive, so one slow scrape never
+blocks another and a scraper keeps its TLS connection. ``/-/healthy`` and
+``/-/ready`` answer without authentication (they reveal nothing and Kubernetes
+probes need them); every other path needs it when users are set. The web config
+itself is read and checked by ``exporter.webconfig``.
 """
 
 from __future__ import annotations
@@ -10,29 +12,30 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import logging
-import re
+import selectors
 import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import IO, Any, cast
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.headers import Headers
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 import bcrypt
-import yaml
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.collect import Exporter
-from exporter.config import ConfigError
 from exporter.debug import debug_report
 from exporter.pages import landing_page, service_discovery
+from exporter.webconfig import RateLimit, WebConfig, WebConfigFile, client_sans
 
 log = logging.getLogger(__name__)
 
@@ -42,135 +45,11 @@ Environ = dict[str, Any]
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 HEADER_READ_TIMEOUT_SECONDS = 10.0
+IDLE_TIMEOUT_SECONDS = 120.0
+"""How long a kept-alive connection may wait for its next request (scrape intervals are
+shorter, so Prometheus reuses one TLS connection)."""
+MAX_REQUEST_LINE_BYTES = 65536
 _OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-_TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-
-
-# --- web config ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """``tls_server_config`` of the exporter-toolkit web config."""
-
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
-
-    def context(self) -> ssl.SSLContext:
-        """A server-side SSL context; raises ``ssl.SSLError``/``OSError`` on bad files."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = _TLS_VERSIONS[self.min_version]
-        ctx.load_cert_chain(self.cert_file, self.key_file)
-        ctx.verify_mode = _CLIENT_AUTH[self.client_auth_type]
-        if self.client_ca_file:
-            ctx.load_verify_locations(self.client_ca_file)
-        return ctx
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """TLS, basic-auth users (bcrypt hashes) and extra response headers."""
-
-    tls: TLSConfig | None = None
-    users: dict[str, bytes] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _mapping(path: str, raw: object, known: tuple[str, ...] | None) -> dict[str, Any]:
-    """``raw`` as a mapping; with ``known``, any other key is an error."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(path or "(top level)", f"must be a mapping, got {type(raw).__name__}")
-    for key in raw:
-        if known is not None and key not in known:
-            raise ConfigError(f"{path}.{key}" if path else str(key), "unknown key")
-    return raw
-
-
-def _file(path: str, raw: object) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(path, "must be a file path")
-    if not Path(raw).is_file():
-        raise ConfigError(path, f"cannot read {raw}")
-    return raw
-
-
-def _choice(path: str, raw: object, choices: Iterable[str], default: str) -> str:
-    value = default if raw is None else raw
-    options = sorted(choices)
-    if value not in options:
-        raise ConfigError(path, f"must be one of {', '.join(options)}, got {value!r}")
-    return str(value)
-
-
-def _tls(raw: object) -> TLSConfig | None:
-    path = "tls_server_config"
-    data = _mapping(
-        path, raw, ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version")
-    )
-    if not data:
-        return None
-    tls = TLSConfig(
-        cert_file=_file(f"{path}.cert_file", data.get("cert_file")),
-        key_file=_file(f"{path}.key_file", data.get("key_file")),
-        client_ca_file=None
-        if data.get("client_ca_file") is None
-        else _file(f"{path}.client_ca_file", data["client_ca_file"]),
-        client_auth_type=_choice(
-            f"{path}.client_auth_type", data.get("client_auth_type"), _CLIENT_AUTH, "NoClientCert"
-        ),
-        min_version=_choice(f"{path}.min_version", data.get("min_version"), _TLS_VERSIONS, "TLS12"),
-    )
-    try:
-        tls.context()
-    except (ssl.SSLError, OSError) as err:
-        raise ConfigError(path, f"cannot load certificate or key: {err}") from None
-    return tls
-
-
-def _users(raw: object) -> dict[str, bytes]:
-    users: dict[str, bytes] = {}
-    for user, hashed in _mapping("basic_auth_users", raw, None).items():
-        path = f"basic_auth_users.{user}"
-        if not isinstance(user, str) or not user or ":" in user:
-            raise ConfigError(path, "user names must be non-empty strings without ':'")
-        if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
-            # A malformed hash would only fail at the first login (bcrypt: "Invalid salt").
-            raise ConfigError(path, "must be a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")
-        users[user] = hashed.encode()
-    return users
-
-
-def load_web_config(path: str) -> WebConfig:
-    """Read an exporter-toolkit web config file; raises ``ConfigError``."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(path, f"cannot read web config: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, "web config is not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"invalid YAML: {getattr(err, 'problem', err)}") from None
-    data = _mapping("", raw, ("tls_server_config", "basic_auth_users", "http_server_config"))
-    server = _mapping("http_server_config", data.get("http_server_config"), ("headers",))
-    headers = _mapping("http_server_config.headers", server.get("headers"), None)
-    return WebConfig(
-        tls=_tls(data.get("tls_server_config")),
-        users=_users(data.get("basic_auth_users")),
-        headers={str(k): str(v) for k, v in headers.items()},
-    )
 
 
 # --- authentication -----------------------------------------------------------------
@@ -181,14 +60,20 @@ class BasicAuth:
 
     bcrypt is slow on purpose; a scrape every few seconds should not pay for it
     each time, so verified (user, password, hash) triples are remembered by digest.
+    An unknown user is checked against a dummy hash of the users' highest cost, so
+    it takes as long as a wrong password and timing does not reveal user names.
+    Like upstream, one bcrypt check runs at a time: a flood of bad passwords
+    burns one core, not all of them.
     """
 
-    _DUMMY = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=4))
-
-    def __init__(self, users: dict[str, bytes]) -> None:
+    def __init__(self, users: Mapping[str, bytes], cost: int) -> None:
         self._users = users
+        # A bare salt (no hashing needed to make it): checkpw hashes the password with
+        # it at this cost, then compares and fails, so it costs what a real hash costs.
+        self._dummy = bcrypt.gensalt(rounds=max(cost, 4))
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
+        self._bcrypt = threading.Lock()
 
     def check(self, header: str | None) -> bool:
         """True when ``header`` carries a known user and the right password."""
@@ -208,12 +93,46 @@ class BasicAuth:
         with self._lock:
             if hashed is not None and digest in self._verified:
                 return True
-        # Unknown users still cost one bcrypt check, so timing does not reveal names.
-        ok = bcrypt.checkpw(password.encode(), hashed or self._DUMMY) and hashed is not None
+        with self._bcrypt:
+            ok = bcrypt.checkpw(password.encode(), hashed or self._dummy) and hashed is not None
         if ok:
             with self._lock:
                 self._verified.add(digest)
         return ok
+
+
+class RateLimiter:
+    """A token bucket as golang.org/x/time/rate: ``burst`` tokens, one more per interval.
+
+    With ``burst`` 0 nothing is ever allowed (upstream's behaviour, kept as is).
+    """
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._tokens = float(limit.burst)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """Take a token if one is there."""
+        with self._lock:
+            now = time.monotonic()
+            refill = (now - self._at) / self.limit.interval_seconds
+            self._tokens = min(float(self.limit.burst), self._tokens + refill)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+@dataclass(frozen=True)
+class _Front:
+    """What guards the door for one web config: its users' check and its rate limiter."""
+
+    config: WebConfig
+    auth: BasicAuth | None
+    limiter: RateLimiter | None
 
 
 # --- the WSGI application -------------------------------------------------------------
@@ -233,13 +152,39 @@ class App:
     def __init__(
         self,
         exporter: Exporter,
-        web_config: WebConfig | None = None,
+        web_config: WebConfig | WebConfigFile | None = None,
         reload: Callable[[], bool] | None = None,
     ) -> None:
         self.exporter = exporter
-        self.web_config = web_config or WebConfig()
-        self.auth = BasicAuth(self.web_config.users) if self.web_config.users else None
+        self.web = (
+            web_config if isinstance(web_config, WebConfigFile) else WebConfigFile(None, web_config)
+        )
+        self._front_lock = threading.Lock()
+        self._front = self._guard(self.web.current(), None)
         self._reload = reload or exporter.reload
+
+    @property
+    def web_config(self) -> WebConfig:
+        """The web config in force now (re-read from its file when that changed)."""
+        return self.web.current()
+
+    @staticmethod
+    def _guard(config: WebConfig, old: _Front | None) -> _Front:
+        """Auth and rate limiter for ``config``; an unchanged limit keeps its bucket."""
+        auth = BasicAuth(config.users, config.max_bcrypt_cost) if config.users else None
+        limiter = None
+        if config.rate_limit is not None:
+            same = old is not None and old.limiter and old.limiter.limit == config.rate_limit
+            limiter = old.limiter if same and old else RateLimiter(config.rate_limit)
+        return _Front(config, auth, limiter)
+
+    def front(self) -> _Front:
+        """The guard for the web config in force, rebuilt when the config changed."""
+        config = self.web.current()
+        with self._front_lock:
+            if config is not self._front.config:
+                self._front = self._guard(config, self._front)
+            return self._front
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -251,7 +196,11 @@ class App:
     def _route(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        auth = None if path in _OPEN_PATHS else self.auth
+        front = self.front()
+        # Health probes are neither limited nor authenticated: they cost nothing upstream.
+        if path not in _OPEN_PATHS and front.limiter and not front.limiter.allow():
+            return self._send(start_response, "429 Too Many Requests", b"Too Many Requests\n")
+        auth = None if path in _OPEN_PATHS else front.auth
         if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
             extra = [("WWW-Authenticate", 'Basic realm="cec-phone-exporter"')]
             return self._send(start_response, "401 Unauthorized", b"Unauthorized\n", extra)
@@ -288,7 +237,7 @@ class App:
     ) -> list[bytes]:
         all_headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         all_headers += headers or []
-        all_headers += list(self.web_config.headers.items())
+        all_headers += [(k, v) for k, v in self.front().config.headers.items() if v]
         start_response(status, all_headers)
         return [body]
 
@@ -350,10 +299,181 @@ class App:
 # --- the server ------------------------------------------------------------------------
 
 
-class _Handler(WSGIRequestHandler):
-    """Bounds header read time; logs requests at debug level only."""
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads bounded by an absolute deadline (a request head must arrive in time).
 
+    A per-read timeout alone lets a client trickle one byte at a time forever; with
+    ``deadline`` unset the socket's own timeout applies (request bodies).
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            self._sock.settimeout(self._timeout)
+        else:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request not received in time")
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+def _handshake(conn: ssl.SSLSocket, seconds: float) -> None:
+    """The TLS handshake, all of it within ``seconds`` however slowly the client sends."""
+    deadline = time.monotonic() + seconds
+    conn.setblocking(False)
+    with selectors.DefaultSelector() as selector:
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                events = selectors.EVENT_READ
+            except ssl.SSLWantWriteError:
+                events = selectors.EVENT_WRITE
+            left = deadline - time.monotonic()
+            selector.register(conn, events)
+            ready = selector.select(left) if left > 0 else []
+            selector.unregister(conn)
+            if not ready:
+                raise TimeoutError("TLS handshake not completed in time")
+    conn.setblocking(True)
+
+
+class ClientRefused(OSError):
+    """The client's certificate carries none of ``client_allowed_sans``."""
+
+
+class _Response(ServerHandler):
+    """One WSGI response over HTTP/1.1: framed by Content-Length, no body for HEAD."""
+
+    http_version = "1.1"
+    keep_alive = True
+    environ: Environ
+    headers: Headers
+    headers_sent: bool
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()
+        if "Content-Length" not in self.headers:
+            self.keep_alive = False  # the end of the body is the end of the connection
+        if not self.keep_alive:
+            self.headers["Connection"] = "close"
+
+    def write(self, data: bytes) -> None:
+        if self.environ.get("REQUEST_METHOD") != "HEAD":
+            super().write(data)
+        elif not self.headers_sent:
+            self.bytes_sent = len(data)
+            self.send_headers()
+
+
+class _Handler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive, TLS handshake per connection, request-head deadline.
+
+    The handshake runs here, in the connection's thread, with the TLS settings in
+    force when the connection came in (a renewed certificate applies to the next
+    connection). Requests are debug-logged only.
+    """
+
+    protocol_version = "HTTP/1.1"
     timeout = HEADER_READ_TIMEOUT_SECONDS
+    server: _Server
+
+    def setup(self) -> None:
+        tls = self.server.tls and self.server.web.current().tls
+        if tls:
+            conn = tls.context.wrap_socket(
+                self.request, server_side=True, do_handshake_on_connect=False
+            )
+            try:
+                _handshake(conn, HEADER_READ_TIMEOUT_SECONDS)
+                allowed = tls.client_allowed_sans
+                if allowed is not None and not client_sans(conn.getpeercert() or {}) & set(allowed):
+                    raise ClientRefused("client certificate has none of client_allowed_sans")
+            except BaseException:
+                conn.close()
+                raise
+            self.request = conn
+        super().setup()
+        self.rfile.close()  # replaced by one that keeps the request-head deadline
+        self._reader = _DeadlineReader(self.connection, HEADER_READ_TIMEOUT_SECONDS)
+        self._input = io.BufferedReader(self._reader)
+        self.rfile = self._input
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.close()  # the server closes only the plain socket it accepted
+
+    def handle(self) -> None:
+        self.close_connection = False
+        first = True
+        while not self.close_connection:
+            try:
+                self._handle_one(first)
+            except TimeoutError:  # an idle or slow client: nothing to answer
+                self.close_connection = True
+            first = False
+
+    def _handle_one(self, first: bool) -> None:
+        if not first:  # wait for the next request, then give it the head deadline
+            self._reader.deadline = time.monotonic() + IDLE_TIMEOUT_SECONDS
+            if not self._input.peek(1):
+                self.close_connection = True
+                return
+        self._reader.deadline = time.monotonic() + HEADER_READ_TIMEOUT_SECONDS
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE_BYTES + 1)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > MAX_REQUEST_LINE_BYTES:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # an error was sent; parse_request closes
+            return
+        if self.request_version != "HTTP/1.1":
+            self.close_connection = True  # HTTP/1.0 keep-alive is not worth supporting
+        body = self._body()
+        self._reader.deadline = None
+        output = cast(IO[bytes], self.wfile)
+        response = _Response(
+            io.BytesIO(body), output, self.get_stderr(), self.get_environ(), multithread=True
+        )
+        response.request_handler = self  # type: ignore[attr-defined]  # wsgiref logs through it
+        response.keep_alive = not self.close_connection
+        app = self.server.get_app()
+        assert app is not None
+        response.run(app)
+        if not response.keep_alive:
+            self.close_connection = True
+
+    def _body(self) -> bytes:
+        """The request body when small and framed; otherwise it is left and the
+        connection closed after the answer (the app refuses large bodies with 413)."""
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            return b""
+        if not length:
+            return b""
+        if not length.isdigit() or int(length) > MAX_REQUEST_BODY_BYTES:
+            self.close_connection = True
+            return b""
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            self.close_connection = True
+        return body
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -366,6 +486,8 @@ class _Server(ThreadingMixIn, WSGIServer):
     # (an HA pair plus ad-hoc curls); they come back a second later, miss the collection
     # in flight and start another one.
     request_queue_size = 128
+    web: WebConfigFile
+    tls: bool = False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line, never a traceback on stderr (socketserver prints one by default).
@@ -373,7 +495,7 @@ class _Server(ThreadingMixIn, WSGIServer):
         Clients that time out, hang up or fail the TLS handshake are routine: debug level.
         """
         error = sys.exc_info()[1]
-        if isinstance(error, OSError):  # includes TimeoutError and ssl.SSLError
+        if isinstance(error, OSError):  # includes TimeoutError, ssl.SSLError, ClientRefused
             log.debug("connection from %s dropped: %r", client_address[0], error)
         else:
             log.error("error handling a connection from %s: %r", client_address[0], error)
@@ -388,7 +510,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def serve(app: App, listen: str) -> WSGIServer:
-    """Bind ``listen`` and return the server (TLS-wrapped if configured); not started."""
+    """Bind ``listen`` and return the server (HTTPS when the web config has TLS); not started."""
     host, port = parse_listen(listen)
     server_class = _Server
     if ":" in host:
@@ -398,11 +520,8 @@ def serve(app: App, listen: str) -> WSGIServer:
 
         server_class = _Server6
     server = make_server(host, port, app, server_class=server_class, handler_class=_Handler)
-    tls = app.web_config.tls
-    if tls is not None:
-        # The handshake runs in the request thread, under the handler's timeout,
-        # so a client that stalls it cannot block the accept loop.
-        server.socket = tls.context().wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
+    assert isinstance(server, _Server)
+    server.web = app.web
+    # Fixed for the server's life: the listener speaks HTTPS or it does not.
+    server.tls = app.web.current().tls is not None
     return server

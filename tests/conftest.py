@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -22,7 +23,8 @@ import yaml
 from exporter.collect import Exporter
 from exporter.config import load_config
 from exporter.simulator import SimConfig, Simulator
-from exporter.web import App, WebConfig, serve
+from exporter.web import App, serve
+from exporter.webconfig import WebConfig, WebConfigFile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,14 +90,17 @@ def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
     """Factory: ``exporter_server(config_path, web_config=None)`` serves an exporter on loopback."""
     running: list[tuple[Any, Exporter, threading.Thread, httpx2.Client]] = []
 
-    def start(config_path: Path, web_config: WebConfig | None = None) -> RunningExporter:
+    def start(
+        config_path: Path, web_config: WebConfig | WebConfigFile | None = None
+    ) -> RunningExporter:
         exporter = Exporter(load_config(config_path), str(config_path))
-        server = serve(App(exporter, web_config), "127.0.0.1:0")
+        app = App(exporter, web_config)
+        server = serve(app, "127.0.0.1:0")
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         client = httpx2.Client(timeout=30, verify=False)
         running.append((server, exporter, thread, client))
-        scheme = "https" if web_config and web_config.tls else "http"
+        scheme = "https" if app.web_config.tls else "http"
         return RunningExporter(exporter, f"{scheme}://127.0.0.1:{server.server_port}", client)
 
     yield start
@@ -105,6 +110,12 @@ def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
         server.server_close()
         thread.join(timeout=5)
         exporter.close()
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic auth."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def run_cli(

@@ -306,3 +306,81 @@ def test_statuses_are_counted_into_the_right_buckets(
     assert snapshot.counts == dict(expected)
     assert snapshot.total == len(records)
     assert snapshot.duplicates == 0
+
+
+# --- the two decoding paths agree -------------------------------------------------------------
+
+# What the usual wire types (str and int fields) can hold, odd spellings included.
+usual_text = st.one_of(
+    st.integers(-(10**30), 10**30),
+    st.integers(0, 10**6).map(str),
+    st.sampled_from(["", " ", " 42 ", "042", "1.0", "x", "t1", "t2"]),
+)
+usual_phones = st.fixed_dictionaries(
+    {"password": passwords},
+    optional={
+        "phoneNum": usual_text,
+        "id": usual_text,
+        "tenantId": usual_text,
+        "status": st.sampled_from([0, 1, 7, -1, "0", "1", " 1 ", "1.0", "7", "", None]),
+    },
+)
+
+
+@FUZZ
+@given(st.lists(usual_phones, max_size=12), st.sampled_from([1.5, True, None, [1], {"a": 1}]))
+def test_usual_and_loose_decoding_read_phones_alike(
+    records: list[dict[str, object]], odd_id: object
+) -> None:
+    """A page of usual field types, and the same page plus one phone with an odd-typed ``id``
+    (decoded the loose way, field by field), give the same records for the shared phones."""
+    usual = parse_page(encode({"retCode": "0", "result": {"phone": records}}))
+    odd = {"phoneNum": "1", "id": odd_id}
+    loose = parse_page(encode({"retCode": "0", "result": {"phone": [*records, odd]}}))
+    assert loose.phones[: len(records)] == usual.phones
+    assert len(loose.phones) == len(records) + 1
+    assert_no_password(usual, records)
+
+
+pool_of_phones = st.lists(
+    st.fixed_dictionaries(
+        {"password": passwords},
+        optional={
+            "phoneNum": st.sampled_from(["100", "200", " 200 ", 200, ""]),
+            "id": st.sampled_from([1, "1", 2, ""]),
+            "status": st.sampled_from([0, 1, "1"]),
+            "tenantId": st.sampled_from(["t1", "t2"]),
+        },
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@FUZZ
+@given(pool_of_phones, st.lists(st.lists(st.integers(0, 7), max_size=6), max_size=5))
+def test_folding_counts_each_identity_once(
+    phones: list[dict[str, object]], pages: list[list[int]]
+) -> None:
+    """Pages that repeat phones (within a page and across pages) fold like a row-by-row model:
+    a phone counts once per (id, phoneNum) as text; one with neither always counts."""
+    builder = SnapshotBuilder(per_phone=True)
+    expected: Counter[tuple[str, Status]] = Counter()
+    seen: set[int] = set()
+    duplicates = 0
+    for picks in pages:
+        records = [phones[i % len(phones)] for i in picks]
+        page = parse_page(encode({"retCode": "0", "result": {"phone": records}}))
+        builder.add(page)
+        for phone in page.phones:
+            if phone.key is not None and phone.key in seen:
+                duplicates += 1
+                continue
+            if phone.key is not None:
+                seen.add(phone.key)
+            expected[(phone.tenant_id, phone.status)] += 1
+    snapshot = builder.build()
+    assert snapshot.counts == dict(expected)
+    assert snapshot.duplicates == duplicates
+    assert snapshot.phones is not None
+    assert all(number.strip() == number and number for number in snapshot.phones)

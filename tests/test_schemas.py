@@ -184,7 +184,7 @@ def adjusted_panel_part(name: str, part: str) -> dict[str, Any] | None:
 
 
 def k8s_files() -> list[Path]:
-    return sorted(K8S.glob("*.yaml"))
+    return sorted(K8S.glob("*.yaml")) + sorted((K8S / "sharded").glob("*.yaml"))
 
 
 def k8s_resource_files() -> list[Path]:
@@ -201,8 +201,9 @@ def test_k8s_manifest_validates(path: Path) -> None:
         assert errors(adjusted_k8s(K8S_SCHEMAS[key]), doc) == []
 
 
-def test_kustomization_validates() -> None:
-    (kustomization,) = load_yaml_docs(K8S / "kustomization.yaml")
+@pytest.mark.parametrize("folder", [K8S, K8S / "sharded"], ids=["base", "sharded"])
+def test_kustomization_validates(folder: Path) -> None:
+    (kustomization,) = load_yaml_docs(folder / "kustomization.yaml")
     assert errors(schema("kustomize/kustomization.json"), kustomization) == []
 
 

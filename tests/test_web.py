@@ -26,7 +26,8 @@ from conftest import ServeProcess, run_cli, sample, target_entry
 
 from exporter.config import ConfigError
 from exporter.simulator import Simulator
-from exporter.web import HEADER_READ_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES, load_web_config
+from exporter.web import HEADER_READ_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES
+from exporter.webconfig import load_web_config
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -259,6 +260,17 @@ def _bad_web_configs(pki: dict[str, Path]) -> dict[str, tuple[str, str]]:
             "  client_ca_file: /nonexistent/ca.pem\n",
             "tls_server_config.client_ca_file",
         ),
+        "client-ca-without-auth-type": (
+            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+            f"  client_ca_file: {pki['client_ca']}\n",
+            "tls_server_config.client_auth_type",
+        ),
+        "require-any-client-cert": (
+            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+            "  client_auth_type: RequireAnyClientCert\n",
+            "tls_server_config.client_auth_type",
+        ),
+        "duplicate-key": (f"basic_auth_users:\n  a: '{good_hash}'\n  a: '{good_hash}'\n", "FILE"),
         "not-a-mapping": ("- tls_server_config\n", "(top level)"),
         "unparseable": ("tls_server_config: [\n", "FILE"),
     }

@@ -156,8 +156,12 @@ class CecClient:
         self._upstream = upstream or Upstream()
         # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
-        # cancelled by its deadline cannot starve the others of connections.
+        # cancelled by its deadline cannot starve the others of connections
+        # (tests/test_pool_leak.py).
         self._http = self._upstream.acquire_pool(target)
+        # Absolute URLs, built once: a path is parsed and merged with base_url per request
+        # (two URL parses, a tenth of the client's CPU per page).
+        self._urls = {p: self._http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
         self.tokens = TokenCache(self._fetch_token)
 
     async def aclose(self) -> None:
@@ -198,7 +202,11 @@ class CecClient:
         report = True
         try:
             async with self._http.stream(
-                "POST", path, headers=headers, json=payload, timeout=self.target.timeout_seconds
+                "POST",
+                self._urls[path],
+                headers=headers,
+                json=payload,
+                timeout=self.target.timeout_seconds,
             ) as response:
                 status = response.status_code
                 if status != 200:
@@ -467,7 +475,7 @@ class CecClient:
         first = await self.query_page(0)
         builder.add(first)
         if first.total is None:
-            await self._collect_until_short_page(builder, len(first.phones))
+            await self._collect_until_short_page(builder, len(first.keys))
             return builder
         pages = max(1, math.ceil(first.total / target.page_size))
         if pages > target.max_pages:
@@ -497,7 +505,7 @@ class CecClient:
             offset += self.target.page_size
             page = await self.query_page(offset)
             builder.add(page)
-            size = len(page.phones)
+            size = len(page.keys)
 
 
 def _retryable(err: CecError) -> bool:

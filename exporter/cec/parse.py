@@ -1,35 +1,42 @@
 """Parse the vendor's loose JSON, once, into typed records.
 
 This is the edge: numbers may come as strings and strings as numbers, any
-field may be missing, and phone passwords are dropped right here, never copied
-into a record. Anything we cannot read raises ``InvalidResponse``.
+field may be missing, and phone passwords are dropped right here, never read.
+Anything we cannot read raises ``InvalidResponse``.
+
+msgspec decodes a page into structs that name only the fields we read: a phone's
+``password`` (and every other field) is skipped by the decoder, never built as a
+Python object, and the shape (objects, lists) is checked in C. A page whose phones
+carry the usual wire types (strings and integers) is then turned into columns with
+C-level ``map``/``zip``, no Python code per phone; any other page is decoded again
+with every field typed ``Any`` and read field by field with the same loose rules.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from operator import attrgetter
+from typing import Any, Generic, NamedTuple, TypeVar, cast
+
+import msgspec
 
 from exporter.cec.errors import InvalidResponse
-from exporter.cec.snapshot import Endpoint, Status
+from exporter.cec.snapshot import REGISTERED, SUSPENDED, UNKNOWN, Endpoint, Status
 
-_STATUS = {0: Status.REGISTERED, 1: Status.SUSPENDED}
+_P = TypeVar("_P")
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+_STATUS = {0: REGISTERED, 1: SUSPENDED}
 
 
 class Phone(NamedTuple):
-    """One softphone record, without its password.
+    """One softphone record, without its password (a row of ``Page``'s columns)."""
 
-    A NamedTuple, not a frozen dataclass: one is built per phone (100,000 per
-    scrape at the size cap), and a frozen dataclass costs several times more.
-    """
-
-    key: tuple[str, str] | None
-    """Identity for de-duplication across pages: (``id``, ``phoneNum``); None when both are
-    missing (such records are all counted). ``id`` alone is no identity: it is a
-    "Configuration ID" that phones in different ``partdbId`` partitions share."""
+    key: int | None
     phone_num: str
     tenant_id: str
     status: Status
@@ -37,13 +44,40 @@ class Phone(NamedTuple):
 
 @dataclass(frozen=True)
 class Page:
-    """One queryPhone answer: its retCode and, on success, what it carried."""
+    """One queryPhone answer: its retCode and, on success, what it carried.
+
+    Phones are held as columns, one entry per phone in the order received, so that
+    they are built and folded by C-level ``map``/``zip``/set operations rather than
+    one Python object per phone (100,000 per scrape at the size cap).
+    """
 
     ret_code: str
     ret_msg: str
     total: int | None
     endpoints: tuple[Endpoint, ...]
-    phones: tuple[Phone, ...]
+    keys: tuple[int | None, ...] = ()
+    """Identity for de-duplication across pages: the 64-bit hash of (``id``, ``phoneNum``)
+    as text; None when both are missing (such records are all counted). ``id`` alone
+    is no identity: it is a "Configuration ID" that phones in different ``partdbId``
+    partitions share.
+
+    A hash, not the strings: an int per phone instead of a tuple and two strings
+    holds a million keys in a third of the memory. Python's str hash is SipHash,
+    keyed at random per process, and the tuple hash mixes both into 64 bits: two
+    distinct phones collide with probability about 2**-64, so among a million
+    phones about n**2 / 2**65 = 3e-8 per collection, and an API cannot aim for a
+    collision it cannot compute. A collision would count one phone as a duplicate
+    of another (``Snapshot.duplicates`` shows duplicates)."""
+    numbers: tuple[str, ...] = ()
+    """``phoneNum`` of each phone, ``""`` when missing."""
+    buckets: tuple[tuple[str, str], ...] = ()
+    """(tenant_id, status value) of each phone: plain strings, cheap to count."""
+
+    @property
+    def phones(self) -> tuple[Phone, ...]:
+        """The phones as records, for tests and debugging (the fold reads the columns)."""
+        rows = zip(self.keys, self.numbers, self.buckets, strict=True)
+        return tuple(Phone(key, num, tenant, Status(status)) for key, num, (tenant, status) in rows)
 
 
 @dataclass(frozen=True)
@@ -57,16 +91,98 @@ class Token:
         return f"Token(<redacted>, expires_at={self.expires_at:.0f})"
 
 
-def load_json_object(body: bytes) -> dict[str, Any]:
-    """Decode a body that must be a JSON object."""
+# --- what the decoder reads: only these fields ----------------------------------------------
+
+
+class _Endpoint(msgspec.Struct, gc=False):  # gc=False: decoded JSON holds no cycles
+    regIPAddress: Any = None
+    regPort: Any = None
+    sipServiceIp: Any = None
+    sipServicePort: Any = None
+
+
+class _Phone(msgspec.Struct, gc=False):
+    """A phone with the usual wire types; ``password`` and the rest are skipped, unread."""
+
+    phoneNum: str | int = ""
+    id: str | int = ""
+    tenantId: str | int = ""
+    status: int | str | None = None
+
+
+class _LoosePhone(msgspec.Struct, gc=False):
+    """A phone with any JSON value in each field (a float id, a boolean status, ...)."""
+
+    phoneNum: Any = None
+    id: Any = None
+    tenantId: Any = None
+    status: Any = None
+
+
+_Endpoints = list[_Endpoint] | _Endpoint  # a list, or one object on its own
+
+
+class _Result(_Endpoint, Generic[_P], gc=False):
+    """``result`` of a queryPhone answer; a legacy answer has its endpoint fields inline."""
+
+    total: Any = None
+    phone: list[_P] | None = None
+    singleRegServ: _Endpoints | None = None
+    poolRegServ: dict[str, _Endpoints] | None = None
+
+
+class _Head(msgspec.Struct, gc=False):
+    retCode: Any = None
+    retMsg: Any = None
+
+
+class _Answer(_Head, Generic[_R], gc=False):
+    result: _R | None = None
+
+
+class _TokenAnswer(msgspec.Struct, gc=False):
+    AccessToken: Any = None
+    Expires: Any = None
+    CreateTime: Any = None
+
+
+_USUAL = msgspec.json.Decoder(_Answer[_Result[_Phone]])
+_LOOSE = msgspec.json.Decoder(_Answer[_Result[_LoosePhone]])
+_HEAD = msgspec.json.Decoder(_Head)  # the result skipped: a failed retCode needs no result
+_TOKEN = msgspec.json.Decoder(_TokenAnswer)
+
+# msgspec's message when the answer or its result is not an object at all.
+_NOT_AN_OBJECT = re.compile(r"Expected `[^`]*`, got `(\w+)`(?: - at `\$(\.result)`)?")
+_JSON_TYPE_NAMES = {"array": "list"}
+
+
+def _shape_error(err: msgspec.ValidationError) -> InvalidResponse:
+    """Say what did not fit; msgspec names types and paths (``$.result.phone[3]``), no value."""
+    message = str(err)
+    wrong = _NOT_AN_OBJECT.fullmatch(message)
+    if wrong:
+        what = "result" if wrong[2] else "response body"
+        found = _JSON_TYPE_NAMES.get(wrong[1], wrong[1])
+        return InvalidResponse(f"{what} is a JSON {found}, not an object")
+    return InvalidResponse(f"response body is not as expected: {message}")
+
+
+def _syntax_error(body: bytes) -> InvalidResponse:
+    snippet = "an HTML page" if body.lstrip()[:1] == b"<" else "not valid JSON"
+    return InvalidResponse(f"response body is {snippet}")
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    """Decode ``body``; anything unreadable is InvalidResponse."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        snippet = "an HTML page" if body.lstrip()[:1] == b"<" else "not valid JSON"
-        raise InvalidResponse(f"response body is {snippet}") from None
-    if not isinstance(data, dict):
-        raise InvalidResponse(f"response body is a JSON {type(data).__name__}, not an object")
-    return data
+        return decoder.decode(body)
+    except msgspec.ValidationError as err:
+        raise _shape_error(err) from None
+    except (ValueError, RecursionError):  # msgspec.DecodeError, bad UTF-8, deep nesting
+        raise _syntax_error(body) from None
+
+
+# --- loose readers ---------------------------------------------------------------------------
 
 
 def _integer(value: object) -> int | None:
@@ -107,78 +223,102 @@ def _ret_code(value: object) -> str:
     return _text(value)
 
 
-def _endpoint(raw: object, mode: str, node: str) -> Endpoint:
-    if not isinstance(raw, dict):
-        raise InvalidResponse(f"{mode} registration endpoint is not an object")
+def _status(code: object) -> str:
+    """The status value of a loose ``status`` field: 0 and 1 in any numeric spelling."""
+    number = code if type(code) is int else _integer(code)
+    return _STATUS.get(number, UNKNOWN) if number is not None else UNKNOWN
+
+
+def _endpoint(raw: _Endpoint, mode: str, node: str) -> Endpoint:
     return Endpoint(
         mode=mode,
         node=node,
-        reg_ip=_text(raw.get("regIPAddress")),
-        reg_port=_text(raw.get("regPort")),
-        sip_ip=_text(raw.get("sipServiceIp")),
-        sip_port=_text(raw.get("sipServicePort")),
+        reg_ip=_text(raw.regIPAddress),
+        reg_port=_text(raw.regPort),
+        sip_ip=_text(raw.sipServiceIp),
+        sip_port=_text(raw.sipServicePort),
     )
 
 
-def _endpoints(result: dict[str, Any]) -> Iterator[Endpoint]:
-    single = result.get("singleRegServ")
+def _endpoints(result: _Result[Any]) -> Iterator[Endpoint]:
+    single = result.singleRegServ
     if single is not None:
         items = single if isinstance(single, list) else [single]
         yield from (_endpoint(item, "single", "") for item in items)
-    pool = result.get("poolRegServ")
-    if pool is not None:
-        if not isinstance(pool, dict):
-            raise InvalidResponse("poolRegServ is not an object")
-        for node, entries in pool.items():
+    if result.poolRegServ is not None:
+        for node, entries in result.poolRegServ.items():
             items = entries if isinstance(entries, list) else [entries]
-            yield from (_endpoint(item, "pool", str(node)) for item in items)
-    if result.get("regIPAddress") is not None or result.get("regPort") is not None:
+            yield from (_endpoint(item, "pool", node) for item in items)
+    if result.regIPAddress is not None or result.regPort is not None:
         yield _endpoint(result, "legacy", "")
 
 
-def _phone(raw: object) -> Phone:
-    if not isinstance(raw, dict):
-        raise InvalidResponse("phone entry is not an object")
-    get = raw.get
-    number, ident, tenant, code = get("phoneNum"), get("id"), get("tenantId"), get("status")
-    # Hot path (once per phone): the usual wire types first, the loose readers for the rest.
-    phone_num = number.strip() if type(number) is str else _text(number)
-    key = str(ident) if type(ident) is int else _text(ident)
-    tenant_id = tenant.strip() if type(tenant) is str else _text(tenant)
-    if type(code) is not int:
-        code = _integer(code)
-    status = _STATUS.get(code, Status.UNKNOWN) if code is not None else Status.UNKNOWN
-    return Phone((key, phone_num) if key or phone_num else None, phone_num, tenant_id, status)
+# --- phones into columns ---------------------------------------------------------------------
+
+_NUMBER, _ID, _TENANT, _CODE = map(attrgetter, ("phoneNum", "id", "tenantId", "status"))
+# For codes of the usual types (int, str, null); any other code goes to _status.
+_USUAL_STATUS: dict[object, str] = {0: REGISTERED, 1: SUSPENDED, "0": REGISTERED, "1": SUSPENDED}
+_USUAL_STATUS[None] = UNKNOWN
+_Columns = tuple[tuple[int | None, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+
+
+def _columns(
+    ids: tuple[str, ...], numbers: tuple[str, ...], tenants: Iterable[str], statuses: Iterable[str]
+) -> _Columns:
+    keys: tuple[int | None, ...] = tuple(map(hash, zip(ids, numbers, strict=True)))
+    if "" in numbers:  # a phone with neither id nor number has no identity
+        keys = tuple(k if i or n else None for k, i, n in zip(keys, ids, numbers, strict=True))
+    return keys, numbers, tuple(zip(tenants, statuses, strict=True))
+
+
+def _usual_columns(phones: list[_Phone]) -> _Columns:
+    """Each field is a str or an int here: ``str(x).strip()`` is what ``_text`` makes of it."""
+    strip = str.strip
+    numbers = tuple(map(strip, map(str, map(_NUMBER, phones))))
+    ids = tuple(map(strip, map(str, map(_ID, phones))))
+    tenants = map(strip, map(str, map(_TENANT, phones)))
+    codes = tuple(map(_CODE, phones))
+    statuses = tuple(map(_USUAL_STATUS.get, codes))
+    if None in statuses:  # a code such as 7 or " 1 ": the loose reader decides
+        statuses = tuple(s or _status(c) for s, c in zip(statuses, codes, strict=True))
+    return _columns(ids, numbers, tenants, cast("tuple[str, ...]", statuses))
+
+
+def _loose_columns(phones: list[_LoosePhone]) -> _Columns:
+    numbers = tuple(map(_text, map(_NUMBER, phones)))
+    ids = tuple(map(_text, map(_ID, phones)))
+    tenants = map(_text, map(_TENANT, phones))
+    return _columns(ids, numbers, tenants, map(_status, map(_CODE, phones)))
 
 
 def parse_page(body: bytes) -> Page:
     """Read a queryPhone answer; the caller decides what a non-zero retCode means."""
-    data = load_json_object(body)
-    ret_code = _ret_code(data.get("retCode"))
-    ret_msg = _text(data.get("retMsg"))
+    answer: _Answer[_Result[Any]]
+    try:
+        answer = _USUAL.decode(body)
+        columns: Any = _usual_columns
+    except msgspec.ValidationError:
+        try:
+            answer = _LOOSE.decode(body)
+            columns = _loose_columns
+        except msgspec.ValidationError as err:
+            head = _decode(_HEAD, body)  # a failed retCode is that, whatever its result
+            if _ret_code(head.retCode) != "0":
+                return Page(_ret_code(head.retCode), _text(head.retMsg), None, ())
+            raise _shape_error(err) from None
+    except (ValueError, RecursionError):  # msgspec.DecodeError, bad UTF-8, deep nesting
+        raise _syntax_error(body) from None
+    ret_code = _ret_code(answer.retCode)
+    ret_msg = _text(answer.retMsg)
     if ret_code != "0":
-        return Page(ret_code, ret_msg, None, (), ())
-    result = data.get("result")
-    if result is None:
-        result = {}
-    if not isinstance(result, dict):
-        raise InvalidResponse(f"result is a JSON {type(result).__name__}, not an object")
-    total = result.get("total")
+        return Page(ret_code, ret_msg, None, ())
+    result = answer.result or _Result()
+    total = result.total
     total_value = None if total is None else _integer(total)
     if total is not None and (total_value is None or total_value < 0):
         raise InvalidResponse("result.total is not a non-negative integer")
-    phones = result.get("phone")
-    if phones is None:
-        phones = []
-    if not isinstance(phones, list):
-        raise InvalidResponse("result.phone is not a list")
-    return Page(
-        ret_code=ret_code,
-        ret_msg=ret_msg,
-        total=total_value,
-        endpoints=tuple(_endpoints(result)),
-        phones=tuple(map(_phone, phones)),
-    )
+    keys, numbers, buckets = columns(result.phone or [])
+    return Page(ret_code, ret_msg, total_value, tuple(_endpoints(result)), keys, numbers, buckets)
 
 
 def parse_token(body: bytes, now: float) -> Token:
@@ -187,14 +327,14 @@ def parse_token(body: bytes, now: float) -> Token:
     The vendor's ``CreateTime`` is trusted only within five minutes of our clock;
     beyond that (a skewed server clock) the lifetime counts from ``now``.
     """
-    data = load_json_object(body)
-    value = data.get("AccessToken")
+    answer = _decode(_TOKEN, body)
+    value = answer.AccessToken
     if not isinstance(value, str) or not value.strip():
         raise InvalidResponse("token response has no AccessToken")
-    expires = _integer(data.get("Expires"))
+    expires = _integer(answer.Expires)
     if expires is None or expires <= 0:
         raise InvalidResponse("token response has no positive numeric Expires")
-    created = _integer(data.get("CreateTime"))
+    created = _integer(answer.CreateTime)
     # Integer arithmetic: a CreateTime of hundreds of digits is a skewed clock, not a crash.
     start = created if created is not None and abs(created - math.floor(now)) <= 300 else now
     try:

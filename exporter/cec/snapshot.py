@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from exporter.cec.parse import Page
@@ -24,6 +25,11 @@ class Status(enum.StrEnum):
     REGISTERED = "registered"
     SUSPENDED = "suspended"
     UNKNOWN = "unknown"
+
+
+# The values as plain strings, for counting: a Status member hashes through the
+# Python-level Enum.__hash__, several times the cost of a str, once per phone.
+REGISTERED, SUSPENDED, UNKNOWN = (str(s.value) for s in Status)
 
 
 @dataclass(frozen=True, order=True)
@@ -67,9 +73,9 @@ class SnapshotBuilder:
     """A ``total`` a later page reported that differs from the first page's, if any."""
     total_changed: bool = False
     phones_truncated: bool = False
-    _counts: Counter[tuple[str, Status]] = field(default_factory=Counter)
+    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
-    _seen: set[tuple[str, str]] = field(default_factory=set)
+    _seen: set[int] = field(default_factory=set)  # Page.keys says why 64-bit hashes do
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:
@@ -81,24 +87,18 @@ class SnapshotBuilder:
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        seen = self._seen
-        counted: list[tuple[str, Status]] = []  # one Counter.update per page: its C fast path
-        for phone in page.phones:
-            key = phone.key
-            if key is not None:
-                if key in seen:
-                    self.duplicates += 1
-                    continue
-                seen.add(key)
-            counted.append((phone.tenant_id, phone.status))
-            if self.per_phone and phone.phone_num:
-                if len(self._phones) < self.per_phone_cap:
-                    registered = phone.status is Status.REGISTERED
-                    self._phones[phone.phone_num] = (phone.tenant_id, registered)
-                else:
-                    self.phones_truncated = True
+        keys, seen = page.keys, self._seen
+        fresh = set(keys)
+        numbers: Sequence[str] = page.numbers
+        counted: Sequence[tuple[str, str]] = page.buckets
+        if len(fresh) == len(keys) and None not in fresh and fresh.isdisjoint(seen):
+            seen |= cast("set[int]", fresh)  # the usual page: all new; set operations in C
+        else:
+            numbers, counted = self._unseen(page)
         self._counts.update(counted)
         self.records += len(counted)
+        if self.per_phone:
+            self._add_phones(numbers, counted)
 
     def incomplete(self) -> str | None:
         """Why the pages added do not make a whole count, or None when they do.
@@ -114,11 +114,36 @@ class SnapshotBuilder:
             return f"counted {self.records} phone records, but total is {self.total}"
         return None
 
+    def _unseen(self, page: Page) -> tuple[list[str], list[tuple[str, str]]]:
+        """The numbers and buckets of the phones not seen before; duplicates are counted."""
+        seen = self._seen
+        numbers: list[str] = []
+        counted: list[tuple[str, str]] = []
+        for key, number, bucket in zip(page.keys, page.numbers, page.buckets, strict=True):
+            if key is not None:
+                if key in seen:
+                    self.duplicates += 1
+                    continue
+                seen.add(key)
+            numbers.append(number)
+            counted.append(bucket)
+        return numbers, counted
+
+    def _add_phones(self, numbers: Iterable[str], counted: Iterable[tuple[str, str]]) -> None:
+        phones = self._phones
+        for number, (tenant_id, status) in zip(numbers, counted, strict=True):
+            if not number:
+                continue
+            if len(phones) < self.per_phone_cap:
+                phones[number] = (tenant_id, status == REGISTERED)
+            else:
+                self.phones_truncated = True
+
     def build(self) -> Snapshot:
         """The snapshot of everything added so far."""
         return Snapshot(
             total=self.total,
-            counts=dict(self._counts),
+            counts={(tenant, Status(status)): n for (tenant, status), n in self._counts.items()},
             endpoints=tuple(sorted(self._endpoints)),
             phones=dict(self._phones) if self.per_phone else None,
             pages=self.pages,

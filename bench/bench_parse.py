@@ -1,0 +1,91 @@
+"""Benchmark the parsing edge: CPU to parse and fold one 100-phone queryPhone page.
+
+No network, no processes: the simulator's own page bodies (``page_result``) are
+encoded once, then ``parse_page`` and ``SnapshotBuilder.add`` run over them in
+this process, timed with ``time.process_time`` (CPU, not wall: a loaded machine
+slows the run but barely moves the figure). Best of ``--repeat`` passes.
+
+Usage::
+
+    .venv/bin/python bench/bench_parse.py [--phones 20000 --repeat 7]
+
+Prints microseconds per page for each wire shape the simulator speaks, and for
+the json.loads of the same body as a yardstick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from exporter.cec.parse import parse_page
+from exporter.cec.snapshot import SnapshotBuilder
+from exporter.simulator.model import SimConfig, page_result
+
+PAGE_SIZE = 100
+SHAPES = {
+    "single, numbers as numbers": {"mode": "single"},
+    "single, numbers as strings": {"mode": "single", "numbers_as_strings": True},
+    "pool, 2 nodes": {"mode": "pool"},
+    "legacy": {"mode": "legacy"},
+}
+
+
+def bodies(phones: int, **config: object) -> list[bytes]:
+    """Every page of a ``phones``-phone account, as the simulator encodes it."""
+    sim = SimConfig(phones=phones, **config)  # type: ignore[arg-type]
+    return [
+        json.dumps(
+            {"retCode": "0", "retMsg": "", "result": page_result(sim, offset, PAGE_SIZE)}
+        ).encode()
+        for offset in range(0, phones, PAGE_SIZE)
+    ]
+
+
+def per_page_us(pages: list[bytes], run: Callable[[list[bytes]], object], repeat: int) -> float:
+    """Best CPU microseconds per page of ``run(pages)`` over ``repeat`` passes."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        run(pages)
+        best = min(best, time.process_time() - started)
+    return best / len(pages) * 1e6
+
+
+def parse_and_fold(pages: list[bytes]) -> object:
+    builder = SnapshotBuilder()
+    for body in pages:
+        builder.add(parse_page(body))
+    return builder.build()
+
+
+def parse_only(pages: list[bytes]) -> object:
+    return [parse_page(body) for body in pages]
+
+
+def json_loads(pages: list[bytes]) -> object:
+    return [json.loads(body) for body in pages]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--phones", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    opts = parser.parse_args()
+    print(f"CPU us per {PAGE_SIZE}-phone page, best of {opts.repeat} passes over {opts.phones:,}")
+    print(f"{'shape':<28} {'parse+fold':>10} {'parse':>7} {'json.loads':>10}")
+    for name, config in SHAPES.items():
+        pages = bodies(opts.phones, **config)
+        figures = (
+            per_page_us(pages, run, opts.repeat) for run in (parse_and_fold, parse_only, json_loads)
+        )
+        both, parse, loads = figures
+        print(f"{name:<28} {both:>10.0f} {parse:>7.0f} {loads:>10.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
