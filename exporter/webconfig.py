@@ -116,6 +116,25 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
 _DURATION_UNITS |= {"m": 60.0, "h": 3600.0}
 
 
+_TLS_FILES = ("cert_file", "key_file", "client_ca_file")
+_TLS_STRINGS = ("cert", "key", "client_ca", *_TLS_FILES, "client_auth_type")
+KEYS: dict[str, tuple[str, ...]] = {
+    "": ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"),
+    "tls_server_config": (
+        *_TLS_STRINGS,
+        "client_allowed_sans",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+        "prefer_server_cipher_suites",
+        "curve_preferences",
+    ),
+    "http_server_config": ("http2", "headers"),
+    "rate_limit": ("interval", "burst"),
+}
+"""Every key of the format, per section (README "Security" lists them all)."""
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """``tls_server_config``, checked, with the server-side context built from it."""
@@ -255,9 +274,8 @@ def _headers(raw: object) -> dict[str, str]:
                 f"{path}.{key}",
                 f"invalid value for {key}: expected one of {', '.join(choices)}, got {text!r}",
             )
-        if "\r" in text or "\n" in text:
-            raise ConfigError(f"{path}.{key}", "must not contain a line break")
-        headers[key] = text
+        # As Go's Header.Set does: a line break cannot start a header of its own.
+        headers[key] = text.replace("\r", " ").replace("\n", " ")
     return headers
 
 
@@ -267,25 +285,6 @@ def _rate_limit(raw: object) -> RateLimit | None:
     burst = _int("rate_limit.burst", data.get("burst"))
     # Upstream: interval 0 disables the limiter; a negative one means "no limit" (rate.Inf).
     return RateLimit(interval, burst) if interval > 0 else None
-
-
-_TLS_FILES = ("cert_file", "key_file", "client_ca_file")
-_TLS_STRINGS = ("cert", "key", "client_ca", *_TLS_FILES, "client_auth_type")
-KEYS: dict[str, tuple[str, ...]] = {
-    "": ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"),
-    "tls_server_config": (
-        *_TLS_STRINGS,
-        "client_allowed_sans",
-        "min_version",
-        "max_version",
-        "cipher_suites",
-        "prefer_server_cipher_suites",
-        "curve_preferences",
-    ),
-    "http_server_config": ("http2", "headers"),
-    "rate_limit": ("interval", "burst"),
-}
-"""Every key of the format, per section (README "Security" lists them all)."""
 
 
 def _version(path: str, raw: object, default: str) -> ssl.TLSVersion:

@@ -246,6 +246,8 @@ def test_headers_follow_upstreams_rules(tmp_path: Path) -> None:
         write(tmp_path, h + "    X-XSS-Protection:\n    X-Frame-Options: sameorigin\n")
     )
     assert dict(blank.headers) == {"X-XSS-Protection": "", "X-Frame-Options": "sameorigin"}
+    folded = load_web_config(write(tmp_path, h + '    Content-Security-Policy: "a\\r\\nb"\n'))
+    assert folded.headers["Content-Security-Policy"] == "a  b"  # never a header of its own
     for line, path in [
         ("    X-Frame-Options:\n", "X-Frame-Options"),  # null is not deny/sameorigin
         ("    X-Frame-Options: DENY\n", "X-Frame-Options"),  # values are case-sensitive
