@@ -116,6 +116,25 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
 _DURATION_UNITS |= {"m": 60.0, "h": 3600.0}
 
 
+_TLS_FILES = ("cert_file", "key_file", "client_ca_file")
+_TLS_STRINGS = ("cert", "key", "client_ca", *_TLS_FILES, "client_auth_type")
+KEYS: dict[str, tuple[str, ...]] = {
+    "": ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"),
+    "tls_server_config": (
+        *_TLS_STRINGS,
+        "client_allowed_sans",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+        "prefer_server_cipher_suites",
+        "curve_preferences",
+    ),
+    "http_server_config": ("http2", "headers"),
+    "rate_limit": ("interval", "burst"),
+}
+"""Every key of the format, per section (README "Security" lists them all)."""
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """``tls_server_config``, checked, with the server-side context built from it."""
@@ -255,31 +274,17 @@ def _headers(raw: object) -> dict[str, str]:
                 f"{path}.{key}",
                 f"invalid value for {key}: expected one of {', '.join(choices)}, got {text!r}",
             )
-        if "\r" in text or "\n" in text:
-            raise ConfigError(f"{path}.{key}", "must not contain a line break")
-        headers[key] = text
+        # As Go's Header.Set does: a line break cannot start a header of its own.
+        headers[key] = text.replace("\r", " ").replace("\n", " ")
     return headers
 
 
 def _rate_limit(raw: object) -> RateLimit | None:
-    data = _mapping("rate_limit", raw, ("interval", "burst"))
+    data = _mapping("rate_limit", raw, KEYS["rate_limit"])
     interval = parse_duration("rate_limit.interval", data.get("interval"))
     burst = _int("rate_limit.burst", data.get("burst"))
     # Upstream: interval 0 disables the limiter; a negative one means "no limit" (rate.Inf).
     return RateLimit(interval, burst) if interval > 0 else None
-
-
-_TLS_FILES = ("cert_file", "key_file", "client_ca_file")
-_TLS_STRINGS = ("cert", "key", "client_ca", *_TLS_FILES, "client_auth_type")
-_TLS_KEYS = (
-    *_TLS_STRINGS,
-    "client_allowed_sans",
-    "min_version",
-    "max_version",
-    "cipher_suites",
-    "prefer_server_cipher_suites",
-    "curve_preferences",
-)
 
 
 def _version(path: str, raw: object, default: str) -> ssl.TLSVersion:
@@ -312,7 +317,7 @@ class _TLSFields:
     @classmethod
     def parse(cls, raw: object) -> _TLSFields:
         p = "tls_server_config"
-        data = _mapping(p, raw, _TLS_KEYS)
+        data = _mapping(p, raw, KEYS[p])
         prefer = data.get("prefer_server_cipher_suites")
         return cls(
             text={k: _string(f"{p}.{k}", data.get(k)) for k in _TLS_STRINGS},
@@ -478,10 +483,10 @@ def parse_web_config(raw: object, folder: Path) -> WebConfig:
     The checks run in upstream's order (YAML types, headers, users, then TLS files),
     so a file with several faults is refused for the reason upstream gives.
     """
-    data = _mapping(
-        "", raw, ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+    data = _mapping("", raw, KEYS[""])
+    server = _mapping(
+        "http_server_config", data.get("http_server_config"), KEYS["http_server_config"]
     )
-    server = _mapping("http_server_config", data.get("http_server_config"), ("http2", "headers"))
     http2 = _bool("http_server_config.http2", server["http2"]) if "http2" in server else True
     tls = _TLSFields.parse(data.get("tls_server_config"))
     rate_limit = _rate_limit(data.get("rate_limit"))

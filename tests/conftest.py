@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -109,6 +110,12 @@ def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
         server.server_close()
         thread.join(timeout=5)
         exporter.close()
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic auth."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def run_cli(

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -15,7 +14,7 @@ import bcrypt
 import httpx2
 import pytest
 import yaml
-from conftest import RunningExporter, ServeProcess, run_cli, sample, target_entry
+from conftest import RunningExporter, ServeProcess, basic_auth, run_cli, sample, target_entry
 
 from exporter.cec.trace import clip
 from exporter.collect import HISTORY
@@ -193,11 +192,6 @@ def test_own_metrics_without_collecting(
     assert running.get("/metrics?collect[]=targets").status_code == 400
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 def test_new_paths_need_authentication(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -214,12 +208,13 @@ def test_new_paths_need_authentication(
     with httpx2.Client(timeout=30) as client:
         for path in paths:
             assert client.get(server.url + path).status_code == 401, path
-            wrong = client.get(server.url + path, headers=basic("alice", "nope"))
+            wrong = client.get(server.url + path, headers=basic_auth("alice", "nope"))
             assert wrong.status_code == 401, path
         assert sim.stats()["query_requests"] == 0
         for path in paths:
             assert (
-                client.get(server.url + path, headers=basic("alice", "pw-horse")).status_code == 200
+                client.get(server.url + path, headers=basic_auth("alice", "pw-horse")).status_code
+                == 200
             )
     assert "pw-horse" not in server.stop()
 

@@ -248,6 +248,12 @@ def test_the_examples_the_fuzzers_lean_on() -> None:
     assert_no_password(page, {"password": PASSWORD_PREFIX + "x"})
 
 
+def test_a_body_the_usual_decoder_rejects_early_and_the_loose_one_cannot_read() -> None:
+    """A null phoneNum fails the usual types before the parser reaches the bad literal."""
+    body = b'{"retCode": "0", "result": {"phone": [{"phoneNum": null}, Infinity]}}'
+    assert page_or_invalid(body) is None
+
+
 # --- statuses land in the right buckets -------------------------------------------------------
 
 STATUS_CASES: list[tuple[object, Status]] = [

@@ -57,9 +57,12 @@ def test_pools_follow_reloads(
     )
     running = exporter_server(config)
     assert running.exporter.upstream.pools == 2
-    config.write_text(config.read_text().replace(two.url, one.url))
+    assert running.exporter.upstream.max_inflight == 64
+    changed = config.read_text().replace(two.url, one.url)
+    config.write_text(changed + "max_inflight_requests: 3\n")
     assert running.exporter.reload()
     assert running.exporter.upstream.pools == 1
+    assert running.exporter.upstream.max_inflight == 3
     text = running.metrics()
     assert sample(text, "cec_up", target="c") == 1.0
     assert one.stats()["query_requests"] == 3

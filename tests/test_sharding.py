@@ -12,7 +12,6 @@ External tool: prometheus (Debian package); missing, it skips locally and fails 
 
 from __future__ import annotations
 
-import base64
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import bcrypt
 import httpx2
 import yaml
-from conftest import ServeProcess, samples_named, target_entry
+from conftest import ServeProcess, basic_auth, samples_named, target_entry
 from test_alerting_e2e import require_tool, wait_for
 
 from exporter.simulator import Simulator
@@ -69,11 +68,6 @@ def test_sharded_manifests_keep_the_base_pod_spec() -> None:
         assert f"{name}:9877" in text
 
 
-def auth_header() -> dict[str, str]:
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 def start_replicas(
     n: int,
     config: Path,
@@ -109,7 +103,7 @@ def sharded_prometheus_config(addresses: list[str]) -> str:
 def collected_targets(replica: ServeProcess) -> set[str]:
     """Targets this replica has collected (its own cec_api_requests_total, success)."""
     response = httpx2.get(
-        replica.url + "/metrics?collect[]=exporter", headers=auth_header(), timeout=10
+        replica.url + "/metrics?collect[]=exporter", headers=basic_auth(USER, PASSWORD), timeout=10
     )
     response.raise_for_status()
     return {

@@ -8,6 +8,7 @@ cannot serve with upstream's meaning, which are refused with a clear error inste
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import trustme
 
 from exporter.config import ConfigError
-from exporter.webconfig import WebConfig, load_web_config, parse_duration
+from exporter.webconfig import KEYS, WebConfig, load_web_config, parse_duration
 
 CORPUS = Path(__file__).resolve().parent / "exporter_toolkit"
 TESTDATA = CORPUS / "testdata"
@@ -245,6 +246,8 @@ def test_headers_follow_upstreams_rules(tmp_path: Path) -> None:
         write(tmp_path, h + "    X-XSS-Protection:\n    X-Frame-Options: sameorigin\n")
     )
     assert dict(blank.headers) == {"X-XSS-Protection": "", "X-Frame-Options": "sameorigin"}
+    folded = load_web_config(write(tmp_path, h + '    Content-Security-Policy: "a\\r\\nb"\n'))
+    assert folded.headers["Content-Security-Policy"] == "a  b"  # never a header of its own
     for line, path in [
         ("    X-Frame-Options:\n", "X-Frame-Options"),  # null is not deny/sameorigin
         ("    X-Frame-Options: DENY\n", "X-Frame-Options"),  # values are case-sensitive
@@ -281,3 +284,16 @@ def test_rate_limit_keys(tmp_path: Path) -> None:
     limited = load_web_config(write(tmp_path, "rate_limit:\n  interval: 250ms\n  burst: 5\n"))
     assert limited.rate_limit is not None
     assert (limited.rate_limit.interval_seconds, limited.rate_limit.burst) == (0.25, 5)
+
+
+def test_readme_lists_every_key_of_the_format() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    security = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in security.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in re.findall(r"`([a-z_0-9.]+)`", row.split("|")[1])}
+    accepted = {
+        f"{section}.{key}" if section else key for section, keys in KEYS.items() for key in keys
+    }
+    accepted -= set(KEYS)  # sections are documented through their keys
+    accepted |= {"basic_auth_users"}  # a free mapping of user names
+    assert documented == accepted

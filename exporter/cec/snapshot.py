@@ -68,7 +68,12 @@ class SnapshotBuilder:
     per_phone_cap: int = 50_000
     total: int | None = None
     pages: int = 0
+    records: int = 0
+    """Phone records counted, after de-duplication."""
     duplicates: int = 0
+    later_total: int | None = None
+    """A ``total`` a later page reported that differs from the first page's, if any."""
+    total_changed: bool = False
     phones_truncated: bool = False
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
@@ -79,8 +84,9 @@ class SnapshotBuilder:
         """Fold one page in; the first page's ``total`` is the one reported."""
         if self.pages == 0:
             self.total = page.total
-        elif page.total != self.total:
+        elif page.total != self.total and not self.total_changed:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
+            self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
         numbers: Sequence[str] = page.numbers
@@ -92,12 +98,27 @@ class SnapshotBuilder:
             numbers = [n for i, n in enumerate(numbers) if i not in skip]
             counted = [b for i, b in enumerate(counted) if i not in skip]
         self._counts.update(counted)
+        self.records += len(counted)
         if self.per_phone:
             self._add_phones(numbers, counted)
 
     def expect(self, phones: int) -> None:
         """Make room for ``phones`` keys at once (a hint, once ``total`` is trusted)."""
         self._seen.reserve(phones)
+
+    def incomplete(self) -> str | None:
+        """Why the pages added do not make a whole count, or None when they do.
+
+        Complete means: the records counted equal the first page's ``total`` and no later
+        page reported another ``total``. A short page, or a list that shifted while
+        paging (one phone on two pages, another on none), fails this. Without a
+        ``total`` there is nothing to check against.
+        """
+        if self.total_changed:
+            return f"total changed while paging ({self.total} -> {self.later_total})"
+        if self.total is not None and self.records != self.total:
+            return f"counted {self.records} phone records, but total is {self.total}"
+        return None
 
     def _add_phones(self, numbers: Iterable[str], counted: Iterable[tuple[str, str]]) -> None:
         phones = self._phones

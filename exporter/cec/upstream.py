@@ -157,14 +157,16 @@ class Upstream:
             yield time.monotonic() - started
 
     def _new_client(self, target: TargetConfig) -> httpx2.AsyncClient:
-        cap = max(self.max_inflight, 1)
         return httpx2.AsyncClient(
             base_url=target.base_url,
             verify=self._ssl_context(target),
             proxy=target.proxy,
             limits=httpx2.Limits(
-                max_connections=cap,
-                max_keepalive_connections=cap,
+                # No cap of its own: the in-flight semaphore bounds the requests, hence the
+                # connections, and a reload that raises max_inflight_requests takes effect
+                # in pools that outlive it.
+                max_connections=None,
+                max_keepalive_connections=None,
                 # httpx2's 5 s default would reopen every connection (TLS handshakes
                 # included) on each scrape at a 15-60 s interval; an idle connection the
                 # server closed meanwhile is noticed and dropped before reuse.
