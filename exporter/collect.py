@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
 from exporter.cec import CecClient, CecError, Snapshot
+from exporter.cec.deadline import Deadline
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.config import Config, ConfigError, TargetConfig, load_config
@@ -83,72 +84,95 @@ class Collection:
 
 
 class TargetCollector:
-    """Collects one target; concurrent scrapes share one collection in flight."""
+    """Collects one target; concurrent scrapes share one collection in flight.
+
+    The collection runs until the latest deadline among the scrapes waiting for
+    it; each scrape answers by its own deadline (SPEC section 6).
+    """
 
     def __init__(
         self, config: TargetConfig, api_metrics: ApiMetrics, upstream: Upstream | None = None
     ) -> None:
         self.config = config
-        self.client = CecClient(config, api_metrics.observer(config.name), upstream)
+        self._observer = api_metrics.observer(config.name)
+        self.client = CecClient(config, self._observer, upstream)
         self.history: tuple[Collection, ...] = ()
         """The most recent collections, oldest first (the landing page shows them).
 
         Replaced, never mutated, so the web threads can read it while the loop appends.
         """
-        self._inflight: asyncio.Task[Collection] | None = None
+        self._inflight: asyncio.Task[Collection | None] | None = None
+        self._deadline = Deadline()
         self._cached: Collection | None = None
         self._last_success: float | None = None
+        self._closed = False
 
-    async def get(self, budget: float, fresh: bool = False) -> Collection:
-        """A collection no older than the cache TTL, waiting at most ``budget`` seconds.
+    async def get(self, deadline: float, fresh: bool = False) -> Collection | None:
+        """A collection no older than the cache TTL, by ``deadline`` (monotonic).
 
         ``fresh`` (the debug probe) skips the cache: it wants a collection to look at.
+        None when a reload closed this collector meanwhile: the caller asks the
+        collector that replaced it, if any.
         """
         started = time.monotonic()
         cached = self._cached
         ttl = 0.0 if fresh else self.config.cache_ttl_seconds
         if cached is not None and started - cached.finished_mono < ttl:
             return _replace_age(cached, started - cached.finished_mono)
+        if self._closed:
+            return None
         if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._collect(started + budget))
+            self._deadline = Deadline(deadline)
+            self._inflight = asyncio.ensure_future(self._collect(self._deadline))
             self._inflight.add_done_callback(self._finished)
-            # Ours: it ends by this same deadline and logs its own failure; a second
-            # timer here would fire first and log the same failure twice.
-            return await asyncio.shield(self._inflight)
+        else:
+            self._deadline.extend(deadline)  # a longer scrape never fails for a shorter one
+        task, shared = self._inflight, self._deadline
         try:
-            return await asyncio.wait_for(asyncio.shield(self._inflight), budget)
+            return await asyncio.wait_for(asyncio.shield(task), deadline - time.monotonic())
         except TimeoutError:
-            waited = time.monotonic() - started
-            log.warning(
-                "target=%s scrape deadline of %.2fs passed while joining the collection in flight",
-                self.config.name,
-                budget,
-            )
-            return self._failed(f"deadline of {budget:.2f}s passed", waited)
+            pass
+        if shared.at <= deadline:
+            # Ours is the latest deadline: the collection ends at this same instant and
+            # logs and counts its own failure; a verdict here would do it twice.
+            return await asyncio.shield(task)
+        waited = time.monotonic() - started
+        log.warning(
+            "target=%s scrape deadline of %.2fs passed; the collection goes on for a later one",
+            self.config.name,
+            waited,
+        )
+        self._observer.collection_failed("deadline")
+        return self._failed(f"deadline of {waited:.2f}s passed", waited)
 
-    def _finished(self, task: asyncio.Task[Collection]) -> None:
+    def _finished(self, task: asyncio.Task[Collection | None]) -> None:
         self._inflight = None
-        if not task.cancelled() and task.exception() is None and task.result().up:
-            self._cached = task.result()
+        if task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        if result is not None and result.up:
+            self._cached = result
 
-    async def _collect(self, deadline: float) -> Collection:
+    async def _collect(self, deadline: Deadline) -> Collection | None:
         collection = await self._run(deadline, CollectionTrace())
-        self.history = (*self.history[1 - HISTORY :], collection)
+        if collection is not None:
+            self.history = (*self.history[1 - HISTORY :], collection)
         return collection
 
-    async def _run(self, deadline: float, trace: CollectionTrace) -> Collection:
+    async def _run(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
         started = time.monotonic()
-        budget = max(0.0, deadline - started)
+        reason: str | None = None
         try:
-            snapshot = await asyncio.wait_for(self.client.collect(deadline, trace), budget)
-        except TimeoutError:
-            error = f"deadline of {budget:.2f}s exceeded"
+            snapshot = await self.client.collect(deadline, trace)
         except asyncio.CancelledError:
-            # Only aclose() cancels this task: a reload replaced or removed the target.
-            # Scrapes waiting on it get a failed collection, not an error page.
-            error = "collection cancelled: the target was reconfigured"
+            if not self._closed:
+                raise
+            # Only aclose() (a reload replaced or removed the target) cancels it: that is
+            # no failure of the target, so nothing is counted and no series is left.
+            log.info("target=%s collection in flight stopped by a config reload", self.config.name)
+            return None
         except CecError as err:
-            error = str(err)
+            error, reason = str(err), err.reason
         except Exception as err:  # a bug must not take the exporter down with it
             log.exception("target=%s collection crashed", self.config.name)
             error = f"internal error: {type(err).__name__}"
@@ -168,6 +192,8 @@ class TargetCollector:
         log.warning(
             "target=%s collection failed after %.3fs: %s", self.config.name, duration, error
         )
+        if reason is not None:  # an internal error is a bug, not a reason the API gave
+            self._observer.collection_failed(reason)
         return self._failed(error, duration, trace)
 
     def _failed(
@@ -185,7 +211,9 @@ class TargetCollector:
         )
 
     async def aclose(self) -> None:
-        """Stop any collection in flight and close the HTTP client."""
+        """Stop any collection in flight, silently, and close the HTTP client."""
+        self._closed = True
+        self._observer.detach()
         if self._inflight is not None:
             self._inflight.cancel()
         await self.client.aclose()
@@ -358,18 +386,31 @@ class Exporter:
         self, names: list[str], scrape_timeout: float | None = None, fresh: bool = False
     ) -> list[Collection]:
         """Collect ``names`` concurrently, each within its own budget; blocks the caller."""
-        targets = [self._targets[n] for n in names if n in self._targets]
-        budgets = [collection_budget(scrape_timeout, t.config.timeout_seconds) for t in targets]
+        started = time.monotonic()
+        targets = self._targets
+        budgets = {
+            name: collection_budget(scrape_timeout, targets[name].config.timeout_seconds)
+            for name in names
+            if name in targets
+        }
+
+        async def one(name: str, deadline: float) -> Collection | None:
+            # A reload may close the collector mid-way: ask its successor, by the same
+            # deadline; a target the reload removed is left out of the answer.
+            while (collector := self._targets.get(name)) is not None:
+                collection = await collector.get(deadline, fresh)
+                if collection is not None:
+                    return collection
+            return None
 
         async def run() -> list[Collection]:
-            return list(
-                await asyncio.gather(
-                    *(t.get(b, fresh) for t, b in zip(targets, budgets, strict=True))
-                )
+            found = await asyncio.gather(
+                *(one(name, started + budget) for name, budget in budgets.items())
             )
+            return [collection for collection in found if collection is not None]
 
         # Each get() ends within its budget; the extra second only guards against a stuck loop.
-        return self._io.run(run(), timeout=max(budgets, default=0) + 1.0)
+        return self._io.run(run(), timeout=max(budgets.values(), default=0) + 1.0)
 
     def scrape(
         self, target: str | None = None, scrape_timeout: float | None = None, fresh: bool = False

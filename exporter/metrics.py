@@ -1,7 +1,9 @@
-"""The exporter's own cumulative API metrics, kept as plain numbers.
+"""The exporter's own cumulative API and collection-failure metrics, kept as plain numbers.
 
 They are emitted as fresh metric families on each scrape (the custom-collector
 pattern), which also lets a target that leaves the config take its series with it.
+Reports come through a ``TargetObserver``, which a reload detaches: a collection
+cancelled by a reload counts nothing and cannot bring a removed target's series back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from exporter.cec.client import QUERY_API, TOKEN_API
+from exporter.cec.errors import REASONS
 
 APIS = (QUERY_API, TOKEN_API)
 OUTCOMES = (
@@ -68,20 +71,24 @@ class ApiMetrics:
         self._ret_codes: dict[tuple[str, str, str], int] = defaultdict(int)
         self._http_errors: dict[tuple[str, str, str], int] = defaultdict(int)
         self._latency: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
+        self._failures: dict[tuple[str, str], int] = {}
         self._token_expiry: dict[str, float] = {}
 
     def add_target(self, target: str) -> None:
-        """Start every outcome at zero, so ``rate()`` sees the first failure."""
+        """Start every outcome and failure reason at zero, so ``rate()`` sees the first one."""
         with self._lock:
             for api in APIS:
                 _ = self._latency[(target, api)]
                 for outcome in OUTCOMES:
                     _ = self._requests[(target, api, outcome)]
+            for reason in REASONS:
+                self._failures.setdefault((target, reason), 0)
 
     def remove_target(self, target: str) -> None:
         """Drop every series of a target that left the config."""
         with self._lock:
-            for table in (self._requests, self._ret_codes, self._http_errors, self._latency):
+            tables = (self._requests, self._ret_codes, self._http_errors, self._latency)
+            for table in (*tables, self._failures):
                 _drop_target(table, target)
             self._token_expiry.pop(target, None)
 
@@ -106,6 +113,11 @@ class ApiMetrics:
                 self._http_errors[(target, api, str(status_code))] += 1
             if outcome == "ret_code_error" and ret_code is not None:
                 self._ret_codes[(target, api, ret_code_label(ret_code))] += 1
+
+    def record_failure(self, target: str, reason: str) -> None:
+        """Count one failed collection of ``target``; ``reason`` is one of ``REASONS``."""
+        with self._lock:
+            self._failures[(target, reason)] = self._failures.get((target, reason), 0) + 1
 
     def set_token_expiry(self, target: str, expires_at: float) -> None:
         """Remember when the target's current token expires."""
@@ -134,6 +146,11 @@ class ApiMetrics:
             "Duration of CEC API requests, whatever their outcome.",
             labels=["target", "api"],
         )
+        failures = CounterMetricFamily(
+            "cec_collection_failures",
+            "Failed collections of the target, by reason.",
+            labels=["target", "reason"],
+        )
         expiry = GaugeMetricFamily(
             "cec_token_expiry_timestamp_seconds",
             "Unix time at which the target's current access token expires.",
@@ -148,9 +165,11 @@ class ApiMetrics:
                 http_errors.add_metric(list(key), n)
             for (target, api), hist in sorted(self._latency.items()):
                 latency.add_metric([target, api], hist.cumulative(), hist.total)
+            for (target, reason), n in sorted(self._failures.items()):
+                failures.add_metric([target, reason], n)
             for target, when in sorted(self._token_expiry.items()):
                 expiry.add_metric([target], when)
-        yield from (requests, ret_codes, http_errors, latency, expiry)
+        yield from (requests, ret_codes, http_errors, latency, failures, expiry)
 
 
 def _drop_target(table: dict[Any, Any], target: str) -> None:
@@ -158,12 +177,21 @@ def _drop_target(table: dict[Any, Any], target: str) -> None:
         del table[key]
 
 
-@dataclass(frozen=True)
 class TargetObserver:
-    """Binds ``ApiMetrics`` to one target, in the shape the CEC client expects."""
+    """Binds ``ApiMetrics`` to one target's collector, in the shape the CEC client expects.
 
-    metrics: ApiMetrics
-    target: str
+    ``detach`` (on reload) makes every later report a no-op: requests cancelled with
+    the old collector are neither counted as timeouts nor re-create removed series.
+    """
+
+    def __init__(self, metrics: ApiMetrics, target: str) -> None:
+        self.metrics = metrics
+        self.target = target
+        self.attached = True
+
+    def detach(self) -> None:
+        """Ignore every report from now on."""
+        self.attached = False
 
     def request_done(
         self,
@@ -173,7 +201,14 @@ class TargetObserver:
         status_code: int | None = None,
         ret_code: str | None = None,
     ) -> None:
-        self.metrics.record(self.target, api, outcome, seconds, status_code, ret_code)
+        if self.attached:
+            self.metrics.record(self.target, api, outcome, seconds, status_code, ret_code)
 
     def token_issued(self, expires_at: float) -> None:
-        self.metrics.set_token_expiry(self.target, expires_at)
+        if self.attached:
+            self.metrics.set_token_expiry(self.target, expires_at)
+
+    def collection_failed(self, reason: str) -> None:
+        """Count one failed collection (or one scrape that gave up at its deadline)."""
+        if self.attached:
+            self.metrics.record_failure(self.target, reason)

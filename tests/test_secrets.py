@@ -33,7 +33,7 @@ SCENARIOS: dict[str, tuple[list[Fault], dict[str, Any], int]] = {
     "query_401": ([Fault("http_status", value=401)], {}, 1),
     "malformed_page": ([Fault("malformed_json", pages=(2,))], {}, 1),
     "truncated_page": ([Fault("truncated", pages=(0,))], {}, 1),
-    "total_shift": ([Fault("total_shift", pages=(1,), value=5)], {}, 0),
+    "total_shift": ([Fault("total_shift", pages=(1,), value=5, times=1)], {}, 0),  # read again
     "token_500": ([Fault("http_status", api="tokenByAkSk", value=500)], {}, 1),
     "token_malformed": ([Fault("malformed_json", api="tokenByAkSk")], {}, 1),
     "token_without_access_token": ([Fault("no_access_token", api="tokenByAkSk")], {}, 1),

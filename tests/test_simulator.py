@@ -415,6 +415,18 @@ def test_fault_total_shift_and_duplicate(sim: Simulator, client: httpx2.Client) 
     assert second["phone"][0] == first["phone"][0]  # same id, repeated from the previous page
 
 
+def test_fault_short_page_and_shift(sim: Simulator, client: httpx2.Client) -> None:
+    token = get_token(client)
+    sim.set_faults([Fault("shift", pages=(1,)), Fault("short_page", pages=(2,), value=3)])
+    pages = [query(client, token, offset, 100).json()["result"] for offset in (0, 100, 200)]
+    assert [page["total"] for page in pages] == [250, 250, 250]
+    numbers = [[int(p["phoneNum"]) - 88880000 for p in page["phone"]] for page in pages]
+    # Shifted back by one: the previous page's last phone again, this page's last one never.
+    assert numbers[1] == list(range(99, 199))
+    assert numbers[2] == list(range(200, 247))  # three short, total unchanged
+    assert len(set(numbers[0] + numbers[1] + numbers[2])) == 250 - 1 - 3
+
+
 @pytest.mark.parametrize(
     ("fault", "check"),
     [

@@ -25,10 +25,13 @@ from typing import Any, Protocol, TypeVar
 
 import httpx2
 
+from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
     CecError,
     CredentialError,
+    DeadlineExceeded,
     HttpStatusError,
+    IncompleteError,
     InvalidResponse,
     NetworkError,
     PageLimitError,
@@ -55,14 +58,23 @@ MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
 
-# The monotonic time by which the current collection must end; retries that
-# cannot fit before it are not attempted. Tasks inherit it from ``collect``.
-_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline", default=math.inf)
+# When the current collection must end (it may move later while it runs); retries
+# and rate-budget waits that cannot fit before it are not attempted. Tasks inherit
+# it from ``collect``.
+_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "deadline", default=None
+)
 # The log of the current collection (None: not recorded), and which try of a page this is.
 _trace: contextvars.ContextVar[CollectionTrace | None] = contextvars.ContextVar(
     "trace", default=None
 )
 _attempt: contextvars.ContextVar[int] = contextvars.ContextVar("attempt", default=1)
+
+
+def _deadline_at() -> float:
+    """The current collection's deadline (monotonic), as it stands now."""
+    deadline = _deadline.get()
+    return math.inf if deadline is None else deadline.at
 
 
 class _Abandoned:
@@ -173,7 +185,7 @@ class CecClient:
         abandoned because a sibling page failed is not reported. Waiting for the
         rate budget and the in-flight cap comes first and is no request of its own.
         """
-        async with self._upstream.admit(self.target, _deadline.get()) as waited:
+        async with self._upstream.admit(self.target, _deadline_at()) as waited:
             return await self._send(api, path, headers, payload, read, waited)
 
     async def _send(
@@ -319,9 +331,17 @@ class CecClient:
         payload = {"app_key": self.target.app_key, "app_secret": secret}
         # One attempt: a token is only fetched inside a page's retry loop (query_page),
         # which retries it; a loop here as well would multiply the tries (3 x 3).
-        token = await self._exchange(
-            TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
-        )
+        try:
+            token = await self._exchange(
+                TOKEN_API, TOKEN_PATH, headers, payload, lambda b: parse_token(b, time.time())
+            )
+        except HttpStatusError as err:
+            if err.status_code not in (401, 403):
+                raise
+            # Counted as an http_error request; the collection failed for its credentials.
+            raise CredentialError(
+                f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
+            ) from None
         register_secret(token.value)
         self._observer.token_issued(token.expires_at)
         log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
@@ -389,7 +409,7 @@ class CecClient:
                 if number == MAX_TRIES or not _retryable(err):
                     raise
                 delay = _backoff(number, getattr(err, "retry_after", None))
-                if time.monotonic() + delay >= _deadline.get():
+                if time.monotonic() + delay >= _deadline_at():
                     raise  # no time left to wait and try again
                 log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
                 trace = _trace.get()
@@ -401,43 +421,71 @@ class CecClient:
     # --- a whole collection ---------------------------------------------------------
 
     async def collect(
-        self, deadline: float = math.inf, trace: CollectionTrace | None = None
+        self, deadline: Deadline | None = None, trace: CollectionTrace | None = None
     ) -> Snapshot:
-        """Read every page and return the snapshot; raises ``CecError`` on any failure.
+        """Read every page and return a complete snapshot; raises ``CecError`` on any failure.
 
-        ``deadline`` (monotonic) stops retries and rate-budget waits that cannot fit;
-        run this under a timeout too: on cancellation the pages in flight are
-        cancelled. Each request is recorded in ``trace`` when one is given.
+        The collection ends by ``deadline`` (``DeadlineExceeded``), which may move later
+        while it runs; on cancellation the pages in flight are cancelled. Each request
+        is recorded in ``trace`` when one is given.
         """
+        deadline = deadline or Deadline()
         _trace.set(trace)
-        return await self._collect(deadline)
+        started = time.monotonic()
+        try:
+            async with deadline.enforce() as timer:
+                return await self._collect(deadline)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise DeadlineExceeded(f"deadline of {deadline.at - started:.2f}s exceeded") from None
 
-    async def _collect(self, deadline: float) -> Snapshot:
+    async def _collect(self, deadline: Deadline) -> Snapshot:
+        """Read every page; an incomplete read is retried once from the first page."""
         _deadline.set(deadline)
         _abandoned.set(_Abandoned())
+        started = time.monotonic()
+        builder = await self._read_pages()
+        problem = builder.incomplete()
+        if problem is not None:
+            # Another pass costs about as long as this one: start it only if it can finish.
+            if deadline.left() <= time.monotonic() - started:
+                raise IncompleteError(f"{problem}; no time left to read again")
+            log.info("target=%s %s; reading again from the first page", self.target.name, problem)
+            trace = _trace.get()
+            if trace is not None:
+                trace.note(f"{problem}; reading again from the first page")
+            builder = await self._read_pages()
+            problem = builder.incomplete()
+            if problem is not None:
+                raise IncompleteError(f"{problem}, twice in a row")
+        snapshot = builder.build()
+        if snapshot.phones_truncated:
+            log.warning(
+                "target=%s per-phone series capped at %d phones",
+                self.target.name,
+                builder.per_phone_cap,
+            )
+        return snapshot
+
+    async def _read_pages(self) -> SnapshotBuilder:
+        """One pass over every page, from the first, folded into a fresh builder."""
         target = self.target
         builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
         first = await self.query_page(0)
         builder.add(first)
         if first.total is None:
             await self._collect_until_short_page(builder, len(first.keys))
-        else:
-            pages = max(1, math.ceil(first.total / target.page_size))
-            if pages > target.max_pages:
-                raise PageLimitError(
-                    f"total {first.total} needs {pages} pages, more than max_pages "
-                    f"{target.max_pages} at page_size {target.page_size}"
-                )
-            offsets = iter(range(target.page_size, first.total, target.page_size))
-            await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
-        snapshot = builder.build()
-        if snapshot.phones_truncated:
-            log.warning(
-                "target=%s per-phone series capped at %d phones",
-                target.name,
-                builder.per_phone_cap,
+            return builder
+        pages = max(1, math.ceil(first.total / target.page_size))
+        if pages > target.max_pages:
+            raise PageLimitError(
+                f"total {first.total} needs {pages} pages, more than max_pages "
+                f"{target.max_pages} at page_size {target.page_size}"
             )
-        return snapshot
+        offsets = iter(range(target.page_size, first.total, target.page_size))
+        await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
+        return builder
 
     def _page_worker(
         self, offsets: Iterator[int], builder: SnapshotBuilder

@@ -1,28 +1,45 @@
-"""Errors a collection can end with, each tagged with its request ``outcome``.
+"""Errors a collection can end with, each tagged with its request ``outcome`` and ``reason``.
 
-The outcome strings are the values of the ``outcome`` label of
-``cec_api_requests_total`` (SPEC section 6).
+``outcome`` is the value of the ``outcome`` label of ``cec_api_requests_total``
+(one HTTP request); ``reason`` is the value of the ``reason`` label of
+``cec_collection_failures_total`` (why a whole collection failed). Both are
+plain strings so that this package never imports Prometheus (SPEC section 6).
 """
 
 from __future__ import annotations
 
+REASONS = (
+    "ret_code",
+    "http_error",
+    "network_error",
+    "invalid_response",
+    "incomplete",
+    "page_limit",
+    "credentials",
+    "deadline",
+)
+"""Every value ``reason`` can take, in the order SPEC section 6 lists them."""
+
 
 class CecError(Exception):
-    """Base of every error the CEC client raises; ``outcome`` classifies it."""
+    """Base of every error the CEC client raises; ``outcome`` and ``reason`` classify it."""
 
     outcome = "network_error"
+    reason = "network_error"
 
 
 class InvalidResponse(CecError):
     """The API answered, but not with something we can read."""
 
     outcome = "invalid_response"
+    reason = "invalid_response"
 
 
 class RetCodeError(CecError):
     """HTTP 200 with a non-zero ``retCode``: a business failure."""
 
     outcome = "ret_code_error"
+    reason = "ret_code"
 
     def __init__(self, ret_code: str, ret_msg: str) -> None:
         super().__init__(f"retCode {ret_code}" + (f" ({ret_msg})" if ret_msg else ""))
@@ -34,6 +51,7 @@ class HttpStatusError(CecError):
     """A non-200 HTTP status; ``retry_after`` is the server's hint in seconds."""
 
     outcome = "http_error"
+    reason = "http_error"
 
     def __init__(self, status_code: int, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status_code}")
@@ -45,16 +63,19 @@ class RequestTimeout(CecError):
     """A request did not finish in time (its own timeout or the scrape deadline)."""
 
     outcome = "timeout"
+    reason = "deadline"
 
 
 class DeadlineExceeded(RequestTimeout):
-    """The next request could not start before the collection's deadline (rate budget)."""
+    """The collection's deadline passed before every page was read, or the next request
+    could not start before it (rate budget)."""
 
 
 class NetworkError(CecError):
     """Connection refused, reset, DNS or TLS failure, or a body cut short."""
 
     outcome = "network_error"
+    reason = "network_error"
 
 
 class CollectionError(CecError):
@@ -64,6 +85,16 @@ class CollectionError(CecError):
 class PageLimitError(CollectionError):
     """``total`` needs more pages than ``max_pages`` allows."""
 
+    reason = "page_limit"
+
 
 class CredentialError(CollectionError):
-    """The app secret could not be read (a missing or unreadable secret file)."""
+    """The app secret could not be read, or the token endpoint refused key and secret."""
+
+    reason = "credentials"
+
+
+class IncompleteError(CollectionError):
+    """The records counted do not add up to ``total`` (a short page, a list that shifted)."""
+
+    reason = "incomplete"

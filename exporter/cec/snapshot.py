@@ -66,7 +66,12 @@ class SnapshotBuilder:
     per_phone_cap: int = 50_000
     total: int | None = None
     pages: int = 0
+    records: int = 0
+    """Phone records counted, after de-duplication."""
     duplicates: int = 0
+    later_total: int | None = None
+    """A ``total`` a later page reported that differs from the first page's, if any."""
+    total_changed: bool = False
     phones_truncated: bool = False
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
@@ -77,8 +82,9 @@ class SnapshotBuilder:
         """Fold one page in; the first page's ``total`` is the one reported."""
         if self.pages == 0:
             self.total = page.total
-        elif page.total != self.total:
+        elif page.total != self.total and not self.total_changed:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
+            self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
         keys, seen = page.keys, self._seen
@@ -90,8 +96,23 @@ class SnapshotBuilder:
         else:
             numbers, counted = self._unseen(page)
         self._counts.update(counted)
+        self.records += len(counted)
         if self.per_phone:
             self._add_phones(numbers, counted)
+
+    def incomplete(self) -> str | None:
+        """Why the pages added do not make a whole count, or None when they do.
+
+        Complete means: the records counted equal the first page's ``total`` and no later
+        page reported another ``total``. A short page, or a list that shifted while
+        paging (one phone on two pages, another on none), fails this. Without a
+        ``total`` there is nothing to check against.
+        """
+        if self.total_changed:
+            return f"total changed while paging ({self.total} -> {self.later_total})"
+        if self.total is not None and self.records != self.total:
+            return f"counted {self.records} phone records, but total is {self.total}"
+        return None
 
     def _unseen(self, page: Page) -> tuple[list[str], list[tuple[str, str]]]:
         """The numbers and buckets of the phones not seen before; duplicates are counted."""

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from email.message import Message
+from typing import Any
 
 from exporter.simulator.answers import broken_answer
 from exporter.simulator.faults import (
@@ -161,20 +162,27 @@ def query_phone(state: SimState, headers: Message, body: bytes) -> Reply:
         answer = _answer_fault(faults)
         if answer is not None:
             return broken_answer(answer, "queryPhone")
-        shift = sum(
-            int(f.value) if f.value is not None else 1 for f in faults if f.kind == "total_shift"
-        )
-        duplicate = any(f.kind == "duplicate" for f in faults)
-        return Reply(body=_page_body(config, offset, limit, shift, duplicate))
+        shift = sum(_amount(f, 1) for f in faults if f.kind == "total_shift")
+        changes = {
+            "total_shift": shift,
+            "duplicate": any(f.kind == "duplicate" for f in faults),
+            "short": sum(_amount(f, 1) for f in faults if f.kind == "short_page"),
+            "shift": sum(_amount(f, -1) for f in faults if f.kind == "shift"),
+        }
+        return Reply(body=_page_body(config, offset, limit, changes))
 
 
-def _page_body(config: SimConfig, offset: int, limit: int, shift: int, duplicate: bool) -> bytes:
+def _amount(fault: Fault, default: int) -> int:
+    return int(fault.value) if fault.value is not None else default
+
+
+def _page_body(config: SimConfig, offset: int, limit: int, changes: dict[str, Any]) -> bytes:
     """The JSON body of a successful page, from the cache when the same page was built before."""
-    key = (*vars(config).values(), offset, limit, shift, duplicate)
+    key = (*vars(config).values(), offset, limit, *changes.values())
     with _page_cache_lock:
         body = _page_cache.get(key)
     if body is None:
-        result = page_result(config, offset, limit, shift, duplicate)
+        result = page_result(config, offset, limit, **changes)
         body = json.dumps({"retCode": "0", "retMsg": "successfully", "result": result}).encode()
         with _page_cache_lock:
             if len(_page_cache) >= _PAGE_CACHE_SIZE:

@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 APIS = ("queryPhone", "tokenByAkSk")
 # Delays run before the answer; modifiers alter a normal page; every other kind *is* the answer.
 DELAY_KINDS = frozenset({"hang", "slow"})
-MODIFIER_KINDS = frozenset({"total_shift", "duplicate"})
+MODIFIER_KINDS = frozenset({"total_shift", "duplicate", "short_page", "shift"})
 _SHARED_KINDS = frozenset(
     {"http_status", "malformed_json", "html", "truncated", "not_object", "huge", "close"}
 )
@@ -115,8 +115,11 @@ def _value_problem(kind: str, value: Value) -> str | None:
     if kind == "huge":
         ok = _is_int(value) and value > 0
         return None if ok else "must be a positive byte count"
-    if kind == "total_shift":
+    if kind in ("total_shift", "shift"):
         return None if _is_int(value) else "must be an integer"
+    if kind == "short_page":
+        ok = _is_int(value) and value >= 1
+        return None if ok else "must be a positive record count"
     if kind in ("not_object", "result_wrong_type"):
         return None if value in ("list", "string") else "must be 'list' or 'string'"
     return "takes no value"

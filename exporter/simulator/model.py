@@ -199,13 +199,26 @@ def pool_endpoint(node: int) -> dict[str, str]:
 
 
 def page_result(
-    config: SimConfig, offset: int, limit: int, total_shift: int = 0, duplicate: bool = False
+    config: SimConfig,
+    offset: int,
+    limit: int,
+    total_shift: int = 0,
+    duplicate: bool = False,
+    short: int = 0,
+    shift: int = 0,
 ) -> dict[str, object]:
     """The ``result`` object for one page; only this page's phones are generated.
 
     ``duplicate`` prepends the first phone of the previous page (page 0 repeats its own).
+    ``short`` drops that many records from the end of the page (``total`` unchanged).
+    ``shift`` moves the page's window by that many records, as when phones are added or
+    removed before it while paging: -1 repeats the previous page's last phone and loses
+    this page's last one.
     """
-    indices = list(range(offset, min(offset + limit, config.phones)))
+    start = max(0, offset + shift)
+    indices = list(range(start, min(start + limit, config.phones)))
+    if short:
+        indices = indices[: max(0, len(indices) - short)]
     if duplicate and offset < config.phones:
         indices.insert(0, max(offset - limit, 0))
     total = _number(config, config.phones + total_shift)

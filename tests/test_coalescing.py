@@ -1,0 +1,119 @@
+"""Scrapes with different deadlines sharing one collection (SPEC sections 5 and 6).
+
+The shared collection runs until the latest deadline among the scrapes waiting
+for it; each scrape answers by its own deadline, and a longer one never gets a
+failure caused by a shorter one. Over loopback, with the simulator's ``slow``
+fault and its request counters as the witness of what went upstream.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from conftest import RunningExporter, sample, samples_named, target_entry
+
+from exporter.simulator import Fault, Simulator
+
+TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+PHONES = 250  # three pages at page_size 100
+SLOW_SECONDS = 2.0
+
+
+def counts(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (labels["tenant_id"], labels["status"]): value
+        for labels, value in samples_named(text, "cec_softphones")
+        if labels["target"] == "sim"
+    }
+
+
+class Scrape(threading.Thread):
+    """One scrape in its own thread, as Prometheus sends it; remembers answer and time."""
+
+    def __init__(self, url: str, scrape_timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.scrape_timeout = url, scrape_timeout
+        self.text = ""
+        self.elapsed = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            with httpx2.Client(timeout=60) as client:
+                headers = {TIMEOUT_HEADER: str(self.scrape_timeout)}
+                response = client.get(self.url, headers=headers)
+                response.raise_for_status()
+                self.text = response.text
+        except BaseException as err:
+            self.error = err
+        self.elapsed = time.monotonic() - started
+
+    def result(self) -> str:
+        self.join(timeout=60)
+        assert not self.is_alive(), "the scrape never answered"
+        assert self.error is None, self.error
+        return self.text
+
+
+@pytest.fixture
+def slow_target(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> tuple[Simulator, RunningExporter]:
+    """A simulator whose first page takes 2 s once, and an exporter that allows 30 s."""
+    sim = simulator(phones=PHONES, tenants=2)
+    sim.set_faults([Fault("slow", pages=(0,), value=SLOW_SECONDS, times=1)])
+    config = write_config(targets=[target_entry(sim, page_size=100, timeout_seconds=30)])
+    return sim, exporter_server(config)
+
+
+def start(url: str, scrape_timeout: float) -> Scrape:
+    scrape = Scrape(url, scrape_timeout)
+    scrape.start()
+    return scrape
+
+
+@pytest.mark.parametrize("order", ["short-first", "long-first"])
+def test_a_short_deadline_never_fails_a_longer_one_and_one_collection_serves_both(
+    slow_target: tuple[Simulator, RunningExporter], order: str
+) -> None:
+    sim, running = slow_target
+    probe_url, metrics_url = running.url + "/probe?target=sim", running.url + "/metrics"
+    if order == "short-first":
+        short = start(probe_url, 1)
+        time.sleep(0.2)
+        long = start(metrics_url, 30)
+    else:
+        long = start(metrics_url, 30)
+        time.sleep(0.2)
+        short = start(probe_url, 1)
+
+    short_text = short.result()
+    assert sample(short_text, "cec_up", target="sim") == 0
+    assert counts(short_text) == {}
+    assert short.elapsed < 1.0 + 0.5, f"the 1 s scrape answered after {short.elapsed:.2f}s"
+
+    long_text = long.result()
+    assert sample(long_text, "cec_up", target="sim") == 1, "the 30 s scrape failed"
+    expected = {key: float(n) for key, n in sim.expected().counts.items() if n}
+    assert counts(long_text) == expected
+    assert long.elapsed > SLOW_SECONDS - 0.3  # it waited for the slow page
+    failures = {
+        labels["reason"]: value
+        for labels, value in samples_named(long_text, "cec_collection_failures_total")
+        if value
+    }
+    assert failures == {"deadline": 1}, "the short scrape that gave up counts once, nothing else"
+
+    # What went upstream, as the simulator's own /_sim/state tells it.
+    stats: dict[str, Any] = httpx2.get(sim.url + "/_sim/state", timeout=10).json()["stats"]
+    assert stats["tokens_issued"] == 1
+    assert stats["query_requests_by_page"] == {"0": 1, "1": 1, "2": 1}, "not one collection"

@@ -1,0 +1,62 @@
+"""The lock files the image installs from agree with pyproject.toml's ranges.
+
+scripts/image_smoke.sh proves the image installs exactly these pins (and pip's
+hash mode that the lock is complete); this catches a dependency added to
+pyproject.toml without running ``bash scripts/lock.sh``, without building.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)")
+
+
+def pins(name: str) -> dict[str, tuple[str, int]]:
+    """name -> (version, number of sha256 hashes) for each pin of a lock file."""
+    found: dict[str, tuple[str, int]] = {}
+    current = None
+    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+        if match := PIN.match(line):
+            current = canonicalize_name(match[1])
+            assert current not in found, f"{name}: {current} pinned twice"
+            found[current] = (match[2], 0)
+        elif current and line.strip().startswith("--hash=sha256:"):
+            version, hashes = found[current]
+            found[current] = (version, hashes + 1)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("lock", "requirements"),
+    [
+        ("requirements.lock", PYPROJECT["project"]["dependencies"]),
+        ("requirements-build.lock", PYPROJECT["build-system"]["requires"]),
+    ],
+)
+def test_lock_pins_every_requirement_within_its_range(lock: str, requirements: list[str]) -> None:
+    locked = pins(lock)
+    for text in requirements:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{name} is not in {lock}: run bash scripts/lock.sh"
+        version = locked[name][0]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"{lock} pins {name}=={version}, outside {req.specifier}: run bash scripts/lock.sh"
+        )
+    for name, (version, hashes) in locked.items():
+        assert hashes >= 1, f"{lock}: {name}=={version} has no hash"
+
+
+def test_lock_says_how_to_regenerate_it() -> None:
+    for lock in ("requirements.lock", "requirements-build.lock"):
+        head = (ROOT / lock).read_text(encoding="utf-8").splitlines()[:3]
+        assert "#    bash scripts/lock.sh" in head, lock
