@@ -354,11 +354,25 @@ def _local_file(path: str, raw: str, folder: Path) -> str:
 
 @contextmanager
 def _pem_file(inline: str, from_file: str | None) -> Iterator[str]:
-    """A path holding ``inline`` PEM (``load_cert_chain`` reads only files), removed after."""
+    """A path holding ``inline`` PEM (``load_cert_chain`` reads only files), gone after.
+
+    On Linux an anonymous in-memory file, so an inline key never touches a disk (and a
+    read-only root filesystem does not matter); elsewhere a private (0600) temp file.
+    """
     if from_file is not None:
         yield from_file
         return
-    fd, name = tempfile.mkstemp(suffix=".pem")  # mode 0600: the key is a secret
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd("cec-phone-exporter-pem")
+        try:
+            with open(fd, "w", encoding="utf-8", closefd=False) as out:
+                out.write(inline)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    fd, name = tempfile.mkstemp(suffix=".pem")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(inline)

@@ -8,8 +8,10 @@ cannot serve with upstream's meaning, which are refused with a clear error inste
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import bcrypt
@@ -197,7 +199,9 @@ def indented(text: str) -> str:
     return "".join("    " + line + "\n" for line in text.splitlines())
 
 
-def test_inline_pem_and_client_ca(tmp_path: Path, pem: dict[str, str]) -> None:
+def test_inline_pem_and_client_ca(
+    tmp_path: Path, pem: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = (
         f"{TLS}:\n  cert: |\n{indented(pem['cert'])}  key: |\n{indented(pem['key'])}"
         f"  client_ca: |\n{indented(pem['ca'])}  client_auth_type: RequireAndVerifyClientCert\n"
@@ -205,7 +209,19 @@ def test_inline_pem_and_client_ca(tmp_path: Path, pem: dict[str, str]) -> None:
     config = load_web_config(write(tmp_path, text))
     assert config.tls is not None
     assert config.tls.files == ()  # nothing on disk to watch
-    assert not list(tmp_path.glob("*.pem"))
+    # Without memfd (not Linux): a private temp file, removed once loaded.
+    made: list[tuple[int, str]] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(suffix: str) -> tuple[int, str]:
+        made.append(real_mkstemp(suffix=suffix, dir=tmp_path))
+        return made[-1]
+
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    assert load_web_config(write(tmp_path, text)).tls is not None
+    assert len(made) == 2  # the certificate and the key
+    assert not any(Path(name).exists() for _, name in made)
     error = refusal(tmp_path, text.replace("RequireAndVerifyClientCert", "NoClientCert"))
     assert error.path == f"{TLS}.client_auth_type"
     assert "without a Client Auth Policy" in error.message
