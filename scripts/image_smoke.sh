@@ -73,9 +73,11 @@ die() {
   show_logs "$@"
   exit 1
 }
-cleanup() {
-  local c
-  for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+cleanup() { # newest first: a container that joined another's network must go before it
+  local i
+  for ((i = ${#containers[@]} - 1; i >= 0; i--)); do
+    podman rm -f -t 0 "${containers[i]}" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT HUP # so that the EXIT trap removes the containers
