@@ -71,6 +71,8 @@ class Collection:
     trace: CollectionTrace | None = None
     """What happened, request by request (None when no collection ran for it)."""
     started_wall: float = dataclasses.field(default_factory=time.time)
+    reason: str | None = None
+    """Why it failed: a ``reason`` label value of cec_collection_failures_total."""
 
     @property
     def up(self) -> bool:
@@ -143,7 +145,7 @@ class TargetCollector:
             waited,
         )
         self._observer.collection_failed("deadline")
-        return self._failed(f"deadline of {waited:.2f}s passed", waited)
+        return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
 
     def _finished(self, task: asyncio.Task[Collection | None]) -> None:
         self._inflight = None
@@ -194,10 +196,14 @@ class TargetCollector:
         )
         if reason is not None:  # an internal error is a bug, not a reason the API gave
             self._observer.collection_failed(reason)
-        return self._failed(error, duration, trace)
+        return self._failed(error, duration, trace, reason)
 
     def _failed(
-        self, error: str, duration: float, trace: CollectionTrace | None = None
+        self,
+        error: str,
+        duration: float,
+        trace: CollectionTrace | None = None,
+        reason: str | None = None,
     ) -> Collection:
         return Collection(
             target=self.config.name,
@@ -208,6 +214,7 @@ class TargetCollector:
             last_success=self._last_success,
             trace=trace,
             started_wall=time.time() - duration if trace is None else trace.started_wall,
+            reason=reason,
         )
 
     async def aclose(self) -> None:

@@ -35,7 +35,9 @@ def describe_result(collection: Collection) -> str:
             f"UP after {collection.duration:.3f}s: {collection.snapshot.pages} pages, "
             f"{collection.phone_records} phone records"
         )
-    return f"DOWN after {collection.duration:.3f}s: {clip(collection.error or '?', ERROR_LIMIT)}"
+    why = f" (reason {collection.reason})" if collection.reason else ""
+    error = clip(collection.error or "?", ERROR_LIMIT)
+    return f"DOWN after {collection.duration:.3f}s{why}: {error}"
 
 
 def _request_line(r: RequestRecord) -> str:

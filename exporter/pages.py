@@ -37,7 +37,8 @@ def _row(c: Collection) -> str:
         f"{c.duration:.3f}s",
         "" if pages is None else str(pages),
         "" if records is None else str(records),
-        html.escape(clip(c.error or "", ERROR_LIMIT)),
+        html.escape(f"{c.reason}: " if c.reason else "")
+        + html.escape(clip(c.error or "", ERROR_LIMIT)),
     )
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 

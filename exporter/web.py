@@ -386,8 +386,9 @@ class _Handler(WSGIRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = HEADER_READ_TIMEOUT_SECONDS
-    # Headers and body go out in two writes; with Nagle on, the body of a kept-alive
-    # response waits for the client's delayed ACK (40 ms per request).
+    # A response goes out as one buffered write where it fits (one TLS record), and
+    # without Nagle's wait for the client's delayed ACK (40 ms per kept-alive request).
+    wbufsize = 64 * 1024
     disable_nagle_algorithm = True
     server: _Server
 
@@ -459,8 +460,14 @@ class _Handler(WSGIRequestHandler):
         app = self.server.get_app()
         assert app is not None
         response.run(app)
+        self.wfile.flush()
         if not response.keep_alive:
             self.close_connection = True
+
+    def handle_expect_100(self) -> bool:
+        accepted = super().handle_expect_100()
+        self.wfile.flush()  # the client waits for it before sending the body
+        return accepted
 
     def _body(self) -> bytes:
         """The request body when small and framed; otherwise it is left and the

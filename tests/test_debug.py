@@ -45,7 +45,8 @@ def test_debug_probe_shows_the_failing_page_and_its_ret_code(
     sim.set_faults([Fault("ret_code", pages=(2,), value="2", times=1)])
     running = exporter_server(write_config(targets=[target_entry(sim, "sim")]))
     report = debug(running).text
-    assert "Result: DOWN" in report
+    assert "Result: DOWN after" in report
+    assert "(reason ret_code): retCode 2 (simulated failure (retCode 2))" in report
     log = section(report, "Collection log")
     assert re.search(r"\+\d+\.\d{3}s new token: none held yet", log)
     assert re.search(r"tokenByAkSk try=1 status=200 duration=\S+ outcome=success", log)
@@ -90,7 +91,7 @@ def test_debug_probe_honours_the_scrape_deadline(
     report = debug(running, **{"X-Prometheus-Scrape-Timeout-Seconds": "2"}).text
     assert time.monotonic() - started < 3.5
     assert "Deadline: 1.80s (scrape timeout header: 2.0)" in report
-    assert re.search(r"Result: DOWN after 1\.\d+s: deadline", report), report
+    assert re.search(r"Result: DOWN after 1\.\d+s \(reason deadline\): deadline", report), report
     log = section(report, "Collection log")
     assert re.search(r"queryPhone offset=100 try=1 status=- duration=1\.\d+s outcome=timeout", log)
 
@@ -139,7 +140,7 @@ def test_landing_page_shows_recent_collections(
     assert newest[1] == '<span class="down">down</span>'
     assert newest[3] == "0"  # the first page failed
     assert newest[4] == ""  # no count for a failed collection
-    assert "retCode 3 (simulated failure (retCode 3))" in newest[5]
+    assert newest[5] == "ret_code: retCode 3 (simulated failure (retCode 3))"
     ok = rows[1].split("</td><td>")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ok[0])
     assert ok[1] == '<span class="up">up</span>'

@@ -113,6 +113,7 @@ def test_a_budget_that_cannot_fit_fails_with_deadline_early(
     text = running.metrics()
     assert time.monotonic() - started < 4
     assert sample(text, "cec_up", target="slow") == 0.0
+    assert sample(text, "cec_collection_failures_total", target="slow", reason="deadline") == 1
     (collection,) = running.exporter.recent()["slow"]
     assert collection.error is not None
     assert "requests_per_second" in collection.error

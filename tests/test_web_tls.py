@@ -11,6 +11,7 @@ import base64
 import http.client
 import logging
 import shutil
+import socket
 import ssl
 import time
 import warnings
@@ -22,6 +23,7 @@ import pytest
 import trustme
 from conftest import RunningExporter, run_cli, target_entry
 
+from exporter import web
 from exporter.simulator import Simulator
 from exporter.web import RateLimiter
 from exporter.webconfig import RateLimit, WebConfigFile, load_web_config
@@ -384,3 +386,51 @@ def test_cli_refuses_what_upstream_refuses(
     assert "tls_server_config.client_auth_type" in result.stderr
     assert "without a Client Auth Policy" in result.stderr
     assert "listening" not in result.stdout + result.stderr
+
+
+def test_kept_alive_connections_are_bounded(
+    serve_web: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept-alive connection may idle, then its next request head has the usual deadline."""
+    monkeypatch.setattr(web, "HEADER_READ_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(web, "IDLE_TIMEOUT_SECONDS", 2.0)
+    empty = tmp_path / "web.yml"
+    empty.write_text("")
+    server = serve_web(empty)
+    request = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def answer(conn: socket.socket) -> bytes:
+        data = b""
+        while not data.endswith(b"Healthy\n"):
+            chunk = conn.recv(4096)
+            assert chunk, data
+            data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
+        conn.sendall(request)
+        assert answer(conn).startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.5)  # longer than the head deadline, shorter than the idle limit
+        conn.sendall(request)
+        assert answer(conn).startswith(b"HTTP/1.1 200 ")
+        idle_since = time.monotonic()
+        assert conn.recv(4096) == b""  # closed after the idle limit
+        assert 1.5 < time.monotonic() - idle_since < 6
+    with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
+        conn.sendall(request)
+        assert answer(conn).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        conn.settimeout(0.2)
+        closed = False
+        for byte in request:  # one byte every 0.2 s: each read is quick, the whole is not
+            try:
+                conn.sendall(bytes([byte]))
+                closed = conn.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset: the server closed on unread bytes
+                closed = True
+            if closed:
+                break
+        assert closed
+        assert time.monotonic() - started < 4

@@ -483,6 +483,7 @@ class CecClient:
                 f"total {first.total} needs {pages} pages, more than max_pages "
                 f"{target.max_pages} at page_size {target.page_size}"
             )
+        builder.expect(first.total)  # now a trusted size: one allocation for the keys
         offsets = iter(range(target.page_size, first.total, target.page_size))
         await _run_workers(target.max_concurrency, self._page_worker(offsets, builder))
         return builder

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar, cast
@@ -61,11 +61,11 @@ class Page:
     is no identity: it is a "Configuration ID" that phones in different ``partdbId``
     partitions share.
 
-    A hash, not the strings: an int per phone instead of a tuple and two strings
-    holds a million keys in a third of the memory. Python's str hash is SipHash,
-    keyed at random per process, and the tuple hash mixes both into 64 bits: two
-    distinct phones collide with probability about 2**-64, so among a million
-    phones about n**2 / 2**65 = 3e-8 per collection, and an API cannot aim for a
+    A hash, not the strings: 8 bytes a phone in ``KeySet`` where a tuple of two
+    strings costs about 200. Python's str hash is SipHash, keyed at random per
+    process, and the tuple hash mixes both into 64 bits, of which ``KeySet`` keeps
+    63: two distinct phones collide with probability 2**-63, so among a million
+    phones about n**2 / 2**64 = 5e-8 per collection, and an API cannot aim for a
     collision it cannot compute. A collision would count one phone as a duplicate
     of another (``Snapshot.duplicates`` shows duplicates)."""
     numbers: tuple[str, ...] = ()
@@ -291,23 +291,33 @@ def _loose_columns(phones: list[_LoosePhone]) -> _Columns:
     return _columns(ids, numbers, tenants, map(_status, map(_CODE, phones)))
 
 
+_Reader = Callable[[list[Any]], _Columns]
+_DECODERS: tuple[tuple[msgspec.json.Decoder[_Answer[_Result[Any]]], _Reader], ...] = (
+    (_USUAL, _usual_columns),
+    (_LOOSE, _loose_columns),
+)
+
+
+def _decode_answer(body: bytes) -> tuple[_Answer[_Result[Any]], _Reader]:
+    """The answer, decoded with the usual wire types if they fit, else with any types."""
+    error: msgspec.ValidationError | None = None
+    for decoder, reader in _DECODERS:
+        try:
+            return decoder.decode(body), reader
+        except msgspec.ValidationError as err:
+            error = err
+        except (ValueError, RecursionError):  # msgspec.DecodeError, bad UTF-8, deep nesting
+            raise _syntax_error(body) from None
+    head = _decode(_HEAD, body)
+    if _ret_code(head.retCode) != "0":  # a failed retCode is that, whatever its result
+        return _Answer(retCode=head.retCode, retMsg=head.retMsg), _loose_columns
+    assert error is not None
+    raise _shape_error(error)
+
+
 def parse_page(body: bytes) -> Page:
     """Read a queryPhone answer; the caller decides what a non-zero retCode means."""
-    answer: _Answer[_Result[Any]]
-    try:
-        answer = _USUAL.decode(body)
-        columns: Any = _usual_columns
-    except msgspec.ValidationError:
-        try:
-            answer = _LOOSE.decode(body)
-            columns = _loose_columns
-        except msgspec.ValidationError as err:
-            head = _decode(_HEAD, body)  # a failed retCode is that, whatever its result
-            if _ret_code(head.retCode) != "0":
-                return Page(_ret_code(head.retCode), _text(head.retMsg), None, ())
-            raise _shape_error(err) from None
-    except (ValueError, RecursionError):  # msgspec.DecodeError, bad UTF-8, deep nesting
-        raise _syntax_error(body) from None
+    answer, columns = _decode_answer(body)
     ret_code = _ret_code(answer.retCode)
     ret_msg = _text(answer.retMsg)
     if ret_code != "0":

@@ -11,7 +11,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
+
+from exporter.cec.keyset import KeySet
 
 if TYPE_CHECKING:
     from exporter.cec.parse import Page
@@ -75,7 +77,7 @@ class SnapshotBuilder:
     phones_truncated: bool = False
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
-    _seen: set[int] = field(default_factory=set)  # Page.keys says why 64-bit hashes do
+    _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:
@@ -87,18 +89,22 @@ class SnapshotBuilder:
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        keys, seen = page.keys, self._seen
-        fresh = set(keys)
         numbers: Sequence[str] = page.numbers
         counted: Sequence[tuple[str, str]] = page.buckets
-        if len(fresh) == len(keys) and None not in fresh and fresh.isdisjoint(seen):
-            seen |= cast("set[int]", fresh)  # the usual page: all new; set operations in C
-        else:
-            numbers, counted = self._unseen(page)
+        repeats = self._seen.add(page.keys)
+        if repeats:  # phones seen before (on this page or another): counted once
+            self.duplicates += len(repeats)
+            skip = set(repeats)
+            numbers = [n for i, n in enumerate(numbers) if i not in skip]
+            counted = [b for i, b in enumerate(counted) if i not in skip]
         self._counts.update(counted)
         self.records += len(counted)
         if self.per_phone:
             self._add_phones(numbers, counted)
+
+    def expect(self, phones: int) -> None:
+        """Make room for ``phones`` keys at once (a hint, once ``total`` is trusted)."""
+        self._seen.reserve(phones)
 
     def incomplete(self) -> str | None:
         """Why the pages added do not make a whole count, or None when they do.
@@ -113,21 +119,6 @@ class SnapshotBuilder:
         if self.total is not None and self.records != self.total:
             return f"counted {self.records} phone records, but total is {self.total}"
         return None
-
-    def _unseen(self, page: Page) -> tuple[list[str], list[tuple[str, str]]]:
-        """The numbers and buckets of the phones not seen before; duplicates are counted."""
-        seen = self._seen
-        numbers: list[str] = []
-        counted: list[tuple[str, str]] = []
-        for key, number, bucket in zip(page.keys, page.numbers, page.buckets, strict=True):
-            if key is not None:
-                if key in seen:
-                    self.duplicates += 1
-                    continue
-                seen.add(key)
-            numbers.append(number)
-            counted.append(bucket)
-        return numbers, counted
 
     def _add_phones(self, numbers: Iterable[str], counted: Iterable[tuple[str, str]]) -> None:
         phones = self._phones
