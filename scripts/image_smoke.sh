@@ -90,8 +90,9 @@ tools() {
   done
   if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      buildah podman runc debootstrap uidmap containernetworking-plugins conmon; } \
+    # With recommends, as ../shared/tools/container-smoke.sh installs them (fuse-overlayfs, ...).
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      buildah podman runc crun debootstrap slirp4netns uidmap; } \
       >"$W/apt.log" 2>&1 || die "apt-get install failed" "$W/apt.log"
   fi
   # This host's limits, not podman's defaults: no CAP_SYS_RESOURCE and a hard NOFILE
