@@ -403,8 +403,10 @@ class Exporter:
 
         async def one(name: str, deadline: float) -> Collection | None:
             # A reload may close the collector mid-way: ask its successor, by the same
-            # deadline; a target the reload removed is left out of the answer.
-            while (collector := self._targets.get(name)) is not None:
+            # deadline; a target the reload removed (or a shutdown) leaves it out.
+            asked: TargetCollector | None = None
+            while (collector := self._targets.get(name)) not in (None, asked):
+                asked = collector
                 collection = await collector.get(deadline, fresh)
                 if collection is not None:
                     return collection

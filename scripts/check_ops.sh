@@ -18,8 +18,10 @@ run() {
 }
 
 run promtool check rules prometheus/rules/cec.rules.yml
-run promtool test rules prometheus/tests/cec.rules.test.yml
-run promtool check config prometheus/prometheus.yml
+run promtool test rules prometheus/tests/*.test.yml
+for config in prometheus/prometheus*.yml; do
+    run promtool check config "$config"
+done
 if command -v amtool >/dev/null 2>&1; then
     run amtool check-config prometheus/alertmanager.yml
 else

@@ -73,9 +73,11 @@ die() {
   show_logs "$@"
   exit 1
 }
-cleanup() {
-  local c
-  for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+cleanup() { # newest first: a container that joined another's network must go before it
+  local i
+  for ((i = ${#containers[@]} - 1; i >= 0; i--)); do
+    podman rm -f -t 0 "${containers[i]}" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT HUP # so that the EXIT trap removes the containers
@@ -88,8 +90,9 @@ tools() {
   done
   if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      buildah podman runc debootstrap uidmap containernetworking-plugins conmon; } \
+    # With recommends, as ../shared/tools/container-smoke.sh installs them (fuse-overlayfs, ...).
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      buildah podman runc crun debootstrap slirp4netns uidmap; } \
       >"$W/apt.log" 2>&1 || die "apt-get install failed" "$W/apt.log"
   fi
   # This host's limits, not podman's defaults: no CAP_SYS_RESOURCE and a hard NOFILE

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
+from exporter.collect import Exporter
+from exporter.config import load_config
 from exporter.simulator import Fault, Simulator
 
 RELOAD_OK = "cec_exporter_config_last_reload_successful"
@@ -251,3 +253,28 @@ def test_a_reload_mid_collection_counts_nothing_and_resurrects_nothing(
     output = server.stop()
     assert "Traceback" not in output
     assert "collection failed" not in output
+
+
+def test_closing_the_exporter_while_a_scrape_waits_ends_both_promptly(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+) -> None:
+    """Shutdown cancels the collection in flight: the scrape answers, close() does not hang."""
+    sim = simulator(phones=50)
+    sim.set_faults([Fault("slow", pages=(0,), value=5, times=1)])
+    exporter = Exporter(load_config(write_config(targets=[target_entry(sim, "sim")])))
+    answered = threading.Event()
+
+    def scrape() -> None:
+        exporter.collect(["sim"], scrape_timeout=20)
+        answered.set()
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    deadline = time.monotonic() + 10
+    while sim.stats()["query_requests"] == 0:
+        assert time.monotonic() < deadline, "the collection never reached the simulator"
+        time.sleep(0.02)
+    started = time.monotonic()
+    exporter.close()
+    assert time.monotonic() - started < 3, "close() hung on the scrape in flight"
+    assert answered.wait(3), "the scrape in flight never answered"

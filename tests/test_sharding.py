@@ -13,6 +13,7 @@ External tool: prometheus (Debian package); missing, it skips locally and fails 
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,14 @@ def test_sharded_manifests_keep_the_base_pod_spec() -> None:
     text = SHARDED.read_text(encoding="utf-8")
     for name in services:
         assert f"{name}:9877" in text
+
+
+def test_sharded_prometheus_config_passes_promtool() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", str(SHARDED)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def start_replicas(
