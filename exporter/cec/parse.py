@@ -8,8 +8,9 @@ msgspec decodes a page into structs that name only the fields we read: a phone's
 ``password`` (and every other field) is skipped by the decoder, never built as a
 Python object, and the shape (objects, lists) is checked in C. A page whose phones
 carry the usual wire types (strings and integers) is then turned into columns with
-C-level ``map``/``zip``, no Python code per phone; any other page is decoded again
-with every field typed ``Any`` and read field by field with the same loose rules.
+C-level ``map``/``zip`` (tenants and statuses are read once per distinct pair, when
+counted); any other page is decoded again with every field typed ``Any`` and read
+field by field with the same loose rules.
 """
 
 from __future__ import annotations
