@@ -210,49 +210,55 @@ def sequential_baseline(sim_url: str) -> tuple[float, float, int]:
     return wall, cpu, sum(counts.values())
 
 
-async def _bare_collections(
-    sim_url: str, phones: int, concurrency: int, runs: int
-) -> tuple[float, float]:
-    """``runs`` collections' worth of page fetches (after one warm-up): (wall, CPU) seconds."""
-    slots = concurrency + 1  # as the exporter's pool: the pages plus a token request
-    limits = httpx2.Limits(max_connections=slots, max_keepalive_connections=slots)
-    async with httpx2.AsyncClient(base_url=sim_url, limits=limits, timeout=60) as http:
-        answer = await http.post(
+class BareClient:
+    """The bare client: an httpx2 loop fetching the same pages, C at a time, no parsing.
+
+    What the exporter's HTTP part alone costs. It runs on an event loop of its own in
+    this process, one collection per call, so its runs can alternate with the
+    exporter's scrapes and both see the same machine load.
+    """
+
+    def __init__(self, sim_url: str, phones: int, concurrency: int) -> None:
+        self.phones, self.concurrency = phones, concurrency
+        slots = concurrency + 1  # as the exporter's pool: the pages plus a token request
+        limits = httpx2.Limits(max_connections=slots, max_keepalive_connections=slots)
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx2.AsyncClient(base_url=sim_url, limits=limits, timeout=60)
+        self.headers = self.loop.run_until_complete(self._token())
+
+    async def _token(self) -> dict[str, str]:
+        answer = await self.http.post(
             TOKEN_PATH,
             json={"app_key": APP_KEY, "app_secret": APP_SECRET},
             headers={"X-Token-Expire": "600"},
         )
-        headers = {"Authorization": f"Bearer {answer.json()['AccessToken']}", "X-APP-Key": APP_KEY}
+        return {"Authorization": f"Bearer {answer.json()['AccessToken']}", "X-APP-Key": APP_KEY}
 
-        async def fetch(offset: int) -> bytes:
-            body = {"offset": offset, "limit": PAGE_SIZE}
-            response = await http.post(QUERY_PATH, json=body, headers=headers)
-            response.raise_for_status()
-            return response.content
+    async def _fetch(self, offset: int) -> bytes:
+        body = {"offset": offset, "limit": PAGE_SIZE}
+        response = await self.http.post(QUERY_PATH, json=body, headers=self.headers)
+        response.raise_for_status()
+        return response.content
 
-        async def collection() -> None:
-            await fetch(0)  # the exporter too reads the first page alone (it tells total)
-            offsets = iter(range(PAGE_SIZE, phones, PAGE_SIZE))
+    async def _collection(self) -> None:
+        await self._fetch(0)  # the exporter too reads the first page alone (it tells total)
+        offsets = iter(range(PAGE_SIZE, self.phones, PAGE_SIZE))
 
-            async def worker() -> None:
-                for offset in offsets:
-                    await fetch(offset)
+        async def worker() -> None:
+            for offset in offsets:
+                await self._fetch(offset)
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
-        await collection()  # warm-up: connections
-        cpu_before, started = time.process_time(), time.perf_counter()
-        for _ in range(runs):
-            await collection()
-        return time.perf_counter() - started, time.process_time() - cpu_before
+    def collection(self) -> float:
+        """Fetch every page once; the CPU seconds this process spent on it."""
+        cpu_before = time.process_time()
+        self.loop.run_until_complete(self._collection())
+        return time.process_time() - cpu_before
 
-
-def bare_client(sim_url: str, phones: int, concurrency: int, runs: int) -> tuple[float, float]:
-    """The bare client: an httpx2 loop fetching the same pages, C at a time, no parsing.
-
-    What the exporter's HTTP part alone costs; returns (wall, CPU) seconds of ``runs``.
-    """
-    return asyncio.run(_bare_collections(sim_url, phones, concurrency, runs))
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
 
 
 def machine() -> str:
@@ -287,7 +293,6 @@ class Figures:
     hang_up: float | None = None
     seq_wall: float = 0.0
     seq_cpu: float = 0.0
-    bare_wall: float = 0.0
     bare_cpu: float = 0.0
     peaks: dict[int, int] = field(default_factory=dict)
     million_wall: float = 0.0
@@ -297,20 +302,27 @@ class Figures:
 
 
 def measure_scrapes(
-    exp: Exporter, sim: Sim, sim_ps: psutil.Process, runs: int, fig: Figures
+    exp: Exporter, sim: Sim, sim_ps: psutil.Process, bare: BareClient, runs: int, fig: Figures
 ) -> None:
-    """Timed scrapes: wall time of each, CPU of the exporter and of the simulator."""
+    """Timed scrapes, each followed by one bare-client collection of the same pages.
+
+    Wall time of each scrape, CPU of the exporter and of the simulator over the
+    scrapes, and CPU of the bare client over its collections: alternating, the two
+    CPU figures see the same machine load, so their ratio holds on a busy machine.
+    """
     _, text = exp.scrape()  # warm-up: imports, token, connections
     if value(text, "cec_up") != 1.0:
         raise SystemExit("warm-up scrape failed:\n" + text[:2000])
-    cpu_before, sim_before = exp.cpu_seconds(), cpu_seconds(sim_ps)
+    bare.collection()  # its warm-up: connections
     for _ in range(runs):
+        cpu_before, sim_before = exp.cpu_seconds(), cpu_seconds(sim_ps)
         seconds, text = exp.scrape()
+        fig.cpu += exp.cpu_seconds() - cpu_before
+        fig.sim_cpu += cpu_seconds(sim_ps) - sim_before
         if value(text, "cec_up") != 1.0:
             raise SystemExit("a timed scrape failed:\n" + text[:2000])
         fig.walls.append(seconds)
-    fig.cpu = exp.cpu_seconds() - cpu_before
-    fig.sim_cpu = cpu_seconds(sim_ps) - sim_before
+        fig.bare_cpu += bare.collection()
 
 
 def measure_fan_in(exp: Exporter, sim: Sim, scrapers: int, fig: Figures) -> None:
@@ -467,12 +479,10 @@ def main() -> int:
         process(sim_args, sim_url + "/_sim/state") as sim_proc,
     ):
         workdir, sim, sim_ps = Path(tmp), Sim(sim_url), psutil.Process(sim_proc.pid)
+        bare = BareClient(sim_url, opts.phones, opts.concurrency)
         with exporter(sim_url, opts.concurrency, workdir, opts.phones) as exp:
-            measure_scrapes(exp, sim, sim_ps, opts.runs, fig)
-            # Right after, on the same pages: the two CPU figures see the same machine load.
-            fig.bare_wall, fig.bare_cpu = bare_client(
-                sim_url, opts.phones, opts.concurrency, opts.runs
-            )
+            measure_scrapes(exp, sim, sim_ps, bare, opts.runs, fig)
+            bare.close()
             measure_fan_in(exp, sim, opts.fan_in, fig)
             measure_hang(exp, sim, pages // 2, fig)
         fig.seq_wall, fig.seq_cpu, counted = sequential_baseline(sim_url)

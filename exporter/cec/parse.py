@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -47,8 +48,8 @@ class Page:
     """One queryPhone answer: its retCode and, on success, what it carried.
 
     Phones are held as columns, one entry per phone in the order received, so that
-    they are built and folded by C-level ``map``/``zip``/set operations rather than
-    one Python object per phone (100,000 per scrape at the size cap).
+    they are built and folded by C-level ``map``/``zip``/``Counter`` rather than one
+    Python object per phone (100,000 per scrape at the size cap).
     """
 
     ret_code: str
@@ -59,25 +60,49 @@ class Page:
     """Identity for de-duplication across pages: the 64-bit hash of (``id``, ``phoneNum``)
     as text; None when both are missing (such records are all counted). ``id`` alone
     is no identity: it is a "Configuration ID" that phones in different ``partdbId``
-    partitions share.
+    partitions share. An id whose text is a plain integer is hashed as that int
+    (``_identity``): equal texts, equal keys, without turning every id into a string.
 
     A hash, not the strings: 8 bytes a phone in ``KeySet`` where a tuple of two
     strings costs about 200. Python's str hash is SipHash, keyed at random per
     process, and the tuple hash mixes both into 64 bits, of which ``KeySet`` keeps
     63: two distinct phones collide with probability 2**-63, so among a million
-    phones about n**2 / 2**64 = 5e-8 per collection, and an API cannot aim for a
-    collision it cannot compute. A collision would count one phone as a duplicate
-    of another (``Snapshot.duplicates`` shows duplicates)."""
+    phones about n**2 / 2**64 = 5e-8 per collection. (Ints hash to themselves
+    modulo 2**61 - 1, so an API could make two ids that far apart one phone; it
+    could hide a phone more simply by leaving it out.) A collision would count one
+    phone as a duplicate of another (``Snapshot.duplicates`` shows duplicates)."""
     numbers: tuple[str, ...] = ()
     """``phoneNum`` of each phone, ``""`` when missing."""
-    buckets: tuple[tuple[str, str], ...] = ()
-    """(tenant_id, status value) of each phone: plain strings, cheap to count."""
+    tenants: tuple[object, ...] = ()
+    """``tenantId`` of each phone as decoded (a str or int); ``_text`` makes the label."""
+    codes: tuple[object, ...] = ()
+    """``status`` of each phone as decoded (an int, str or None); ``_status`` reads it.
+
+    Tenants and codes are read per distinct pair when counting (a page has a few),
+    not per phone: that is most of what parsing a page would cost."""
+
+    def counts(self, skip: Container[int] = ()) -> Counter[tuple[str, str]]:
+        """Phones by (tenant_id, status value), leaving out the positions in ``skip``."""
+        pairs: Iterable[tuple[object, object]] = zip(self.tenants, self.codes, strict=True)
+        if skip:
+            pairs = (pair for position, pair in enumerate(pairs) if position not in skip)
+        counts: Counter[tuple[str, str]] = Counter()
+        for (tenant, code), n in Counter(pairs).items():
+            counts[(_text(tenant), _status(code))] += n
+        return counts
+
+    def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
+        """(phone_num, tenant_id, status value) of each phone not in ``skip``."""
+        columns = zip(self.numbers, self.tenants, self.codes, strict=True)
+        for position, (number, tenant, code) in enumerate(columns):
+            if position not in skip:
+                yield number, _text(tenant), _status(code)
 
     @property
     def phones(self) -> tuple[Phone, ...]:
         """The phones as records, for tests and debugging (the fold reads the columns)."""
-        rows = zip(self.keys, self.numbers, self.buckets, strict=True)
-        return tuple(Phone(key, num, tenant, Status(status)) for key, num, (tenant, status) in rows)
+        rows = zip(self.keys, self.rows(), strict=True)
+        return tuple(Phone(key, num, tenant, Status(status)) for key, (num, tenant, status) in rows)
 
 
 @dataclass(frozen=True)
@@ -256,39 +281,55 @@ def _endpoints(result: _Result[Any]) -> Iterator[Endpoint]:
 # --- phones into columns ---------------------------------------------------------------------
 
 _NUMBER, _ID, _TENANT, _CODE = map(attrgetter, ("phoneNum", "id", "tenantId", "status"))
-# For codes of the usual types (int, str, null); any other code goes to _status.
-_USUAL_STATUS: dict[object, str] = {0: REGISTERED, 1: SUSPENDED, "0": REGISTERED, "1": SUSPENDED}
-_USUAL_STATUS[None] = UNKNOWN
-_Columns = tuple[tuple[int | None, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+_Columns = tuple[tuple[int | None, ...], tuple[str, ...], tuple[object, ...], tuple[object, ...]]
+
+
+def _identity(text: str) -> int | str:
+    """An id's text as keys compare it: the int for a plain integer ("42", not "042" or
+    "+42"), so that 42 and "42" are one id while hashing an int id costs no string."""
+    digits = text[1:] if text[:1] == "-" else text
+    if not (digits.isascii() and digits.isdigit()):  # "", "x", "1.5": text (no exception)
+        return text
+    try:
+        number = int(text)
+    except ValueError:  # more digits than int() converts
+        return text
+    return number if str(number) == text else text
 
 
 def _columns(
-    ids: tuple[str, ...], numbers: tuple[str, ...], tenants: Iterable[str], statuses: Iterable[str]
+    ids: tuple[int | str, ...],
+    numbers: tuple[str, ...],
+    tenants: tuple[object, ...],
+    codes: tuple[object, ...],
 ) -> _Columns:
     keys: tuple[int | None, ...] = tuple(map(hash, zip(ids, numbers, strict=True)))
     if "" in numbers:  # a phone with neither id nor number has no identity
-        keys = tuple(k if i or n else None for k, i, n in zip(keys, ids, numbers, strict=True))
-    return keys, numbers, tuple(zip(tenants, statuses, strict=True))
+        rows = zip(keys, ids, numbers, strict=True)
+        keys = tuple(key if ident != "" or number else None for key, ident, number in rows)
+    return keys, numbers, tenants, codes
 
 
 def _usual_columns(phones: list[_Phone]) -> _Columns:
-    """Each field is a str or an int here: ``str(x).strip()`` is what ``_text`` makes of it."""
-    strip = str.strip
-    numbers = tuple(map(strip, map(str, map(_NUMBER, phones))))
-    ids = tuple(map(strip, map(str, map(_ID, phones))))
-    tenants = map(strip, map(str, map(_TENANT, phones)))
-    codes = tuple(map(_CODE, phones))
-    statuses = tuple(map(_USUAL_STATUS.get, codes))
-    if None in statuses:  # a code such as 7 or " 1 ": the loose reader decides
-        statuses = tuple(s or _status(c) for s, c in zip(statuses, codes, strict=True))
-    return _columns(ids, numbers, tenants, cast("tuple[str, ...]", statuses))
+    """Each field is a str or an int here; ``str(x).strip()`` is what ``_text`` makes of it."""
+    raw = tuple(map(_NUMBER, phones))
+    try:
+        numbers = tuple(map(str.strip, raw))
+    except TypeError:  # some number came as an int
+        numbers = tuple(map(str.strip, map(str, raw)))
+    ids: tuple[int | str, ...] = tuple(map(_ID, phones))
+    if str in set(map(type, ids)):  # ids as strings: each to its identity
+        ids = tuple(map(_identity, map(str.strip, map(str, ids))))
+    return _columns(ids, numbers, tuple(map(_TENANT, phones)), tuple(map(_CODE, phones)))
 
 
 def _loose_columns(phones: list[_LoosePhone]) -> _Columns:
+    """Any JSON value in any field: each read to text (or an int code) the loose way."""
     numbers = tuple(map(_text, map(_NUMBER, phones)))
-    ids = tuple(map(_text, map(_ID, phones)))
-    tenants = map(_text, map(_TENANT, phones))
-    return _columns(ids, numbers, tenants, map(_status, map(_CODE, phones)))
+    ids = tuple(map(_identity, map(_text, map(_ID, phones))))
+    tenants = tuple(map(_text, map(_TENANT, phones)))
+    codes = tuple(map(_integer, map(_CODE, phones)))  # hashable; _status reads it alike
+    return _columns(ids, numbers, tenants, codes)
 
 
 _Reader = Callable[[list[Any]], _Columns]
@@ -327,8 +368,9 @@ def parse_page(body: bytes) -> Page:
     total_value = None if total is None else _integer(total)
     if total is not None and (total_value is None or total_value < 0):
         raise InvalidResponse("result.total is not a non-negative integer")
-    keys, numbers, buckets = columns(result.phone or [])
-    return Page(ret_code, ret_msg, total_value, tuple(_endpoints(result)), keys, numbers, buckets)
+    keys, numbers, tenants, codes = columns(result.phone or [])
+    endpoints = tuple(_endpoints(result))
+    return Page(ret_code, ret_msg, total_value, endpoints, keys, numbers, tenants, codes)
 
 
 def parse_token(body: bytes, now: float) -> Token:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -89,18 +89,13 @@ class SnapshotBuilder:
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        numbers: Sequence[str] = page.numbers
-        counted: Sequence[tuple[str, str]] = page.buckets
         repeats = self._seen.add(page.keys)
-        if repeats:  # phones seen before (on this page or another): counted once
-            self.duplicates += len(repeats)
-            skip = set(repeats)
-            numbers = [n for i, n in enumerate(numbers) if i not in skip]
-            counted = [b for i, b in enumerate(counted) if i not in skip]
-        self._counts.update(counted)
-        self.records += len(counted)
+        skip = set(repeats)  # phones seen before (on this page or another): counted once
+        self.duplicates += len(repeats)
+        self._counts.update(page.counts(skip))
+        self.records += len(page.keys) - len(repeats)
         if self.per_phone:
-            self._add_phones(numbers, counted)
+            self._add_phones(page.rows(skip))
 
     def expect(self, phones: int) -> None:
         """Make room for ``phones`` keys at once (a hint, once ``total`` is trusted)."""
@@ -120,9 +115,9 @@ class SnapshotBuilder:
             return f"counted {self.records} phone records, but total is {self.total}"
         return None
 
-    def _add_phones(self, numbers: Iterable[str], counted: Iterable[tuple[str, str]]) -> None:
+    def _add_phones(self, rows: Iterable[tuple[str, str, str]]) -> None:
         phones = self._phones
-        for number, (tenant_id, status) in zip(numbers, counted, strict=True):
+        for number, tenant_id, status in rows:
             if not number:
                 continue
             if len(phones) < self.per_phone_cap:
