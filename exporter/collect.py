@@ -477,6 +477,11 @@ class Exporter:
 
         async def close_all() -> None:
             await asyncio.gather(*(t.aclose() for t in targets), return_exceptions=True)
+            # Scrapes that waited on the collections just cancelled answer before the
+            # loop stops (else their threads would wait out their whole deadline).
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=1.0)
             await self.upstream.aclose()
 
         try:

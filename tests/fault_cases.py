@@ -84,7 +84,8 @@ def _ret_code_cases() -> list[Case]:
 
 def _http_cases() -> list[Case]:
     cases: list[Case] = []
-    for status, page in ((400, 0), (403, 1), (404, 0), (404, 1)):  # not retried
+    # Not retried: the README names exactly 429, 500, 502, 503 and 504 as retried.
+    for status, page in ((400, 0), (403, 1), (404, 0), (404, 1), (501, 1)):
         cases.append(
             Case(
                 f"http-{status}-page-{page}",
@@ -119,12 +120,13 @@ def _http_cases() -> list[Case]:
             tokens_issued=2,
         )
     )
-    # Retried statuses: 429 (with Retry-After), 500, 502 (a gateway's HTML page), 503.
+    # Retried statuses: 429 (with Retry-After), 500, 502 (a gateway's HTML page), 503, 504.
     retried = [
         ("429", Fault("http_status", value=429, retry_after=0.2)),
         ("500", Fault("http_status", value=500)),
         ("502", Fault("html", value=502)),
         ("503", Fault("http_status", value=503)),
+        ("504", Fault("http_status", value=504)),
     ]
     for status, fault in retried:
         for page in (0, 1) if status == "500" else (1,):

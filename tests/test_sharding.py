@@ -3,7 +3,8 @@
 - Prometheus discovers the targets from the exporter's ``/sd`` (``http_sd_configs``,
   behind basic auth) and, with the shipped ``prometheus/prometheus-sharded.yml``,
   sends each account to exactly one of two ``serve`` replicas.
-- An HA pair (two Prometheus servers scraping one exporter) with
+- An HA pair (two Prometheus servers, each with the shipped
+  ``prometheus/prometheus-probe.yml``, scraping one exporter) with
   ``cache_ttl_seconds`` a little below the scrape interval costs the vendor one
   collection per interval, not two.
 
@@ -33,6 +34,7 @@ except ImportError:  # tests/ imported as a package
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDED = ROOT / "prometheus" / "prometheus-sharded.yml"
+PROBE = ROOT / "prometheus" / "prometheus-probe.yml"
 K8S = ROOT / "deploy" / "kubernetes"
 NAMES = [f"acct-{i}" for i in range(8)]
 PROBE_JOB = "cec-phone-exporter-probe"
@@ -90,25 +92,6 @@ def start_replicas(
     return [r.start() for r in replicas]
 
 
-def sharded_prometheus_config(addresses: list[str]) -> str:
-    """The shipped sharded config, pointed at the replicas on loopback, scraping every second."""
-    config = yaml.safe_load(SHARDED.read_text(encoding="utf-8"))
-    config.pop("rule_files")
-    config.pop("alerting")
-    config["global"].update(scrape_interval="1s", scrape_timeout="1s")
-    auth = {"basic_auth": {"username": USER, "password": PASSWORD}}
-    for job in config["scrape_configs"]:
-        job.update(copy.deepcopy(auth))
-        for sd in job.get("http_sd_configs", []):
-            sd.update(copy.deepcopy(auth), refresh_interval="1s")
-    text = yaml.safe_dump(config)
-    for i, address in enumerate(addresses):
-        text = text.replace(f"cec-phone-exporter-{i}:9877", address)
-    assert "cec-phone-exporter-0:" not in text
-    assert "cec-phone-exporter-1:" not in text
-    return text
-
-
 def collected_targets(replica: ServeProcess) -> set[str]:
     """Targets this replica has collected (its own cec_api_requests_total, success)."""
     response = httpx2.get(
@@ -134,7 +117,7 @@ def test_prometheus_shards_targets_from_sd_across_two_replicas(
     replicas = start_replicas(2, config, tmp_path, serve_process)
     addresses = [r.url.removeprefix("http://") for r in replicas]
     with dq.running_prometheus(
-        tmp_path / "prometheus", sharded_prometheus_config(addresses)
+        tmp_path / "prometheus", shipped_config(SHARDED, addresses, "1s")
     ) as prom:
 
         def probe_targets() -> list[dict[str, Any]]:
@@ -172,37 +155,36 @@ def test_prometheus_shards_targets_from_sd_across_two_replicas(
         assert "Traceback" not in replica.stop()
 
 
-def ha_prometheus_config(address: str, replica: str) -> str:
-    """A plain /probe job discovering from /sd: one server of an HA pair."""
-    auth = {"username": USER, "password": PASSWORD}
-    return yaml.safe_dump(
-        {
-            "global": {
-                "scrape_interval": "2s",
-                "scrape_timeout": "1s",
-                "external_labels": {"replica": replica},
-            },
-            "scrape_configs": [
-                {
-                    "job_name": PROBE_JOB,
-                    "metrics_path": "/probe",
-                    "basic_auth": auth,
-                    "http_sd_configs": [
-                        {
-                            "url": f"http://{address}/sd",
-                            "basic_auth": auth,
-                            "refresh_interval": "1s",
-                        }
-                    ],
-                    "relabel_configs": [
-                        {"source_labels": ["__address__"], "target_label": "__param_target"},
-                        {"source_labels": ["__param_target"], "target_label": "instance"},
-                        {"target_label": "__address__", "replacement": address},
-                    ],
-                }
-            ],
-        }
-    )
+def shipped_config(path: Path, addresses: list[str], interval: str, **global_: Any) -> str:
+    """A shipped scrape config, pointed at exporters on loopback (basic auth on, no rules).
+
+    ``exporter:9877`` (prometheus-probe.yml) or ``cec-phone-exporter-N:9877``
+    (prometheus-sharded.yml) become the addresses, in order.
+    """
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config.pop("rule_files")
+    config.pop("alerting")
+    config["scrape_configs"] = [
+        j for j in config["scrape_configs"] if j["job_name"] != "prometheus"
+    ]
+    config["global"].update(scrape_interval=interval, scrape_timeout="1s", **global_)
+    auth = {"basic_auth": {"username": USER, "password": PASSWORD}}
+    for job in config["scrape_configs"]:
+        job.update(copy.deepcopy(auth))
+        for sd in job.get("http_sd_configs", []):
+            sd.update(copy.deepcopy(auth), refresh_interval="1s")
+    text = yaml.safe_dump(config)
+    names = ["exporter:9877"] if len(addresses) == 1 else []
+    names += [f"cec-phone-exporter-{i}:9877" for i in range(len(addresses))]
+    for i, address in enumerate(addresses):
+        text = text.replace(names[i], address)
+    assert "exporter:9877" not in text
+    return text
+
+
+def ha_config(address: str, replica: str) -> str:
+    """One server of an HA pair: the shipped prometheus-probe.yml (targets from /sd)."""
+    return shipped_config(PROBE, [address], "2s", external_labels={"replica": replica})
 
 
 def test_ha_pair_with_cache_costs_one_collection_per_interval(
@@ -218,8 +200,8 @@ def test_ha_pair_with_cache_costs_one_collection_per_interval(
     (replica,) = start_replicas(1, config, tmp_path, serve_process)
     address = replica.url.removeprefix("http://")
     with (
-        dq.running_prometheus(tmp_path / "a", ha_prometheus_config(address, "a")) as a,
-        dq.running_prometheus(tmp_path / "b", ha_prometheus_config(address, "b")) as b,
+        dq.running_prometheus(tmp_path / "a", ha_config(address, "a")) as a,
+        dq.running_prometheus(tmp_path / "b", ha_config(address, "b")) as b,
     ):
 
         def scrapes(prom: dq.PrometheusProcess) -> int:
