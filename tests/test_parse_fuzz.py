@@ -254,6 +254,16 @@ def test_a_body_the_usual_decoder_rejects_early_and_the_loose_one_cannot_read() 
     assert page_or_invalid(body) is None
 
 
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore a BOM, and some gateways send one: it is no failure."""
+    bom = b"\xef\xbb\xbf"
+    page = page_or_invalid(bom + encode({"retCode": "0", "result": {"total": 1, "phone": [{}]}}))
+    assert page is not None
+    assert page.total == 1
+    good = {"AccessToken": "tok-123", "Expires": "600", "CreateTime": str(int(NOW))}
+    assert token_or_invalid(bom + encode(good)) == Token("tok-123", NOW + 600)
+
+
 # --- statuses land in the right buckets -------------------------------------------------------
 
 STATUS_CASES: list[tuple[object, Status]] = [

@@ -198,6 +198,14 @@ def _syntax_error(body: bytes) -> InvalidResponse:
     return InvalidResponse(f"response body is {snippet}")
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _skip_bom(body: bytes) -> bytes:
+    """``body`` without a leading UTF-8 byte-order mark: RFC 8259 lets parsers ignore one."""
+    return body[3:] if body[:3] == _BOM else body
+
+
 def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     """Decode ``body``; anything unreadable is InvalidResponse."""
     try:
@@ -359,7 +367,7 @@ def _decode_answer(body: bytes) -> tuple[_Answer[_Result[Any]], _Reader]:
 
 def parse_page(body: bytes) -> Page:
     """Read a queryPhone answer; the caller decides what a non-zero retCode means."""
-    answer, columns = _decode_answer(body)
+    answer, columns = _decode_answer(_skip_bom(body))
     ret_code = _ret_code(answer.retCode)
     ret_msg = _text(answer.retMsg)
     if ret_code != "0":
@@ -380,7 +388,7 @@ def parse_token(body: bytes, now: float) -> Token:
     The vendor's ``CreateTime`` is trusted only within five minutes of our clock;
     beyond that (a skewed server clock) the lifetime counts from ``now``.
     """
-    answer = _decode(_TOKEN, body)
+    answer = _decode(_TOKEN, _skip_bom(body))
     value = answer.AccessToken
     if not isinstance(value, str) or not value.strip():
         raise InvalidResponse("token response has no AccessToken")
