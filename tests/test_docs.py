@@ -195,7 +195,7 @@ def test_docs_run_python_from_the_venv() -> None:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
             if "docker compose exec" in line:  # inside the image, its python is the right one
                 continue
-            for match in re.finditer(r"(?<![\w/.:-])python3?\s+(?!-m venv\b)\S+", line):
+            for match in re.finditer(r"(?<![\w/.:-])python3?\s+(?!-m venv\b)[^\s`)]+", line):
                 problems.append(
                     f"{doc.relative_to(REPO)}:{number}: `{match[0]}`: use .venv/bin/python"
                 )
