@@ -188,6 +188,20 @@ def test_config_example_validate_command_runs(fresh_checkout: tuple[Path, dict[s
     run_shell(command, "config.example.yaml (Validate with)", work, env)
 
 
+def test_docs_run_python_from_the_venv() -> None:
+    """A bare ``python`` is the system's, without the project's packages: say .venv/bin/python."""
+    problems = []
+    for doc in (*DOCS, REPO / "config.example.yaml"):
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if "docker compose exec" in line:  # inside the image, its python is the right one
+                continue
+            for match in re.finditer(r"(?<![\w/.:-])python3?\s+(?!-m venv\b)[^\s`)]+", line):
+                problems.append(
+                    f"{doc.relative_to(REPO)}:{number}: `{match[0]}`: use .venv/bin/python"
+                )
+    assert not problems, "\n".join(problems)
+
+
 # --- (b) metrics: README tables against a live /metrics --------------------------------------
 
 # Standard collectors, documented as a family ("the standard process_* metrics").
