@@ -16,7 +16,7 @@
 #   - a root-owned 0600 secret is refused with "Permission denied" and exit 2;
 #   - docker-compose.yml is valid for Compose v2 and publishes only on 127.0.0.1.
 #
-# Route (as ../shared/tools/container-smoke.sh): debootstrap bookworm -> a stand-in
+# Route (as the team's shared tools/container-smoke.sh): debootstrap bookworm -> a stand-in
 # for the python:*-slim-bookworm base (a venv at /usr/local over Debian's python3.11,
 # the official image's layout) -> podman import under the Dockerfile's FROM name ->
 # buildah bud -> podman run (runc). Containers get no network (--network none; the
@@ -90,7 +90,7 @@ tools() {
   done
   if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
-    # With recommends, as ../shared/tools/container-smoke.sh installs them (fuse-overlayfs, ...).
+    # With recommends, as the shared tools/container-smoke.sh installs them (fuse-overlayfs, ...).
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       buildah podman runc crun debootstrap slirp4netns uidmap; } \
       >"$W/apt.log" 2>&1 || die "apt-get install failed" "$W/apt.log"
