@@ -157,6 +157,20 @@ def samples_named(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
+def softphone_counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
+    """``cec_softphones`` of one target as {(tenant_id, status): value}."""
+    return {
+        (labels["tenant_id"], labels["status"]): value
+        for labels, value in samples_named(text, "cec_softphones")
+        if labels["target"] == target
+    }
+
+
+def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:
+    """What the simulator says ``cec_softphones`` should show (non-zero counts only)."""
+    return {key: float(n) for key, n in sim.expected().counts.items() if n}
+
+
 _LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/metrics")
 
 

@@ -17,20 +17,13 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import RunningExporter, sample, samples_named, target_entry
+from conftest import softphone_counts as counts
 
 from exporter.simulator import Fault, Simulator
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 PHONES = 250  # three pages at page_size 100
 SLOW_SECONDS = 2.0
-
-
-def counts(text: str) -> dict[tuple[str, str], float]:
-    return {
-        (labels["tenant_id"], labels["status"]): value
-        for labels, value in samples_named(text, "cec_softphones")
-        if labels["target"] == "sim"
-    }
 
 
 class Scrape(threading.Thread):

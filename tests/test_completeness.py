@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, sample, samples_named, target_entry
+from conftest import RunningExporter, expected_counts, sample, target_entry
+from conftest import softphone_counts as counts
 
 from exporter.cec.parse import parse_page
 from exporter.cec.snapshot import SnapshotBuilder, Status
@@ -32,18 +33,6 @@ def serve(
         return exporter_server(write_config(targets=list(entries)))
 
     return start
-
-
-def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
-    return {
-        (labels["tenant_id"], labels["status"]): value
-        for labels, value in samples_named(text, "cec_softphones")
-        if labels["target"] == target
-    }
-
-
-def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:
-    return {key: float(n) for key, n in sim.expected().counts.items() if n}
 
 
 # --- de-duplication by (id, phoneNum) -----------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import RunningExporter, run_cli, sample, samples_named, target_entry
+from conftest import softphone_counts as counts
 
 from exporter.simulator import Fault, Simulator
 
@@ -36,15 +37,6 @@ StartExporter = Callable[..., RunningExporter]
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
-    """``cec_softphones`` of one target as {(tenant_id, status): value}."""
-    return {
-        (labels["tenant_id"], labels["status"]): value
-        for labels, value in samples_named(text, "cec_softphones")
-        if labels["target"] == target
-    }
 
 
 def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:

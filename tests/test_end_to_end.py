@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, sample, samples_named, target_entry
+from conftest import expected_counts, run_cli, sample, samples_named, target_entry
+from conftest import softphone_counts as counts
 
 from exporter import __version__
 from exporter.simulator import Fault
@@ -20,18 +21,6 @@ COUNT_SERIES = (
     "cec_registration_endpoint_info",
     "cec_collection_age_seconds",
 )
-
-
-def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
-    return {
-        (labels["tenant_id"], labels["status"]): value
-        for labels, value in samples_named(text, "cec_softphones")
-        if labels["target"] == target
-    }
-
-
-def expected_counts(sim) -> dict[tuple[str, str], float]:  # type: ignore[no-untyped-def]
-    return {key: float(n) for key, n in sim.expected().counts.items() if n}
 
 
 def endpoints(text: str) -> list[dict[str, str]]:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, sample, samples_named, target_entry
+from conftest import RunningExporter, expected_counts, sample, samples_named, target_entry
+from conftest import softphone_counts as counts
 from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
 
 from exporter.simulator import Fault, SimConfig, Simulator
@@ -109,18 +110,6 @@ def failures(text: str, target: str = "sim") -> dict[str, float]:
     }
     assert set(found) == set(REASONS), found
     return {reason: value for reason, value in found.items() if value}
-
-
-def counts(text: str, target: str = "sim") -> dict[tuple[str, str], float]:
-    return {
-        (labels["tenant_id"], labels["status"]): value
-        for labels, value in samples_named(text, "cec_softphones")
-        if labels["target"] == target
-    }
-
-
-def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:
-    return {key: float(n) for key, n in sim.expected().counts.items() if n}
 
 
 def assert_down(text: str, target: str = "sim") -> None:
