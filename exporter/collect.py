@@ -33,6 +33,7 @@ from exporter.cec.deadline import Deadline
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.config import Config, ConfigError, TargetConfig, load_config
+from exporter.logs import fields
 from exporter.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,8 @@ class TargetCollector:
             return await asyncio.shield(task)
         waited = time.monotonic() - started
         log.warning(
-            "target=%s scrape deadline of %.2fs passed; the collection goes on for a later one",
-            self.config.name,
-            waited,
+            "scrape deadline passed; the collection goes on for a later scrape",
+            extra=fields(target=self.config.name, duration=waited),
         )
         self._observer.collection_failed("deadline")
         return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
@@ -171,12 +171,15 @@ class TargetCollector:
                 raise
             # Only aclose() (a reload replaced or removed the target) cancels it: that is
             # no failure of the target, so nothing is counted and no series is left.
-            log.info("target=%s collection in flight stopped by a config reload", self.config.name)
+            log.info(
+                "collection in flight stopped by a config reload",
+                extra=fields(target=self.config.name),
+            )
             return None
         except CecError as err:
             error, reason = str(err), err.reason
         except Exception as err:  # a bug must not take the exporter down with it
-            log.exception("target=%s collection crashed", self.config.name)
+            log.exception("collection crashed", extra=fields(target=self.config.name))
             error = f"internal error: {type(err).__name__}"
         else:
             self._last_success = time.time()
@@ -192,7 +195,8 @@ class TargetCollector:
             )
         duration = time.monotonic() - started
         log.warning(
-            "target=%s collection failed after %.3fs: %s", self.config.name, duration, error
+            "collection failed",
+            extra=fields(target=self.config.name, reason=reason, duration=duration, error=error),
         )
         if reason is not None:  # an internal error is a bug, not a reason the API gave
             self._observer.collection_failed(reason)
