@@ -2,7 +2,7 @@
 #
 # cec-phone-exporter container image.
 #
-#   docker build -t cec-phone-exporter .
+#   docker build -t cec-phone-exporter --build-arg REVISION="$(git describe --always --dirty)" .
 #   docker run --rm -p 127.0.0.1:9877:9877 cec-phone-exporter demo
 #   docker run --rm -p 127.0.0.1:9877:9877 \
 #       -v "$PWD/config.yml:/etc/cec-phone-exporter/config.yml:ro" \
@@ -45,15 +45,20 @@ RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 # ------------------------------------------------------------------ final
 FROM ${PYTHON_IMAGE}
 
+# The source revision, shown as the revision label of cec_exporter_build_info.
+ARG REVISION=unknown
+
 LABEL org.opencontainers.image.title="cec-phone-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)" \
       org.opencontainers.image.source="https://github.com/cec-phone-exporter/cec-phone-exporter" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml
+    CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml \
+    CEC_EXPORTER_REVISION=${REVISION}
 
 RUN groupadd --system --gid 10001 cec \
     && useradd --system --no-log-init --uid 10001 --gid 10001 \

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
+from exporter.build import revision
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.trace import CollectionTrace
@@ -460,9 +461,9 @@ class Exporter:
         info = GaugeMetricFamily(
             "cec_exporter_build_info",
             "Build information of cec-phone-exporter; value is always 1.",
-            labels=["version", "python_version"],
+            labels=["version", "revision", "python_version"],
         )
-        info.add_metric([__version__, platform.python_version()], 1)
+        info.add_metric([__version__, revision(), platform.python_version()], 1)
         reload_ok = GaugeMetricFamily(
             "cec_exporter_config_last_reload_successful",
             "1 if the last config load or reload worked.",

@@ -27,6 +27,7 @@ import pytest
 from conftest import REPO, RunningExporter, run_cli, target_entry
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.build import REVISION_ENVVAR
 from exporter.config import _IDENTITY, _SETTINGS, _TOP_LEVEL
 from exporter.simulator import Fault, Simulator
 
@@ -490,6 +491,7 @@ def test_readme_environment_variables_match_help(helps: dict[str, list[HelpOptio
         for command, option in shared
         if not any(o.primary == option for o in helps.get(command, []))
     ]
+    actual.add(REVISION_ENVVAR)  # not an option: the build's revision (exporter/build.py)
     for doc in DOCS:
         for name in sorted(set(re.findall(r"CEC_EXPORTER_[A-Z0-9_]*[A-Z0-9]", doc.read_text()))):
             if name not in actual:
