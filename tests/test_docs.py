@@ -174,6 +174,32 @@ def test_shell_block_runs(block: Block, fresh_checkout: tuple[Path, dict[str, st
     run_shell(block.body, block.where, work, env)
 
 
+def test_files_the_readme_makes_in_the_clone_are_git_ignored(
+    fresh_checkout: tuple[Path, dict[str, str]],
+) -> None:
+    """A real app secret and config written as the README says must not be one `git add .` away."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    work, env = fresh_checkout
+
+    def files() -> set[Path]:
+        return {
+            p.relative_to(work) for p in work.rglob("*") if p.is_file() and ".venv" not in p.parts
+        }
+
+    before = files()
+    for block in (b for b in SHELL_BLOCKS if b.doc == README):
+        run_shell(block.body, block.where, work, env)
+    made = files() - before
+    assert Path("secrets/cec_app_secret") in made
+    assert Path("config.yml") in made
+    subprocess.run([git, "init", "-q"], cwd=work, check=True)
+    for path in sorted(made):
+        ignored = subprocess.run([git, "check-ignore", "-q", str(path)], cwd=work, check=False)
+        assert ignored.returncode == 0, f"{path}, made by the README's commands, is not git-ignored"
+
+
 def test_config_example_validate_command_runs(fresh_checkout: tuple[Path, dict[str, str]]) -> None:
     """The example's own "Validate with" line works with what its comment says to set."""
     work, env = fresh_checkout
