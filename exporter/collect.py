@@ -386,7 +386,9 @@ class Exporter:
                 config = load_config(self.config_path)
             except ConfigError as err:
                 self.reload_ok = False
-                log.error("config reload failed, keeping the old config: %s", err)  # noqa: TRY400
+                log.error(  # noqa: TRY400 (a config error, not a crash: no traceback)
+                    "config reload failed, keeping the old config", extra=fields(error=err)
+                )
                 return False
             self._io.run(self._apply(config))
             self.reload_ok = True

@@ -215,6 +215,14 @@ def test_config_example_validate_command_runs(fresh_checkout: tuple[Path, dict[s
     run_shell(command, "config.example.yaml (Validate with)", work, env)
 
 
+def test_docs_stand_alone() -> None:
+    """The README and runbook document this repository alone: no outside contract files."""
+    for doc in (*DOCS, REPO / "bench" / "README.md", REPO / "CHANGELOG.md"):
+        text = doc.read_text(encoding="utf-8")
+        for outside in ("SPEC.md", "../shared"):
+            assert outside not in text, f"{doc.relative_to(REPO)} mentions {outside}"
+
+
 def test_docs_run_python_from_the_venv() -> None:
     """A bare ``python`` is the system's, without the project's packages: say .venv/bin/python."""
     problems = []
