@@ -2,11 +2,11 @@
 #
 # cec-phone-exporter container image.
 #
-#   docker build -t cec-phone-exporter .
+#   docker build --build-arg REVISION="$(git describe --always --dirty)" -t cec-phone-exporter .
 #   docker run --rm -p 127.0.0.1:9877:9877 cec-phone-exporter demo
 #   docker run --rm -p 127.0.0.1:9877:9877 \
 #       -v "$PWD/config.yml:/etc/cec-phone-exporter/config.yml:ro" \
-#       -e CEC_APP_KEY=... -v "$PWD/app_secret:/run/secrets/cec_app_secret:ro" \
+#       -e CEC_APP_KEY=... -v "$PWD/secrets/cec_app_secret:/run/secrets/cec_app_secret:ro" \
 #       cec-phone-exporter
 #
 # The default command is `serve`, which reads the config file named by
@@ -14,6 +14,9 @@
 # file there, or mount it elsewhere and set CEC_EXPORTER_CONFIG; a --config on
 # the command line wins over both. Any other command replaces `serve`
 # (`demo`, `check-config`, `scrape`, `simulate`).
+# CEC_APP_SECRET_FILE defaults to /run/secrets/cec_app_secret (where Docker,
+# Compose and the Kubernetes example mount secrets), so config.example.yaml
+# works unedited with the secret mounted there and CEC_APP_KEY set.
 # The process runs as uid/gid 10001: mounted config and secret files must be
 # readable by it (chown 10001 or chmod o+r; in Kubernetes fsGroup: 10001 and a
 # Secret defaultMode of 0440 do it).
@@ -45,15 +48,23 @@ RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 # ------------------------------------------------------------------ final
 FROM ${PYTHON_IMAGE}
 
+# The source revision, shown as the revision label of cec_exporter_build_info.
+ARG REVISION=unknown
+
 LABEL org.opencontainers.image.title="cec-phone-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)" \
       org.opencontainers.image.source="https://github.com/cec-phone-exporter/cec-phone-exporter" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
 
+# CEC_APP_SECRET_FILE is a path, not a secret.
+# hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml
+    CEC_EXPORTER_CONFIG=/etc/cec-phone-exporter/config.yml \
+    CEC_APP_SECRET_FILE=/run/secrets/cec_app_secret \
+    CEC_EXPORTER_REVISION=${REVISION}
 
 RUN groupadd --system --gid 10001 cec \
     && useradd --system --no-log-init --uid 10001 --gid 10001 \

@@ -23,7 +23,7 @@ from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
 from exporter.debug import debug_report
-from exporter.logs import FORMATS, LEVELS, setup_logging
+from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
 from exporter.simulator import SimConfig, Simulator, parse_faults
 from exporter.web import App, parse_listen, serve
 from exporter.webconfig import WebConfigFile, load_web_config
@@ -91,19 +91,26 @@ def _listen_option(default: str) -> Callable[[_F], _F]:
 
 
 def _logging_options(func: _F) -> _F:
+    """``--log-level`` / ``--log.level`` and ``--log-format`` / ``--log.format`` (promslog)."""
     func = click.option(
         "--log-level",
-        type=click.Choice(LEVELS, case_sensitive=False),
+        "--log.level",
+        "log_level",
+        type=click.Choice((*LEVELS, *LEVEL_ALIASES), case_sensitive=False),
         default="info",
         show_default=True,
+        metavar=f"[{'|'.join(LEVELS)}]",
         help="Lowest level logged (debug: one line per API request).",
     )(func)
     return click.option(
         "--log-format",
-        type=click.Choice(FORMATS),
-        default="text",
+        "--log.format",
+        "log_format",
+        type=click.Choice((*FORMATS, *FORMAT_ALIASES), case_sensitive=False),
+        default="logfmt",
         show_default=True,
-        help="Log lines as logfmt-style text or JSON.",
+        metavar=f"[{'|'.join(FORMATS)}]",
+        help="Log lines as logfmt or JSON.",
     )(func)
 
 

@@ -28,11 +28,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
+from exporter.build import revision
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.config import Config, ConfigError, TargetConfig, load_config
+from exporter.logs import fields
 from exporter.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -140,9 +142,8 @@ class TargetCollector:
             return await asyncio.shield(task)
         waited = time.monotonic() - started
         log.warning(
-            "target=%s scrape deadline of %.2fs passed; the collection goes on for a later one",
-            self.config.name,
-            waited,
+            "scrape deadline passed; the collection goes on for a later scrape",
+            extra=fields(target=self.config.name, duration=waited),
         )
         self._observer.collection_failed("deadline")
         return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
@@ -171,12 +172,15 @@ class TargetCollector:
                 raise
             # Only aclose() (a reload replaced or removed the target) cancels it: that is
             # no failure of the target, so nothing is counted and no series is left.
-            log.info("target=%s collection in flight stopped by a config reload", self.config.name)
+            log.info(
+                "collection in flight stopped by a config reload",
+                extra=fields(target=self.config.name),
+            )
             return None
         except CecError as err:
             error, reason = str(err), err.reason
         except Exception as err:  # a bug must not take the exporter down with it
-            log.exception("target=%s collection crashed", self.config.name)
+            log.exception("collection crashed", extra=fields(target=self.config.name))
             error = f"internal error: {type(err).__name__}"
         else:
             self._last_success = time.time()
@@ -192,7 +196,8 @@ class TargetCollector:
             )
         duration = time.monotonic() - started
         log.warning(
-            "target=%s collection failed after %.3fs: %s", self.config.name, duration, error
+            "collection failed",
+            extra=fields(target=self.config.name, reason=reason, duration=duration, error=error),
         )
         if reason is not None:  # an internal error is a bug, not a reason the API gave
             self._observer.collection_failed(reason)
@@ -381,7 +386,9 @@ class Exporter:
                 config = load_config(self.config_path)
             except ConfigError as err:
                 self.reload_ok = False
-                log.error("config reload failed, keeping the old config: %s", err)  # noqa: TRY400
+                log.error(  # noqa: TRY400 (a config error, not a crash: no traceback)
+                    "config reload failed, keeping the old config", extra=fields(error=err)
+                )
                 return False
             self._io.run(self._apply(config))
             self.reload_ok = True
@@ -456,9 +463,9 @@ class Exporter:
         info = GaugeMetricFamily(
             "cec_exporter_build_info",
             "Build information of cec-phone-exporter; value is always 1.",
-            labels=["version", "python_version"],
+            labels=["version", "revision", "python_version"],
         )
-        info.add_metric([__version__, platform.python_version()], 1)
+        info.add_metric([__version__, revision(), platform.python_version()], 1)
         reload_ok = GaugeMetricFamily(
             "cec_exporter_config_last_reload_successful",
             "1 if the last config load or reload worked.",

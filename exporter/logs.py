@@ -1,4 +1,4 @@
-"""Logging set-up: logfmt-style text or JSON lines, with secrets scrubbed.
+"""Logging set-up: logfmt or JSON lines as promslog writes them, with secrets scrubbed.
 
 Secrets are kept out of log calls by construction; the redacting filter is a
 second line of defence that also covers third-party loggers. Every secret the
@@ -53,34 +53,71 @@ def redact(text: str) -> str:
     return text
 
 
-class _TextFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."``: one grep-able line per event."""
+def fields(**context: object) -> dict[str, object]:
+    """``extra=`` for a log call: its context as keys of the line, not words of the message.
+
+    ``log.warning("collection failed", extra=fields(target=name, duration=d))`` writes
+    ``msg="collection failed" target=prod duration=0.120s``, so Loki or Elasticsearch
+    filter on ``target`` without parsing the message. ``None`` values are left out;
+    a ``duration`` given in seconds (a float) is written as ``0.120s``.
+    """
+    return {"fields": {key: value for key, value in context.items() if value is not None}}
+
+
+def _context(record: logging.LogRecord) -> list[tuple[str, str | int]]:
+    """The record's fields (see ``fields``), then its error: integers kept, the rest redacted."""
+    pairs: list[tuple[str, str | int]] = []
+    for key, value in getattr(record, "fields", {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            pairs.append((key, value))
+        elif key == "duration" and isinstance(value, float):
+            pairs.append((key, f"{value:.3f}s"))
+        else:
+            pairs.append((key, redact(str(value))))
+    if record.exc_info:
+        pairs.append(("error", redact(repr(record.exc_info[1]))))
+    return pairs
+
+
+_BARE = re.compile(r"^[^\s\"=\\]+$")
+
+
+def _logfmt_value(value: str) -> str:
+    """A logfmt value: bare when it can be, else a double-quoted string."""
+    return value if _BARE.match(value) else json.dumps(value, ensure_ascii=False)
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=warn logger=... msg="..." target=...``: one grep-able line per event."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = redact(record.getMessage())
-        line = (
-            f"ts={_timestamp(record.created)} level={record.levelname.lower()} "
-            f"logger={record.name} msg={json.dumps(message, ensure_ascii=False)}"
-        )
-        if record.exc_info:
-            error = record.exc_info[1]
-            line += f" error={json.dumps(redact(repr(error)), ensure_ascii=False)}"
-        return line
+        pairs: list[tuple[str, str | int]] = [
+            ("ts", _timestamp(record.created)),
+            ("level", _level(record)),
+            ("logger", record.name),
+            ("msg", redact(record.getMessage())),
+            *_context(record),
+        ]
+        return " ".join(f"{key}={_logfmt_value(str(value))}" for key, value in pairs)
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log pipelines."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines; the same keys as logfmt."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, str | int] = {
             "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
+            "level": _level(record),
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        if record.exc_info:
-            entry["error"] = redact(repr(record.exc_info[1]))
+        entry.update(_context(record))
         return json.dumps(entry, ensure_ascii=False)
+
+
+def _level(record: logging.LogRecord) -> str:
+    """promslog's level names: ``warn``, not Python's ``warning``."""
+    return "warn" if record.levelno == logging.WARNING else record.levelname.lower()
 
 
 def _timestamp(created: float) -> str:
@@ -88,23 +125,31 @@ def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
 
 
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("text", "json")
+# promslog's names first; the older spellings stay accepted as aliases.
+LEVELS = ("debug", "info", "warn", "error")
+FORMATS = ("logfmt", "json")
+LEVEL_ALIASES = {"warning": "warn"}
+FORMAT_ALIASES = {"text": "logfmt"}
+_PYTHON_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "error": "ERROR"}
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     """Send every log record to stderr in ``fmt``, at ``level`` and above.
+
+    ``level`` and ``fmt`` are the names in LEVELS and FORMATS or their aliases.
 
     Tracebacks are never printed: the formatters keep one line per event.
     httpx2 and httpcore2 stay at WARNING whatever the level, since their debug
     traces describe requests we already log in a safer form.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    fmt = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    level = LEVEL_ALIASES.get(level.lower(), level.lower())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(_PYTHON_LEVELS[level])
     for noisy in ("httpx2", "httpcore2", "hpack", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,7 +14,8 @@
 #   - with no command, a config named only by CEC_EXPORTER_CONFIG (mounted, owned by
 #     10001, mode 0400) is served against a simulator in a second container;
 #   - a root-owned 0600 secret is refused with "Permission denied" and exit 2;
-#   - docker-compose.yml is valid for Compose v2 and publishes only on 127.0.0.1.
+#   - docker-compose.yml is valid for Compose v2 and publishes only on 127.0.0.1;
+#     with docker-compose.account.yml it runs serve with the mounted secret.
 #
 # Route (as the team's shared tools/container-smoke.sh): debootstrap bookworm -> a stand-in
 # for the python:*-slim-bookworm base (a venv at /usr/local over Debian's python3.11,
@@ -330,6 +331,20 @@ print("published on other than 127.0.0.1:", bad, "| lifecycle API:", lifecycle)
 sys.exit(bool(bad or lifecycle))' <<<"$json" >"$W/compose-check.log" 2>&1 &&
     pass "compose: every published port is bound to 127.0.0.1; no lifecycle API" ||
     fail "compose: $(cat "$W/compose-check.log")"
+  # The real-account override: valid, serve with the secret where the image looks for it.
+  if json=$(CEC_APP_KEY=smoke-key "$dc" -f "$REPO/docker-compose.yml" -f "$REPO/docker-compose.account.yml" \
+    config --format json 2>"$W/compose-account.log") &&
+    python3 -c '
+import json, sys
+e = json.load(sys.stdin)["services"]["exporter"]
+ok = (e["command"][0] == "serve" and e["environment"]["CEC_APP_SECRET_FILE"] == "/run/secrets/cec_app_secret"
+      and [s["target"] for s in e["secrets"]] == ["/run/secrets/cec_app_secret"]
+      and [p["host_ip"] for p in e["ports"]] == ["127.0.0.1"])
+sys.exit(not ok)' <<<"$json" >>"$W/compose-account.log" 2>&1; then
+    pass "compose: docker-compose.account.yml runs serve with the secret at /run/secrets/cec_app_secret"
+  else
+    fail "compose: docker-compose.account.yml: $(cat "$W/compose-account.log")"
+  fi
 }
 
 [[ $(id -u) == 0 ]] || { echo "image_smoke: needs root (rootful podman/buildah, debootstrap)" >&2 && exit 1; }

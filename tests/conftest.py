@@ -112,6 +112,13 @@ def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
         exporter.close()
 
 
+def log_line(record: logging.LogRecord) -> str:
+    """A captured log record as the exporter writes it (logfmt: message and context keys)."""
+    from exporter.logs import LogfmtFormatter
+
+    return LogfmtFormatter().format(record)
+
+
 def basic_auth(user: str, password: str) -> dict[str, str]:
     """The ``Authorization`` header of HTTP basic auth."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()

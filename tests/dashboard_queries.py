@@ -16,6 +16,9 @@ test (every query returns data from a Prometheus scraping a live exporter):
 dashboard's "All" value is `.*`), `$__rate_interval` / `$__interval` /
 `$__range` become the given durations. `${datasource}` never occurs in a query.
 
+`grafana_variable_values()` resolves the variables from a running Prometheus
+the way Grafana does when the dashboard opens (tests/test_dashboard_setups.py).
+
 `running_alertmanager()` runs a real Alertmanager beside it (tests/test_alerting_e2e.py).
 """
 
@@ -170,6 +173,51 @@ def variable_queries(
             selector = substitute(selector, **variables)
         result.append(VariableQuery(var["name"], match.group(2), selector))
     return result
+
+
+# Characters Grafana escapes in each value of a multi-value or All regex
+# (prometheusSpecialRegexEscape in Grafana's Prometheus data source).
+_GRAFANA_REGEX_SPECIAL = re.compile(r"([$^*{}\[\]'+?.()|\\])")
+
+
+def grafana_variable_values(
+    base_url: str, start: float, end: float, path: Path | str = DASHBOARD
+) -> dict[str, str]:
+    """Each query variable's value as Grafana would set it on opening the dashboard.
+
+    Variables are resolved in order, each query seeing the values before it:
+    a multi-value variable whose default is All takes its allValue, or a regex
+    of every value listed (`(a|b)`, as Grafana builds it when no allValue is
+    set); a single-select variable takes the first value its query lists
+    (after the variable's sort). A variable whose query lists nothing is `""`.
+    """
+    values: dict[str, str] = {}
+    raw = {v.name: v for v in variable_queries(path, raw=True)}
+    for var in load_dashboard(path)["templating"]["list"]:
+        if var.get("type") != "query":
+            continue
+        vq = raw[var["name"]]
+        listed: list[str] = api_get(
+            base_url,
+            f"/api/v1/label/{vq.label}/values",
+            [
+                ("match[]", substitute(vq.selector, **values)),
+                ("start", f"{start:.0f}"),
+                ("end", f"{end:.0f}"),
+            ],
+        )
+        listed = sorted(listed, reverse=var.get("sort") == 2)  # 1: ascending, 2: descending
+        current = var.get("current", {}).get("value")
+        if var.get("multi") or var.get("includeAll"):
+            assert current in (["$__all"], "$__all"), f"{var['name']}: default is not All"
+            if var.get("allValue"):
+                values[var["name"]] = var["allValue"]
+            else:
+                escaped = [_GRAFANA_REGEX_SPECIAL.sub(r"\\\\\1", v) for v in listed]
+                values[var["name"]] = "(" + "|".join(escaped) + ")"
+        else:
+            values[var["name"]] = listed[0] if listed else ""
+    return values
 
 
 # --------------------------------------------------------------- Prometheus

@@ -34,6 +34,20 @@ SYNC_SCRIPT = ROOT / "scripts" / "sync_prometheusrule.py"
 CHECK_SCRIPT = ROOT / "scripts" / "check_ops.sh"
 
 RUNBOOK_BASE = "https://github.com/cec-phone-exporter/cec-phone-exporter/blob/main/docs/runbook.md"
+# Every alert's runbook_url: the base URL set once, in the cec:runbook:info rule.
+RUNBOOK_URL = '{{ with query "cec:runbook:info" }}{{ . | first | label "base_url" }}{{ end }}#'
+EXPORTER_UP = "job_instance:cec_exporter_up:selected"
+# The settings users adapt, all at the top of the rules file (in this order).
+TUNABLES = (
+    "cec:softphones_suspended_rise:min_count",
+    "cec:softphones_suspended_rise:min_ratio",
+    "cec:softphones_suspended:max_ratio",
+    "cec:api_request_errors:max_ratio",
+    "cec:api_request_duration_seconds:max_p95",
+    "cec:last_success_age_seconds:max",
+    EXPORTER_UP,
+    "cec:runbook:info",
+)
 
 REQUIRED_ALERTS = {
     "CECTargetDown",

@@ -199,6 +199,11 @@ def alertmanager_config(webhook_url: str) -> str:
     return yaml.safe_dump(config)
 
 
+def rule_records() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"] if "record" in rule]
+
+
 def rule_alerts() -> dict[str, dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
@@ -276,8 +281,9 @@ def check_alert_identity(
     assert "job" not in labels
     assert "instance" not in labels
     assert annotations["summary"] == rule["annotations"]["summary"]
-    assert annotations["runbook_url"] == rule["annotations"]["runbook_url"]
-    assert annotations["runbook_url"].endswith("#" + rule["alert"].lower())
+    # The rule's runbook_url template, expanded: the one base URL (cec:runbook:info) + anchor.
+    base = next(r for r in rule_records() if r["record"] == "cec:runbook:info")["labels"]
+    assert annotations["runbook_url"] == f"{base['base_url']}#{rule['alert'].lower()}"
     assert TARGET in annotations["description"]
     assert "{{" not in annotations["description"], annotations["description"]
 

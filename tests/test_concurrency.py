@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import RunningExporter, run_cli, sample, samples_named, target_entry
+from conftest import RunningExporter, log_line, run_cli, sample, samples_named, target_entry
 from conftest import softphone_counts as counts
 
 from exporter.simulator import Fault, Simulator
@@ -401,7 +401,7 @@ def test_a_retry_after_beyond_the_deadline_gives_up_without_waiting(
     assert elapsed < 3.0, f"answered after {elapsed:.2f}s: it waited for Retry-After"
     assert up(text) == 0
     # It gave up on the 429 itself, not by sleeping into the deadline.
-    failures = [r.getMessage() for r in caplog.records if "collection failed" in r.getMessage()]
+    failures = [log_line(r) for r in caplog.records if r.getMessage() == "collection failed"]
     assert len(failures) == 1
     assert "HTTP 429" in failures[0]
     assert by_page(sim)[2] == 1  # no retry that could not fit

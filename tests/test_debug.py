@@ -76,6 +76,9 @@ def test_debug_probe_shows_the_failing_page_and_its_ret_code(
     renewed = section(debug(running).text, "Collection log")
     assert re.search(r"queryPhone offset=0 try=1 status=401 .*outcome=http_error", renewed)
     assert "new token: the old one was rejected with HTTP 401" in renewed
+    # The request sent again with the new token is the page's second try, not its first again.
+    assert re.search(r"queryPhone offset=0 try=2 status=200 retCode=0 .*outcome=success", renewed)
+    assert not re.search(r"queryPhone offset=0 try=1 status=200", renewed), renewed
     assert sim.stats()["query_requests"] == 3 + 3 + 4
 
 
@@ -248,15 +251,18 @@ def test_debug_log_has_one_line_per_request(
         "scrape", "--config", str(config), "--log-level", "debug", "--log-format", "json"
     )
     assert result.returncode == 0, result.stderr
-    messages = [json.loads(line)["msg"] for line in result.stderr.splitlines() if line.strip()]
-    requests = [m for m in messages if " api=" in m]
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    requests = [line for line in lines if line["msg"] == "API request"]
     stats = sim.stats()
     assert len(requests) == stats["query_requests"] + stats["token_requests"]  # type: ignore[operator]
-    assert "target=sim api=queryPhone offset=100 status=503 retCode=- " in " ".join(requests)
-    retried = [m for m in requests if "offset=100 " in m]
-    assert [re.search(r"try=(\d)", m).group(1) for m in retried] == ["1", "2"]  # type: ignore[union-attr]
-    assert all(re.search(r"duration=\d+\.\d{3}s", m) for m in requests)
-    assert any("api=tokenByAkSk offset=- status=200" in m for m in requests)
+    failed = [r for r in requests if r.get("status") == 503]
+    assert [(r["target"], r["api"], r["offset"], "ret_code" in r) for r in failed] == [
+        ("sim", "queryPhone", 100, False)
+    ]
+    retried = [r["attempt"] for r in requests if r.get("offset") == 100]
+    assert retried == [1, 2]
+    assert all(re.fullmatch(r"\d+\.\d{3}s", r["duration"]) for r in requests)
+    assert any(r["api"] == "tokenByAkSk" and r["status"] == 200 for r in requests)
     assert sim.config.app_secret not in result.stderr
 
 

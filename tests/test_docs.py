@@ -27,6 +27,7 @@ import pytest
 from conftest import REPO, RunningExporter, run_cli, target_entry
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.build import REVISION_ENVVAR
 from exporter.config import _IDENTITY, _SETTINGS, _TOP_LEVEL
 from exporter.simulator import Fault, Simulator
 
@@ -173,6 +174,32 @@ def test_shell_block_runs(block: Block, fresh_checkout: tuple[Path, dict[str, st
     run_shell(block.body, block.where, work, env)
 
 
+def test_files_the_readme_makes_in_the_clone_are_git_ignored(
+    fresh_checkout: tuple[Path, dict[str, str]],
+) -> None:
+    """A real app secret and config written as the README says must not be one `git add .` away."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    work, env = fresh_checkout
+
+    def files() -> set[Path]:
+        return {
+            p.relative_to(work) for p in work.rglob("*") if p.is_file() and ".venv" not in p.parts
+        }
+
+    before = files()
+    for block in (b for b in SHELL_BLOCKS if b.doc == README):
+        run_shell(block.body, block.where, work, env)
+    made = files() - before
+    assert Path("secrets/cec_app_secret") in made
+    assert Path("config.yml") in made
+    subprocess.run([git, "init", "-q"], cwd=work, check=True)
+    for path in sorted(made):
+        ignored = subprocess.run([git, "check-ignore", "-q", str(path)], cwd=work, check=False)
+        assert ignored.returncode == 0, f"{path}, made by the README's commands, is not git-ignored"
+
+
 def test_config_example_validate_command_runs(fresh_checkout: tuple[Path, dict[str, str]]) -> None:
     """The example's own "Validate with" line works with what its comment says to set."""
     work, env = fresh_checkout
@@ -186,6 +213,14 @@ def test_config_example_validate_command_runs(fresh_checkout: tuple[Path, dict[s
     (work / "app_secret").write_text("example-secret")
     env = {**env, "CEC_APP_KEY": "example-key", "CEC_APP_SECRET_FILE": str(work / "app_secret")}
     run_shell(command, "config.example.yaml (Validate with)", work, env)
+
+
+def test_docs_stand_alone() -> None:
+    """The README and runbook document this repository alone: no outside contract files."""
+    for doc in (*DOCS, REPO / "bench" / "README.md", REPO / "CHANGELOG.md"):
+        text = doc.read_text(encoding="utf-8")
+        for outside in ("SPEC.md", "../shared"):
+            assert outside not in text, f"{doc.relative_to(REPO)} mentions {outside}"
 
 
 def test_docs_run_python_from_the_venv() -> None:
@@ -490,6 +525,7 @@ def test_readme_environment_variables_match_help(helps: dict[str, list[HelpOptio
         for command, option in shared
         if not any(o.primary == option for o in helps.get(command, []))
     ]
+    actual.add(REVISION_ENVVAR)  # not an option: the build's revision (exporter/build.py)
     for doc in DOCS:
         for name in sorted(set(re.findall(r"CEC_EXPORTER_[A-Z0-9_]*[A-Z0-9]", doc.read_text()))):
             if name not in actual:

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, expected_counts, sample, samples_named, target_entry
+from conftest import (
+    RunningExporter,
+    expected_counts,
+    log_line,
+    sample,
+    samples_named,
+    target_entry,
+)
 from conftest import softphone_counts as counts
 from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
 
@@ -140,8 +147,8 @@ def assert_one_warning(caplog: pytest.LogCaptureFixture, target: str, cause: str
     record = found[0]
     assert record.name == "exporter.collect"
     assert record.levelno == logging.WARNING
-    message = record.getMessage()
-    assert f"target={target} " in message
+    message = log_line(record)
+    assert f" target={target} " in message
     assert re.search(cause, message), f"{cause!r} not in {message!r}"
 
 
@@ -151,7 +158,8 @@ def assert_clean_logs(caplog: pytest.LogCaptureFixture, sim: Simulator) -> None:
     for record in caplog.records:
         assert not record.exc_info, f"traceback logged: {record.getMessage()}"
         assert not record.stack_info
-        text = record.getMessage()
+        # Unredacted, message and context keys alike: the secret must never reach the log call.
+        text = f"{record.getMessage()} {getattr(record, 'fields', {})!r}"
         assert "Traceback" not in text
         for secret in secrets:
             assert secret not in text, f"a secret in the {record.name} log: {text}"

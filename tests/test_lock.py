@@ -1,4 +1,4 @@
-"""The lock files the image installs from agree with pyproject.toml's ranges.
+"""The lock files the image installs from agree with pyproject.toml's ranges; its metadata.
 
 scripts/image_smoke.sh proves the image installs exactly these pins (and pip's
 hash mode that the lock is complete); this catches a dependency added to
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from exporter import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -60,3 +62,21 @@ def test_lock_says_how_to_regenerate_it() -> None:
     for lock in ("requirements.lock", "requirements-build.lock"):
         head = (ROOT / lock).read_text(encoding="utf-8").splitlines()[:3]
         assert "#    bash scripts/lock.sh" in head, lock
+
+
+def test_package_metadata_is_pep_639_and_complete() -> None:
+    """An SPDX license string (the table form is deprecated), classifiers, URLs, a changelog."""
+    project = PYPROJECT["project"]
+    assert project["license"] == "Apache-2.0"
+    assert all((ROOT / name).is_file() for name in project["license-files"])
+    # PEP 639: a license expression and a License :: classifier may not be combined.
+    assert not [c for c in project["classifiers"] if c.startswith("License ::")]
+    assert "Topic :: System :: Monitoring" in project["classifiers"]
+    assert {"Homepage", "Source", "Issues", "Changelog"} <= set(project["urls"])
+    # setuptools reads a license string from 77 on; the lock pins a version in range.
+    (requirement,) = PYPROJECT["build-system"]["requires"]
+    assert Requirement(requirement).specifier.contains("77.0.0")
+    assert not Requirement(requirement).specifier.contains("76.9")
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in changelog
+    assert f"## [{__version__}]" in changelog

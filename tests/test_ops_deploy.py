@@ -59,6 +59,36 @@ def test_compose_services() -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
 
 
+SECRET_PATH = "/run/secrets/cec_app_secret"
+
+
+def test_compose_account_override_runs_serve_with_the_readme_files() -> None:
+    """docker-compose.account.yml: the stack against a real account, from the README's files."""
+    override = load_yaml(ROOT / "docker-compose.account.yml")
+    exporter = override["services"]["exporter"]
+    assert exporter["command"][0] == "serve"
+    env = exporter["environment"]
+    assert env["CEC_APP_KEY"].startswith("${CEC_APP_KEY:?")  # refuses to start without it
+    assert env["CEC_APP_SECRET_FILE"] == SECRET_PATH
+    assert exporter["volumes"] == ["./config.yml:/etc/cec-phone-exporter/config.yml:ro"]
+    assert exporter["secrets"] == ["cec_app_secret"]  # mounted at /run/secrets/cec_app_secret
+    assert override["secrets"]["cec_app_secret"]["file"] == "./secrets/cec_app_secret"
+    assert "ports" not in exporter, "keeps the base file's loopback-only port"
+    # The files it mounts are the ones the README has you make, and git ignores.
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert {"/config.yml", "/secrets/"} <= set(ignored)
+
+
+def test_image_defaults_the_secret_path_the_example_config_reads() -> None:
+    """config.example.yaml reads ${CEC_APP_SECRET_FILE}; the image sets it where secrets mount."""
+    text = DOCKERFILE.read_text(encoding="utf-8").rsplit("\nFROM ", 1)[1]
+    assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)} \\$", text, re.M)
+    example = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    assert "app_secret_file: ${CEC_APP_SECRET_FILE}" in example
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f'"$PWD/secrets/cec_app_secret:{SECRET_PATH}:ro"' in readme
+
+
 # ---------------------------------------------------------------- Dockerfile
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from ops_common import (
     AM_CONFIG,
+    EXPORTER_UP,
     FAST_ALERTS,
     K8S,
     METRIC_CATALOGUE,
@@ -28,7 +29,9 @@ from ops_common import (
     RULES,
     RUNBOOK,
     RUNBOOK_BASE,
+    RUNBOOK_URL,
     SYNC_SCRIPT,
+    TUNABLES,
     alerts,
     load_yaml,
     metric_names,
@@ -61,33 +64,44 @@ TUNABLE = re.compile(r"vector\(\s*[0-9.]+\s*\)")
 
 
 def tunables() -> dict[str, dict[str, Any]]:
-    """Constant records (``cec:<what>:<unit>``) that hold thresholds operators tune."""
-    return {name: rule for name, rule in records().items() if TUNABLE.fullmatch(rule["expr"])}
+    """The records at the top of the file that hold what operators adapt."""
+    return {name: rule for name, rule in records().items() if name in TUNABLES}
 
 
 def test_recording_rule_names_follow_level_metric_operations() -> None:
     for name in records():
         assert re.fullmatch(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", name), name
         level, metric, _ = name.split(":")
-        if name in tunables():
+        if TUNABLE.fullmatch(records()[name]["expr"]):
             assert level == "cec", f"{name}: a tunable constant has no target label"
             continue
         assert metric.startswith("cec_"), name
+        if name == EXPORTER_UP:  # the exporter's own scrapes: per job and instance
+            assert level == "job_instance", name
+            continue
         assert "target" in level.split("_"), f"{name}: every record keeps the target label"
 
 
-def test_rising_thresholds_are_tunable_at_the_top_of_the_file() -> None:
-    """An absolute and a relative threshold, the very first rules, used by the alert."""
-    first = [rule.get("record") for rule in rules()[:2]]
-    assert first == [
-        "cec:softphones_suspended_rise:min_count",
-        "cec:softphones_suspended_rise:min_ratio",
-    ]
-    assert set(tunables()) == set(first)
+def test_every_selector_and_threshold_is_tunable_at_the_top_of_the_file() -> None:
+    """The tunables are the very first rules; no alert holds a literal threshold or job."""
+    first = [rule.get("record") for rule in rules()[: len(TUNABLES)]]
+    assert first == list(TUNABLES)
+    constants = {name for name, rule in records().items() if TUNABLE.fullmatch(rule["expr"])}
+    assert constants == set(TUNABLES) - {EXPORTER_UP}
     rising = alerts()["CECSuspendedSoftphonesRising"]
-    for name in first:
+    for name in first[:2]:
         assert name in rising["expr"]
     assert parse_duration(rising["for"]) >= 300, "a for: that rides out churn"
+    used = " ".join(rule["expr"] for rule in alerts().values())
+    for name in TUNABLES[:-1]:  # the runbook base is read by the annotations
+        assert name in used, f"{name} is used by no alert"
+    for name, rule in alerts().items():
+        bare = re.sub(r"\[\w+\]|offset \w+|\{[^}]*\}", "", rule["expr"])
+        literals = re.findall(r"[<>=!]=?\s*([0-9.]+)", bare)
+        # Comparisons with 0 (down, any failure) are the alert's meaning, not a threshold.
+        assert set(literals) <= {"0"}, f"{name}: a literal threshold {literals} in the expression"
+        assert not re.search(r"\bjob\s*!?=~?", rule["expr"]), f"{name}: a job selector"
+    assert records()[EXPORTER_UP]["expr"].startswith("up{job=~")
 
 
 def test_target_level_rules_do_not_add_up_instances() -> None:
@@ -118,14 +132,14 @@ def test_alert_is_mixin_style(name: str) -> None:
     assert set(annotations) >= {"summary", "description", "runbook_url"}
     assert annotations["summary"].strip()
     assert "$labels" in annotations["description"] or "$value" in annotations["description"]
-    assert annotations["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}"
+    assert annotations["runbook_url"] == f"{RUNBOOK_URL}{name.lower()}"
     assert "for" in rule, "every alert has a for: duration"
     parse_duration(rule["for"])
 
 
 @pytest.mark.parametrize("name", sorted(alerts()))
 def test_alert_has_runbook_section(name: str) -> None:
-    anchor = alerts()[name]["annotations"]["runbook_url"].split("#", 1)[1]
+    anchor = alerts()[name]["annotations"]["runbook_url"].rsplit("#", 1)[1]
     assert anchor in runbook_anchors(), f"docs/runbook.md has no heading for #{anchor}"
 
 
@@ -325,8 +339,10 @@ def test_probe_config_is_a_complete_alternative() -> None:
 @pytest.mark.parametrize("path", [PROM_CONFIG, PROBE_CONFIG], ids=lambda p: p.name)
 def test_prometheus_config_rules_and_alerting(path: Path) -> None:
     config = load_yaml(path)
-    # Every exporter job matches CECExporterDown's job=~".*cec.*".
-    assert all(re.fullmatch(".*cec.*", name) for name in _exporter_jobs(path))
+    # Every exporter job is one of CECExporterDown's (the selector's default).
+    selector = re.search(r'job=~"([^"]*)"', records()[EXPORTER_UP]["expr"])
+    assert selector
+    assert all(re.fullmatch(selector[1], name) for name in _exporter_jobs(path))
     assert config["rule_files"]
     assert any(
         Path(path.parent / pattern).parent.joinpath(RULES.name).exists()
@@ -355,3 +371,124 @@ def test_alertmanager_config() -> None:
     for rule in config["inhibit_rules"]:
         assert rule["equal"] == ["target"], rule
     run_tool(require_tool("amtool"), "check-config", str(AM_CONFIG))
+
+
+JOB_LABELS = 'job="monitoring/cec",instance="e:1"'
+
+
+def test_alerts_adapt_through_the_tunables_alone(tmp_path: Path) -> None:
+    """Another job name, another threshold and another runbook home: only tunables change."""
+    promtool = require_tool("promtool")
+    doc = load_yaml(RULES)
+    tuned = {
+        EXPORTER_UP: 'up{job="monitoring/cec"}',
+        "cec:api_request_errors:max_ratio": "vector(0.25)",
+    }
+    base = "https://wiki.example.org/ops/cec-runbook.html"
+    down = alerts()["CECExporterDown"]
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if rule.get("record") in tuned:
+                rule["expr"] = tuned[rule["record"]]
+            if rule.get("record") == "cec:runbook:info":
+                rule["labels"]["base_url"] = base
+    adapted = tmp_path / "cec.rules.yml"
+    adapted.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    assert [a["expr"] for a in load_yaml(adapted)["groups"][1]["rules"]] == [
+        a["expr"] for a in alerts().values()
+    ], "no alert expression was edited"
+
+    def requests(outcome: str, per_minute: int) -> dict[str, str]:
+        labels = f'{JOB_LABELS},target="prod",api="queryPhone",outcome="{outcome}"'
+        return {"series": f"cec_api_requests_total{{{labels}}}", "values": f"0+{per_minute}x30"}
+
+    suite = {
+        "rule_files": [str(adapted)],
+        "evaluation_interval": "1m",
+        "group_eval_order": ["cec-phone-exporter.rules", "cec-phone-exporter.alerts"],
+        "tests": [
+            {
+                "name": "a job named otherwise, healthy: silent (the default fires via absent)",
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'up{job="monitoring/cec",instance="e:1"}', "values": "1x15"}
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "15m", "alertname": "CECExporterDown", "exp_alerts": []}
+                ],
+            },
+            {
+                "name": "a job named otherwise, down: fires, linking to the adapted runbook",
+                "interval": "1m",
+                "input_series": [{"series": f"up{{{JOB_LABELS}}}", "values": "1x5 0x10"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "12m",
+                        "alertname": "CECExporterDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "job": "monitoring/cec",
+                                    "instance": "e:1",
+                                },
+                                "exp_annotations": {
+                                    "summary": down["annotations"]["summary"],
+                                    "description": "Prometheus cannot scrape e:1 (job "
+                                    "monitoring/cec) for 5 minutes. There is no data about "
+                                    "the CEC softphones.",
+                                    "runbook_url": f"{base}#cecexporterdown",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            {
+                "name": "20 % errors: above the default 10 %, below the tuned 25 %",
+                "interval": "1m",
+                "input_series": [requests("success", 40), requests("http_error", 10)],
+                "alert_rule_test": [
+                    {"eval_time": "20m", "alertname": "CECAPIErrorRatioHigh", "exp_alerts": []}
+                ],
+            },
+            {
+                "name": "40 % errors: above the tuned 25 %, which the description names",
+                "interval": "1m",
+                "input_series": [requests("success", 30), requests("http_error", 20)],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "20m",
+                        "alertname": "CECAPIErrorRatioHigh",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "target": "prod",
+                                    "api": "queryPhone",
+                                },
+                                "exp_annotations": {
+                                    "summary": "Many CEC API requests fail.",
+                                    "description": "40% of the queryPhone requests for CEC "
+                                    "target prod did not succeed over the last 5 minutes "
+                                    "(threshold 25%).",
+                                    "runbook_url": f"{base}#cecapierrorratiohigh",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+        ],
+    }
+    suite_path = tmp_path / "adapted.test.yml"
+    suite_path.write_text(yaml.safe_dump(suite, sort_keys=False), encoding="utf-8")
+    run_tool(promtool, "test", "rules", str(suite_path))
+
+
+def test_runbook_base_is_one_setting() -> None:
+    """Every runbook_url reads the one base URL; the shipped base is the documented one."""
+    info = records()["cec:runbook:info"]
+    assert info["labels"]["base_url"] == RUNBOOK_BASE
+    text = RULES.read_text(encoding="utf-8")
+    assert text.count(RUNBOOK_BASE) == 1

@@ -76,14 +76,21 @@ def test_dashboard_variables() -> None:
         text = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         assert text.startswith("label_values(")
         assert text == var["definition"]
-    for name in ("target", "tenant_id"):
+    for name in ("job", "target", "tenant_id"):
         var = variables[name]
         assert var["multi"] is True
         assert var["includeAll"] is True
+        assert var["current"]["value"] == ["$__all"], name
+    for name in ("target", "tenant_id"):
         # .* also matches series without the label (a tenant_id of "").
-        assert var["allValue"] == ".*"
+        assert variables[name]["allValue"] == ".*"
+    # All jobs means the ones listed (not .*, which would take in every job's `up`):
+    # the /probe setups split a target's metrics across two jobs.
+    assert not variables["job"].get("allValue")
     queries = {v.name: v for v in dq.variable_queries(DASHBOARD, raw=True)}
     assert queries["job"].label == "job"
+    assert "cec_up" in queries["job"].selector
+    assert "cec_exporter_build_info" in queries["job"].selector
     assert queries["target"].label == "target"
     assert 'job=~"$job"' in queries["target"].selector
     assert queries["tenant_id"].label == "tenant_id"

@@ -308,6 +308,32 @@ def test_release_label_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
     assert docs["ServiceMonitor"]["spec"]["selector"] == plain["ServiceMonitor"]["spec"]["selector"]
 
 
+@pytest.mark.parametrize("folder", [K8S, K8S / "sharded"], ids=["base", "sharded"])
+def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> None:
+    """The README's step: your registry's name and tag in the one `images:` line."""
+    copy_dir = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy_dir)
+    target = copy_dir / folder.relative_to(K8S) / "kustomization.yaml"
+    text = target.read_text(encoding="utf-8")
+    (line,) = [line for line in text.splitlines() if line.startswith("images:")]
+    mine = "registry.example.com/ops/cec-phone-exporter"
+    edited = line.replace(
+        "newName: ghcr.io/cec-phone-exporter/cec-phone-exporter", f"newName: {mine}"
+    )
+    edited = edited.replace('newTag: "0.1.0"', 'newTag: "0.1.0-rc1"')
+    assert edited != line
+    target.write_text(text.replace(line, edited), encoding="utf-8")
+    docs = kustomize(target.parent)
+    images = [
+        c["image"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+    assert images
+    assert set(images) == {f"{mine}:0.1.0-rc1"}
+
+
 # ------------------------------------------------------------------ Grafana
 
 

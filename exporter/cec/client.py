@@ -44,7 +44,7 @@ from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
 from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
-from exporter.logs import register_secret
+from exporter.logs import fields, register_secret
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -269,15 +269,17 @@ class CecClient:
             ret_code = "0"  # _check_ret_code let it through
         code = None if ret_code is None else clip(ret_code, 20)
         log.debug(
-            "target=%s api=%s offset=%s status=%s retCode=%s duration=%.3fs try=%d outcome=%s",
-            self.target.name,
-            api,
-            "-" if offset is None else offset,
-            "-" if status is None else status,
-            "-" if code is None else code,
-            seconds,
-            attempt,
-            outcome,
+            "API request",
+            extra=fields(
+                target=self.target.name,
+                api=api,
+                offset=offset,
+                status=status,
+                ret_code=code,
+                duration=seconds,
+                attempt=attempt,
+                outcome=outcome,
+            ),
         )
         trace = _trace.get()
         if trace is not None:
@@ -344,7 +346,10 @@ class CecClient:
             ) from None
         register_secret(token.value)
         self._observer.token_issued(token.expires_at)
-        log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
+        log.debug(
+            "new token",
+            extra=fields(target=self.target.name, expires_at=round(token.expires_at)),
+        )
         return token
 
     # --- pages ---------------------------------------------------------------------
@@ -387,6 +392,7 @@ class CecClient:
             if err.status_code != 401:
                 raise
         token = await self.tokens.renew(token)
+        _attempt.set(_attempt.get() + 1)  # the same page sent again: its next try
         return await self._exchange(
             QUERY_API, QUERY_PATH, self._query_headers(token), payload, self._check_ret_code
         )
@@ -401,8 +407,10 @@ class CecClient:
         The caller's deadline (an enclosing asyncio timeout) bounds the whole
         thing; a wait that cannot fit is not started.
         """
+        _attempt.set(0)
         for number in range(1, MAX_TRIES + 1):
-            _attempt.set(number)
+            # A try after a 401's renewal already counted itself: keep counting from there.
+            _attempt.set(_attempt.get() + 1)
             try:
                 return await attempt()
             except (HttpStatusError, NetworkError) as err:
@@ -411,7 +419,10 @@ class CecClient:
                 delay = _backoff(number, getattr(err, "retry_after", None))
                 if time.monotonic() + delay >= _deadline_at():
                     raise  # no time left to wait and try again
-                log.debug("target=%s %s; retrying in %.2fs", self.target.name, err, delay)
+                log.debug(
+                    "retrying",
+                    extra=fields(target=self.target.name, error=err, backoff=f"{delay:.2f}s"),
+                )
                 trace = _trace.get()
                 if trace is not None:
                     trace.note(f"{err}; retrying in {delay:.2f}s")
@@ -451,7 +462,10 @@ class CecClient:
             # Another pass costs about as long as this one: start it only if it can finish.
             if deadline.left() <= time.monotonic() - started:
                 raise IncompleteError(f"{problem}; no time left to read again")
-            log.info("target=%s %s; reading again from the first page", self.target.name, problem)
+            log.info(
+                "incomplete read; reading again from the first page",
+                extra=fields(target=self.target.name, problem=problem),
+            )
             trace = _trace.get()
             if trace is not None:
                 trace.note(f"{problem}; reading again from the first page")
@@ -462,9 +476,8 @@ class CecClient:
         snapshot = builder.build()
         if snapshot.phones_truncated:
             log.warning(
-                "target=%s per-phone series capped at %d phones",
-                self.target.name,
-                builder.per_phone_cap,
+                "per-phone series capped",
+                extra=fields(target=self.target.name, max_phones=builder.per_phone_cap),
             )
         return snapshot
 
