@@ -92,6 +92,12 @@ class Page:
             counts[(_text(tenant), _status(code))] += n
         return counts
 
+    def pair_values(self, value: Callable[[str, str], int]) -> list[int]:
+        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair."""
+        pairs = set(zip(self.tenants, self.codes, strict=True))
+        known = {pair: value(_text(pair[0]), _status(pair[1])) for pair in pairs}
+        return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
+
     def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
         """(phone_num, tenant_id, status value) of each phone not in ``skip``."""
         columns = zip(self.numbers, self.tenants, self.codes, strict=True)
