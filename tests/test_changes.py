@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from conftest import RunningExporter, sample, samples_named, softphone_counts, target_entry
+from hypothesis import given
+from hypothesis import strategies as st
 
+from exporter.cec.changes import compare
+from exporter.cec.parse import Page
+from exporter.cec.snapshot import Roster, SnapshotBuilder
 from exporter.simulator import Fault, Simulator
 
 STATUS = "cec_softphone_status_changes_total"
@@ -266,3 +271,59 @@ def test_the_same_number_in_two_tenants_is_two_phones(
     assert_counted(text, {("other", "registered", "suspended"): 1}, {("other", "removed"): 1})
     registered = samples_named(text, "cec_softphone_registered")
     assert [s["tenant_id"] for s, _ in registered if s["phone_num"] == "88880000"] == ["tenant-0"]
+
+
+# --- the comparison itself, against a plain dict diff ------------------------------------------
+
+_VALUE = st.tuples(st.sampled_from(["", "t1", "t2"]), st.sampled_from([0, 1, 7, None]))
+_PHONES = st.dictionaries(
+    # a 64-bit key as hash() makes it, odd: KeySet keeps 63 bits (keys 2k and 2k+1 are one)
+    st.integers(min_value=-(2**63), max_value=2**63 - 1).map(lambda key: key | 1),
+    _VALUE,
+    max_size=60,
+)
+Phones = dict[int, tuple[str, int | None]]
+
+
+def roster(phones: Phones) -> Roster:
+    """The roster a collection of these phones (key -> tenant, status code) builds."""
+    builder = SnapshotBuilder()
+    keys = tuple(phones)
+    tenants = tuple(tenant for tenant, _ in phones.values())
+    codes = tuple(code for _, code in phones.values())
+    builder.add(Page("0", "", len(keys), (), keys, ("",) * len(keys), tenants, codes))
+    built = builder.build().roster
+    assert built is not None
+    return built
+
+
+def status_name(code: int | None) -> str:
+    return {0: "registered", 1: "suspended"}.get(code, "unknown") if code is not None else "unknown"
+
+
+@given(
+    before=_PHONES,
+    removed=st.integers(min_value=0, max_value=10),
+    edits=st.lists(st.tuples(st.integers(min_value=0, max_value=59), _VALUE), max_size=20),
+    new=_PHONES,
+)
+def test_compare_matches_a_plain_diff(
+    before: Phones, removed: int, edits: list[tuple[int, tuple[str, int | None]]], new: Phones
+) -> None:
+    keys = list(before)
+    after = dict(list(before.items())[removed:])
+    after.update({keys[i]: value for i, value in edits if i < len(keys)})
+    after.update(new)
+    status: Counter[tuple[str, str, str]] = Counter()
+    allocation: Counter[tuple[str, str]] = Counter()
+    for key in before.keys() | after.keys():
+        was, now = before.get(key), after.get(key)
+        if was is None or now is None or was[0] != now[0]:
+            if was is not None:
+                allocation[(was[0], "removed")] += 1
+            if now is not None:
+                allocation[(now[0], "added")] += 1
+        elif status_name(was[1]) != status_name(now[1]):
+            status[(now[0], status_name(was[1]), status_name(now[1]))] += 1
+    found = compare(roster(before), roster(after))
+    assert (found.status, found.allocation) == (dict(status), dict(allocation))

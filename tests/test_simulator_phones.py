@@ -151,6 +151,9 @@ def test_the_roster_is_steered_only_through_its_endpoint(
     assert response.status_code == 400
     sim.change_phones("remove", 3)
     assert len(records(client, sim)) == 117 == sim.expected().counts[("", "unknown")]
+    assert client.delete("/_sim/phones").json() == {"phones": [], "total": 117}
+    assert sim.config.roster == Roster()
+    assert [r["phoneNum"] for r in records(client, sim)][:2] == ["88880000", "88880001"]
 
 
 @given(

@@ -96,7 +96,8 @@ class SnapshotBuilder:
     """A ``total`` a later page reported that differs from the first page's, if any."""
     total_changed: bool = False
     phones_truncated: bool = False
-    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _counts: Counter[int] = field(default_factory=Counter)
+    """Phones by roster value (tenant index and status): counted in C, named in ``build``."""
     _endpoints: set[Endpoint] = field(default_factory=set)
     _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
@@ -112,13 +113,16 @@ class SnapshotBuilder:
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        repeats = self._seen.add(page.keys, page.pair_values(self._roster_value))
-        skip = set(repeats)  # phones seen before (on this page or another): counted once
+        values = page.pair_values(self._roster_value)
+        repeats = self._seen.add(page.keys, values)
         self.duplicates += len(repeats)
-        self._counts.update(page.counts(skip))
+        counts = Counter(values)
+        for position in repeats:  # phones seen before (on this page or another): counted once
+            counts[values[position]] -= 1
+        self._counts.update(counts)
         self.records += len(page.keys) - len(repeats)
         if self.per_phone:
-            self._add_phones(page.rows(skip))
+            self._add_phones(page.rows(set(repeats)))
 
     def _roster_value(self, tenant: str, status: str) -> int:
         index = self._tenants.setdefault(tenant, len(self._tenants))
@@ -154,13 +158,18 @@ class SnapshotBuilder:
 
     def build(self) -> Snapshot:
         """The snapshot of everything added so far."""
+        tenants = tuple(self._tenants)
         return Snapshot(
             total=self.total,
-            counts={(tenant, Status(status)): n for (tenant, status), n in self._counts.items()},
+            counts={
+                (tenants[value >> 2], Status(STATUSES[value & 3])): n
+                for value, n in self._counts.items()
+                if n
+            },
             endpoints=tuple(sorted(self._endpoints)),
             phones=dict(self._phones) if self.per_phone else None,
             pages=self.pages,
             duplicates=self.duplicates,
             phones_truncated=self.phones_truncated,
-            roster=Roster(self._seen, tuple(self._tenants)),
+            roster=Roster(self._seen, tenants),
         )

@@ -83,6 +83,11 @@ def _post_phones(state: SimState, data: object) -> Reply:
     return json_reply({"phones": touched, "total": state.config.phones})
 
 
+def _delete_phones(state: SimState, data: object) -> Reply:
+    state.reset_roster()
+    return json_reply({"phones": [], "total": state.config.phones})
+
+
 def _expire_tokens(state: SimState, data: object) -> Reply:
     state.tokens.expire_all()
     return json_reply({"ok": True})
@@ -102,7 +107,7 @@ _ROUTES: dict[str, dict[str, Callable[[SimState, object], Reply]]] = {
         "DELETE": _delete_faults,
     },
     "config": {"GET": _get_config, "PATCH": _patch_config},
-    "phones": {"POST": _post_phones},
+    "phones": {"POST": _post_phones, "DELETE": _delete_phones},
     "expire-tokens": {"POST": _expire_tokens},
     "reset-stats": {"POST": _reset_stats},
 }

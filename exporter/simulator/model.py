@@ -288,6 +288,11 @@ def expected(config: SimConfig) -> Expected:
     return Expected(total=config.phones, counts=counts_now, endpoints=list(endpoints))
 
 
+def reset_roster(config: SimConfig) -> SimConfig:
+    """``config`` without phone-list edits (``phones`` unchanged)."""
+    return dataclasses.replace(config, roster=NO_EDITS)
+
+
 def steer(config: SimConfig, change: Change) -> tuple[SimConfig, list[dict[str, object]]]:
     """``config`` with ``change`` made to its phone list, and the phones it touched."""
     if config.mode == "legacy" and change.action not in ("add", "remove"):
@@ -355,6 +360,7 @@ __all__ = [
     "expected",
     "page_result",
     "phone_record",
+    "reset_roster",
     "status_of",
     "steer",
     "validate",

@@ -4,7 +4,15 @@ import random
 import threading
 
 from exporter.simulator.faults import FaultBook
-from exporter.simulator.model import Expected, SimConfig, expected, steer, validate, with_changes
+from exporter.simulator.model import (
+    Expected,
+    SimConfig,
+    expected,
+    reset_roster,
+    steer,
+    validate,
+    with_changes,
+)
 from exporter.simulator.roster import Change
 from exporter.simulator.stats import Stats
 from exporter.simulator.tokens import TokenStore
@@ -39,6 +47,11 @@ class SimState:
         with self._lock:
             self._config, touched = steer(self._config, change)
             return touched
+
+    def reset_roster(self) -> None:
+        """Undo every phone-list edit: the config's ``phones`` are listed as generated."""
+        with self._lock:
+            self._config = reset_roster(self._config)
 
     def expected(self) -> Expected:
         """Ground truth for the current config."""
