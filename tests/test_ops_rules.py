@@ -76,18 +76,38 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
         assert "target" in level.split("_"), f"{name}: every record keeps the target label"
 
 
-def test_rising_thresholds_are_tunable_at_the_top_of_the_file() -> None:
-    """An absolute and a relative threshold, the very first rules, used by the alert."""
+# Each alert with tunable thresholds: its group, and its absolute and relative threshold.
+TUNED = {
+    "CECSuspendedSoftphonesRising": (
+        "cec-phone-exporter.rules",
+        ["cec:softphones_suspended_rise:min_count", "cec:softphones_suspended_rise:min_ratio"],
+    ),
+    "CECSoftphoneStatusChurnHigh": (
+        "cec-phone-exporter.churn",
+        ["cec:softphone_status_changes:min_count", "cec:softphone_status_changes:min_ratio"],
+    ),
+}
+
+
+@pytest.mark.parametrize("alert", sorted(TUNED))
+def test_thresholds_are_tunable_at_the_top_of_their_group(alert: str) -> None:
+    """An absolute and a relative threshold, the first rules of the group, used by the alert."""
+    group_name, names = TUNED[alert]
+    group = next(g for g in load_yaml(RULES)["groups"] if g["name"] == group_name)
+    assert [rule.get("record") for rule in group["rules"][:2]] == names
+    rule = alerts()[alert]
+    for name in names:
+        assert name in rule["expr"]
+    assert parse_duration(rule["for"]) >= 300, "a for: that rides out churn"
+
+
+def test_every_tunable_belongs_to_a_tuned_alert() -> None:
+    assert set(tunables()) == {name for _, names in TUNED.values() for name in names}
+
+
+def test_the_first_rules_of_the_file_are_the_rising_thresholds() -> None:
     first = [rule.get("record") for rule in rules()[:2]]
-    assert first == [
-        "cec:softphones_suspended_rise:min_count",
-        "cec:softphones_suspended_rise:min_ratio",
-    ]
-    assert set(tunables()) == set(first)
-    rising = alerts()["CECSuspendedSoftphonesRising"]
-    for name in first:
-        assert name in rising["expr"]
-    assert parse_duration(rising["for"]) >= 300, "a for: that rides out churn"
+    assert first == TUNED["CECSuspendedSoftphonesRising"][1]
 
 
 def test_target_level_rules_do_not_add_up_instances() -> None:
@@ -214,7 +234,7 @@ def test_promtool_test_rules_with_alerts_evaluated_first(tmp_path: Path, path: P
     """A real Prometheus runs groups independently: alerts may see records one step late."""
     promtool = require_tool("promtool")
     suite = load_yaml(path)
-    assert suite["group_eval_order"] == ["cec-phone-exporter.rules", "cec-phone-exporter.alerts"]
+    assert suite["group_eval_order"] == [g["name"] for g in load_yaml(RULES)["groups"]]
     suite["group_eval_order"].reverse()
     suite["rule_files"] = [str((path.parent / f).resolve()) for f in suite["rule_files"]]
     reversed_suite = tmp_path / "reversed.test.yml"
