@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import RunningExporter, sample, samples_named, softphone_counts, target_entry
+from conftest import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -271,6 +271,46 @@ def test_the_same_number_in_two_tenants_is_two_phones(
     assert_counted(text, {("other", "registered", "suspended"): 1}, {("other", "removed"): 1})
     registered = samples_named(text, "cec_softphone_registered")
     assert [s["tenant_id"] for s, _ in registered if s["phone_num"] == "88880000"] == ["tenant-0"]
+
+
+def test_the_debug_probe_lists_the_changes_of_its_collection(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    sim, exp = serve(simulator, write_config, exporter_server, per_phone_metrics=True)
+    debug = "/probe?target=sim&debug=true"
+    assert "none counted: this is the baseline" in exp.metrics(debug)
+    suspended = sim.change_phones("suspend", 3, tenant="tenant-1")
+    removed = sim.change_phones("remove", 2, tenant="tenant-2")
+    report = exp.metrics(debug)
+    changes = report.split("Changes since the previous success:\n", 1)[1].split("\n\n", 1)[0]
+    lines = changes.splitlines()
+    assert lines[:2] == [
+        "  tenant 'tenant-1': registered -> suspended 3",
+        "  tenant 'tenant-2': removed 2",
+    ]
+    numbers = [p["before"]["phone_num"] for p in (*suspended, *removed)]
+    assert lines[2:] == [
+        *(f"  e.g. {n} in tenant 'tenant-1' is not registered now" for n in numbers[:3]),
+        *(f"  e.g. {n} removed from tenant 'tenant-2'" for n in numbers[3:]),
+    ]
+    assert "  no phone changed" in exp.metrics(debug)
+    sim.add_fault(Fault("ret_code", value="1", times=1))
+    assert "none compared: a failed collection keeps the last success" in exp.metrics(debug)
+
+
+def test_scrape_debug_says_its_one_collection_is_a_baseline(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+) -> None:
+    sim = simulator(phones=50)
+    result = run_cli(
+        "scrape", "--config", str(write_config(targets=[target_entry(sim)])), "--debug"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Changes since the previous success:\n  none counted: this is the baseline" in result.stdout
+    )
 
 
 # --- the comparison itself, against a plain dict diff ------------------------------------------
