@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,28 +70,30 @@ def expected_changes(touched: list[dict[str, Any]]) -> tuple[Tally, Tally]:
     return {k: float(n) for k, n in status.items()}, {k: float(n) for k, n in allocation.items()}
 
 
+Serve = Callable[..., tuple[Simulator, RunningExporter]]
+
+
+@pytest.fixture
 def serve(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
-    sim_config: dict[str, Any] | None = None,
-    **settings: Any,
-) -> tuple[Simulator, RunningExporter]:
-    sim = simulator(**{"phones": 300, "tenants": 3, "suspended_ratio": 0.2, **(sim_config or {})})
-    config = write_config(targets=[target_entry(sim, **settings)])
-    return sim, exporter_server(config)
+) -> Serve:
+    """Factory: a simulator of 300 phones in 3 tenants and an exporter with one target on it."""
+
+    def start(**settings: Any) -> tuple[Simulator, RunningExporter]:
+        sim = simulator(phones=300, tenants=3, suspended_ratio=0.2)
+        return sim, exporter_server(write_config(targets=[target_entry(sim, **settings)]))
+
+    return start
 
 
 def assert_counted(text: str, status: Tally, allocation: Tally) -> None:
     assert (status_changes(text), allocation_changes(text)) == (status, allocation)
 
 
-def test_the_baseline_counts_nothing_and_every_series_starts_at_zero(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    _sim, exp = serve(simulator, write_config, exporter_server)
+def test_the_baseline_counts_nothing_and_every_series_starts_at_zero(serve: Serve) -> None:
+    _, exp = serve()
     for _ in range(2):  # the baseline, then the same phones again
         text = exp.metrics()
         series = samples_named(text, STATUS)
@@ -104,12 +107,8 @@ def test_the_baseline_counts_nothing_and_every_series_starts_at_zero(
     assert exp.metrics("/probe?target=sim").count(ALLOCATION + "{") == 6
 
 
-def test_suspended_removed_added_and_moved_phones_are_counted_per_tenant(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server)
+def test_suspended_removed_added_and_moved_phones_are_counted_per_tenant(serve: Serve) -> None:
+    sim, exp = serve()
     exp.metrics()
     touched = sim.change_phones("suspend", 10, tenant="tenant-1")
     touched += sim.change_phones("remove", 5, tenant="tenant-2")
@@ -147,12 +146,8 @@ def test_suspended_removed_added_and_moved_phones_are_counted_per_tenant(
     )
 
 
-def test_flapping_phones_are_counted_while_the_suspended_count_stays_flat(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server)
+def test_flapping_phones_are_counted_while_the_suspended_count_stays_flat(serve: Serve) -> None:
+    sim, exp = serve()
     before = exp.metrics()
     touched = sim.change_phones("flap", 10, tenant="tenant-0")  # 10 suspended, 10 back
     text = exp.metrics()
@@ -164,12 +159,8 @@ def test_flapping_phones_are_counted_while_the_suspended_count_stays_flat(
     assert_counted(text, status, {})
 
 
-def test_a_failure_in_between_keeps_the_baseline_and_is_compared_once(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server)
+def test_a_failure_in_between_keeps_the_baseline_and_is_compared_once(serve: Serve) -> None:
+    sim, exp = serve()
     exp.metrics()
     sim.change_phones("suspend", 4, tenant="tenant-0")
     sim.add_fault(Fault("ret_code", value="1", pages=(1,), times=1))
@@ -186,12 +177,8 @@ def test_a_failure_in_between_keeps_the_baseline_and_is_compared_once(
         )
 
 
-def test_cache_hits_and_coalesced_scrapes_count_nothing_again(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server, cache_ttl_seconds=3600)
+def test_cache_hits_and_coalesced_scrapes_count_nothing_again(serve: Serve) -> None:
+    sim, exp = serve(cache_ttl_seconds=3600)
     exp.metrics()
     sim.change_phones("suspend", 6)
     for _ in range(3):  # served from the cache: no collection, nothing compared
@@ -255,12 +242,8 @@ def test_per_phone_metrics_do_not_change_the_counts(
     assert allocation_changes(text, "each") == allocation_changes(text) != {}
 
 
-def test_the_same_number_in_two_tenants_is_two_phones(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server, per_phone_metrics=True)
+def test_the_same_number_in_two_tenants_is_two_phones(serve: Serve) -> None:
+    sim, exp = serve(per_phone_metrics=True)
     sim.change_phones("add", 1, tenant="other", number="88880000")  # tenant-0 has it too
     exp.metrics()
     sim.change_phones("suspend", 1, tenant="other")
@@ -273,12 +256,8 @@ def test_the_same_number_in_two_tenants_is_two_phones(
     assert [s["tenant_id"] for s, _ in registered if s["phone_num"] == "88880000"] == ["tenant-0"]
 
 
-def test_the_debug_probe_lists_the_changes_of_its_collection(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-) -> None:
-    sim, exp = serve(simulator, write_config, exporter_server, per_phone_metrics=True)
+def test_the_debug_probe_lists_the_changes_of_its_collection(serve: Serve) -> None:
+    sim, exp = serve(per_phone_metrics=True)
     debug = "/probe?target=sim&debug=true"
     assert "none counted: this is the baseline" in exp.metrics(debug)
     suspended = sim.change_phones("suspend", 3, tenant="tenant-1")
