@@ -54,7 +54,9 @@ class ChangeTracker:
         """
         roster = snapshot.roster
         before, before_phones = self._baseline, self._phones
-        self._baseline, self._phones = roster, snapshot.phones
+        # A truncated per-phone list holds whichever numbers came first: no examples from it.
+        phones = None if snapshot.phones_truncated else snapshot.phones
+        self._baseline, self._phones = roster, phones
         status, allocation = dict(self._status), dict(self._allocation)
         tenants = {tenant for tenant, _ in snapshot.counts}.union(roster.tenants if roster else ())
         for tenant in tenants:  # every series from the tenant's first appearance, at 0
@@ -69,8 +71,8 @@ class ChangeTracker:
                 status[pair] = status.get(pair, 0) + n
             for tenant_change, n in found.allocation.items():
                 allocation[tenant_change] = allocation.get(tenant_change, 0) + n
-            if found.total and before_phones is not None and snapshot.phones is not None:
-                examples = tuple(_examples(before_phones, snapshot.phones))
+            if found.total and before_phones is not None and phones is not None:
+                examples = tuple(_examples(before_phones, phones))
         self._status, self._allocation = status, allocation
         report = ChangeReport(found, status, allocation, examples)
         return snapshot.without_roster(), report
