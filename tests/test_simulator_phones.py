@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.simulator import SimConfig, Simulator
-from exporter.simulator.roster import Roster
+from exporter.simulator import SimConfig, Simulator, model
+from exporter.simulator.roster import ACTIONS, Change, Roster
 
 TOKEN = "/apigovernance/api/oauth/tokenByAkSk"
 QUERY = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
@@ -168,3 +168,37 @@ def test_listed_indices_skip_exactly_the_removed_ones(
     listed = [i for i in range(200) if i not in removed]
     assert list(roster.indices(start, start + count)) == listed[start : start + count]
     assert roster.index(start) == listed[start]
+
+
+def page(config: SimConfig, offset: int, limit: int) -> list[dict[str, Any]]:
+    phones = model.page_result(config, offset, limit)["phone"]
+    assert isinstance(phones, list)
+    return phones
+
+
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(ACTIONS),
+            st.integers(min_value=1, max_value=6),
+            st.sampled_from([None, "tenant-0", "tenant-1", "new"]),
+        ),
+        max_size=8,
+    )
+)
+def test_any_sequence_of_changes_keeps_pages_and_ground_truth_in_step(
+    changes: list[tuple[str, int, str | None]],
+) -> None:
+    config = SimConfig(phones=40, tenants=2, suspended_ratio=0.3, unknown_ratio=0.1)
+    for action, count, tenant in changes:
+        extra = {"tenant": tenant or "tenant-0", "to": "tenant-1"} if action == "move" else {}
+        change = Change.parse({"action": action, "count": count, "tenant": tenant, **extra})
+        try:
+            config, _ = model.steer(config, change)
+        except ValueError:  # fewer phones match than asked: nothing changes
+            continue
+    whole = page(config, 0, config.phones + 1)
+    assert [r for at in range(0, config.phones, 7) for r in page(config, at, 7)] == whole
+    assert len(whole) == config.phones == model.expected(config).total
+    assert len({(r["id"], r["phoneNum"]) for r in whole}) == len(whole)
+    assert tally(whole) == model.expected(config).counts
