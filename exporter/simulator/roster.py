@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -53,8 +53,11 @@ class Roster:
             i = j
         return i
 
-    def indices(self, start: int, stop: int) -> Iterator[int]:
+    def indices(self, start: int, stop: int) -> Iterable[int]:
         """Indices of the listed phones ``start`` to ``stop - 1``, in order."""
+        return self._listed(start, stop) if self.removed else range(start, max(start, stop))
+
+    def _listed(self, start: int, stop: int) -> Iterator[int]:
         if start >= stop:
             return
         gone = set(self.removed)
