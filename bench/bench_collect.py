@@ -98,6 +98,19 @@ class Sim:
     def configure(self, **changes: Any) -> None:
         self.http.patch("/_sim/config", json=changes).raise_for_status()
 
+    def steer(self, action: str, count: int) -> None:
+        """Change the phone list (``POST /_sim/phones``)."""
+        self.http.post("/_sim/phones", json={"action": action, "count": count}).raise_for_status()
+
+    def churn(self, phones: int) -> int:
+        """Flap, remove and add ``phones`` each; returns the changes the exporter must count."""
+        for action in ("remove", "add", "flap"):  # flap last: none it touches is removed
+            self.steer(action, phones)
+        return 4 * phones  # flap: 2 status changes a phone; remove and add: 1 each
+
+    def reset_phones(self) -> None:
+        self.http.delete("/_sim/phones").raise_for_status()
+
     def faults(self, faults: list[dict[str, Any]]) -> None:
         self.http.put("/_sim/faults", json=faults).raise_for_status()
 
@@ -171,6 +184,19 @@ def cpu_seconds(proc: psutil.Process) -> float:
     """User + system CPU seconds of ``proc`` (all its threads) so far."""
     times = proc.cpu_times()
     return float(times.user + times.system)
+
+
+def total(text: str, name: str) -> float:
+    """The sum of every sample called exactly ``name`` in exposition ``text``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{"))  # fmt: skip
+
+
+def counted_changes(text: str) -> float:
+    """Status plus allocation changes the exporter has counted, over every tenant."""
+    return total(text, "cec_softphone_status_changes_total") + total(
+        text, "cec_softphone_allocation_changes_total"
+    )
 
 
 def value(text: str, name: str) -> float | None:
@@ -295,10 +321,12 @@ class Figures:
     seq_cpu: float = 0.0
     bare_cpu: float = 0.0
     peaks: dict[int, int] = field(default_factory=dict)
+    churn_peaks: dict[int, int] = field(default_factory=dict)
     million_wall: float = 0.0
     million_cpu: float = 0.0
     million_sim_cpu: float = 0.0
     million_growth: int = 0
+    million_again_wall: float = 0.0
 
 
 def measure_scrapes(
@@ -371,13 +399,39 @@ def measure_rss(
             fig.peaks[size] = exp.peak_rss()
 
 
+def measure_churn(
+    sim: Sim, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
+) -> None:
+    """Peak RSS of a fresh exporter per size while it counts changes.
+
+    A baseline scrape, then three scrapes each after the simulator changed 0.5 % of its
+    phones three ways (flapped, removed, added): every one is compared with the last.
+    """
+    sim.configure(latency_ms=0.0)
+    for size in sizes:
+        sim.reset_phones()
+        sim.configure(phones=size)
+        with exporter(sim.url, concurrency, workdir, size) as exp:
+            want = 0
+            for step in range(4):
+                if step:
+                    want += sim.churn(max(1, size // 200))
+                _, text = exp.scrape()
+                if value(text, "cec_up") != 1.0 or counted_changes(text) != want:
+                    raise SystemExit(f"churn at {size} phones miscounted ({want}):\n" + text[:2000])
+            fig.churn_peaks[size] = exp.peak_rss()
+    sim.reset_phones()
+
+
 def measure_million(
     sim: Sim, sim_ps: psutil.Process, opts: argparse.Namespace, workdir: Path, fig: Figures
 ) -> None:
     """One scrape of ``--million`` phones (simulator latency 0): wall, CPU, peak RSS growth.
 
     The same fresh exporter first scrapes ``--rss-small`` phones three times (imports,
-    token, connections); the growth is its peak RSS after the big scrape minus before.
+    token, connections); the growth is its peak RSS after the big scrape, and a second
+    one after 1 % of the phones flapped (compared with the first: two rosters of a
+    million phones held at once), minus before.
     """
     n = opts.million
     sim.configure(latency_ms=0.0, phones=opts.rss_small)
@@ -391,9 +445,15 @@ def measure_million(
         fig.million_wall, text = exp.scrape()
         fig.million_cpu = exp.cpu_seconds() - cpu_before
         fig.million_sim_cpu = cpu_seconds(sim_ps) - sim_before
+        if value(text, "cec_up") != 1.0 or value(text, "cec_softphones_allocated") != n:
+            raise SystemExit(f"the {n:,}-phone scrape failed:\n" + text[:2000])
+        counted = counted_changes(text)  # the 1,000 -> 1,000,000 phones added
+        sim.steer("flap", n // 200)
+        fig.million_again_wall, text = exp.scrape()
         fig.million_growth = exp.peak_rss() - before
-    if value(text, "cec_up") != 1.0 or value(text, "cec_softphones_allocated") != n:
-        raise SystemExit(f"the {n:,}-phone scrape failed:\n" + text[:2000])
+    if value(text, "cec_up") != 1.0 or counted_changes(text) - counted != 2 * (n // 200):
+        raise SystemExit(f"the second {n:,}-phone scrape miscounted:\n" + text[:2000])
+    sim.reset_phones()
 
 
 def ok(flag: bool) -> str:
@@ -435,6 +495,18 @@ def table(opts: argparse.Namespace, fig: Figures) -> list[tuple[str, str, str]]:
         ("hanging page, scrape timeout 3 s", f"{fig.hang_seconds * 1000:.0f} ms",
          f"cec_up {fig.hang_up:g}; goal < 3000 ms " + ok(hang_ok)),
     ]  # fmt: skip
+    if fig.churn_peaks:
+        small, large = opts.rss_small, opts.churn_large
+        churn = (fig.churn_peaks[large] - fig.churn_peaks[small]) / MIB
+        rows += [
+            (f"peak RSS counting changes, {small:,} phones",
+             f"{fig.churn_peaks[small] / MIB:.1f} MiB",
+             "a baseline, then 3 scrapes after 2 % of the phones changed"),
+            (f"peak RSS counting changes, {large:,} phones",
+             f"{fig.churn_peaks[large] / MIB:.1f} MiB", ""),
+            ("RSS growth with change tracking", f"{churn:.1f} MiB",
+             "goal <= 30 MiB " + ok(churn <= 30)),
+        ]  # fmt: skip
     if opts.million:
         m, mc = opts.million, opts.million_concurrency
         m_growth = fig.million_growth / MIB
@@ -444,6 +516,7 @@ def table(opts: argparse.Namespace, fig: Figures) -> list[tuple[str, str, str]]:
             ("  exporter CPU", f"{fig.million_cpu:.1f} s",
              f"{fig.million_cpu * 1000 / (m / 10_000):.0f} ms per 10,000 phones"),
             ("  simulator CPU", f"{fig.million_sim_cpu:.1f} s", "for scale: both share the cores"),
+            ("  again after 1 % flapped (compared)", f"{fig.million_again_wall:.1f} s", ""),
             ("  peak RSS growth over the warm exporter", f"{m_growth:.1f} MiB",
              "goal <= 100 MiB " + ok(m_growth <= 100)),
         ]  # fmt: skip
@@ -458,6 +531,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed scrapes (median reported)")
     parser.add_argument("--rss-small", type=int, default=1_000)
     parser.add_argument("--rss-large", type=int, default=100_000)
+    parser.add_argument("--churn-large", type=int, default=200_000, help="phones; 0 skips it")
     parser.add_argument("--fan-in", type=int, default=20, help="simultaneous scrapes")
     parser.add_argument("--million", type=int, default=1_000_000, help="phones; 0 skips it")
     parser.add_argument("--million-concurrency", type=int, default=16)
@@ -489,6 +563,9 @@ def main() -> int:
         if counted != opts.phones:
             raise SystemExit(f"the baseline counted {counted} phones, not {opts.phones}")
         measure_rss(sim, (opts.rss_small, opts.rss_large), opts.concurrency, workdir, fig)
+        if opts.churn_large:
+            sizes = (opts.rss_small, opts.churn_large)
+            measure_churn(sim, sizes, opts.concurrency, workdir, fig)
         if opts.million:
             measure_million(sim, sim_ps, opts, workdir, fig)
 

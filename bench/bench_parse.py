@@ -11,7 +11,8 @@ Usage::
 
 Prints microseconds per page for each wire shape the simulator speaks, and for
 the json.loads of the same body as a yardstick measured in the same run (the
-last column: parse alone / json.loads).
+last column: parse alone / json.loads); then what comparing two such
+collections phone by phone (the change counters) costs per 100 phones.
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ def parse_and_fold(pages: list[bytes]) -> object:
     return builder.build()
 
 
+def compare_us(pages: list[bytes], repeat: int) -> float | None:
+    """Best CPU microseconds per 100 phones to compare two collections of ``pages``.
+
+    None for an older commit without change tracking (timed for comparison).
+    """
+    try:
+        from exporter.cec.changes import compare
+    except ImportError:
+        return None
+    before, after = (getattr(parse_and_fold(pages), "roster", None) for _ in range(2))
+    assert before is not None
+    assert after is not None
+    return per_page_us(pages, lambda _: compare(before, after), repeat)
+
+
 def parse_only(pages: list[bytes]) -> object:
     return [parse_page(body) for body in pages]
 
@@ -90,6 +106,9 @@ def main() -> int:
         )
         both, parse, loads = figures
         print(f"{name:<28} {both:>10.0f} {parse:>7.0f} {loads:>10.0f} {parse / loads:>9.2f}x")
+    compared = compare_us(bodies(opts.phones), opts.repeat)
+    if compared is not None:
+        print(f"{'compare with the last one':<28} {compared:>10.0f}  (change counters)")
     return 0
 
 

@@ -33,6 +33,7 @@ from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
+from exporter.changes import ChangeReport, ChangeTracker, change_families
 from exporter.config import Config, ConfigError, TargetConfig, load_config
 from exporter.logs import fields
 from exporter.metrics import ApiMetrics
@@ -75,6 +76,8 @@ class Collection:
     started_wall: float = dataclasses.field(default_factory=time.time)
     reason: str | None = None
     """Why it failed: a ``reason`` label value of cec_collection_failures_total."""
+    changes: ChangeReport | None = None
+    """What this success changed since the previous one, and the change counters after it."""
 
     @property
     def up(self) -> bool:
@@ -109,6 +112,7 @@ class TargetCollector:
         self._deadline = Deadline()
         self._cached: Collection | None = None
         self._last_success: float | None = None
+        self._changes = ChangeTracker()
         self._closed = False
 
     async def get(self, deadline: float, fresh: bool = False) -> Collection | None:
@@ -184,6 +188,7 @@ class TargetCollector:
             error = f"internal error: {type(err).__name__}"
         else:
             self._last_success = time.time()
+            snapshot, changes = self._changes.observe(snapshot)  # once per real collection
             return Collection(
                 target=self.config.name,
                 snapshot=snapshot,
@@ -193,6 +198,7 @@ class TargetCollector:
                 last_success=self._last_success,
                 trace=trace,
                 started_wall=trace.started_wall,
+                changes=changes,
             )
         duration = time.monotonic() - started
         log.warning(
@@ -241,6 +247,7 @@ def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
     A failed collection shows only ``cec_up 0``, its duration and the last
     success time: a partial count must never look like a drop.
     """
+    collections = list(collections)  # read twice: the gauges, then the change counters
     up = GaugeMetricFamily(
         "cec_up", "1 if the last collection read every page with retCode 0.", labels=["target"]
     )
@@ -300,6 +307,7 @@ def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
             per_phone.add_metric([c.target, tenant, number], 1.0 if registered else 0.0)
     families = (up, duration, last_success, age, allocated, phones, endpoints, per_phone)
     yield from (f for f in families if f.samples or f is up)
+    yield from change_families((c.target, c.changes) for c in collections if c.changes)
 
 
 class _Families(Collector):

@@ -1,8 +1,9 @@
 """The debug probe's report: why a target is up or down, in plain text.
 
 As blackbox_exporter's ``debug=true``: the collection's log (each request and token
-decision), the metrics the probe returns, and the target's effective config with
-every secret redacted. ``/probe?debug=true`` and ``scrape --debug`` print it.
+decision), the changes since the previous success, the metrics the probe returns,
+and the target's effective config with every secret redacted. ``/probe?debug=true``
+and ``scrape --debug`` print it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ def describe_result(collection: Collection) -> str:
     why = f" (reason {collection.reason})" if collection.reason else ""
     error = clip(collection.error or "?", ERROR_LIMIT)
     return f"DOWN after {collection.duration:.3f}s{why}: {error}"
+
+
+def change_lines(collection: Collection) -> list[str]:
+    """The phones this collection found changed since the previous success, per tenant."""
+    report = collection.changes
+    if report is None:
+        return ["none compared: a failed collection keeps the last success as the baseline"]
+    found = report.found
+    if found is None:
+        return ["none counted: this is the baseline (first success since start or a reload)"]
+    per_tenant: dict[str, list[str]] = {}
+    for (tenant, was, now), n in sorted(found.status.items()):
+        per_tenant.setdefault(tenant, []).append(f"{was} -> {now} {n}")
+    for (tenant, change), n in sorted(found.allocation.items()):
+        per_tenant.setdefault(tenant, []).append(f"{change} {n}")
+    lines = [f"tenant {tenant!r}: {', '.join(kinds)}" for tenant, kinds in per_tenant.items()]
+    lines += [f"e.g. {example}" for example in report.examples]
+    return lines or ["no phone changed"]
 
 
 def _request_line(r: RequestRecord) -> str:
@@ -100,6 +119,8 @@ def debug_report(
             lines.append(
                 f"Served from the collection in flight or cache, age {collection.age:.3f}s"
             )
+        lines += ["", "Changes since the previous success:"]
+        lines += [f"  {line}" for line in change_lines(collection)]
         lines += ["", "Collection log:"]
         if collection.trace is None:
             lines.append("  (no collection ran for this probe: it joined one that did not finish)")

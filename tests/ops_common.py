@@ -45,6 +45,8 @@ TUNABLES = (
     "cec:api_request_errors:max_ratio",
     "cec:api_request_duration_seconds:max_p95",
     "cec:last_success_age_seconds:max",
+    "cec:softphone_status_changes:min_count",
+    "cec:softphone_status_changes:min_ratio",
     EXPORTER_UP,
     "cec:runbook:info",
 )
@@ -58,6 +60,7 @@ REQUIRED_ALERTS = {
     "CECAPIErrorRatioHigh",
     "CECAPILatencyHigh",
     "CECTokenEndpointFailing",
+    "CECSoftphoneStatusChurnHigh",
 }
 # Alerts that must fire within ~1-2 minutes (CECSuspendedSoftphonesRising rides
 # out churn with a longer for:; the end-to-end test shortens it, see there).
@@ -82,6 +85,8 @@ METRIC_CATALOGUE = {
     "cec_last_success_timestamp_seconds",
     "cec_collection_age_seconds",
     "cec_softphone_registered",
+    "cec_softphone_status_changes_total",
+    "cec_softphone_allocation_changes_total",
     "cec_api_requests_total",
     "cec_api_ret_code_failures_total",
     "cec_api_http_errors_total",
@@ -95,7 +100,12 @@ METRIC_CATALOGUE = {
     "cec_exporter_config_last_reload_success_timestamp_seconds",
 }
 # Metrics with a tenant_id label: dashboard queries on them filter by $tenant_id.
-TENANT_METRICS = {"cec_softphones", "cec_softphone_registered"}
+TENANT_METRICS = {
+    "cec_softphones",
+    "cec_softphone_registered",
+    "cec_softphone_status_changes_total",
+    "cec_softphone_allocation_changes_total",
+}
 
 
 # ------------------------------------------------------------------ helpers

@@ -205,6 +205,27 @@ def test_dashboard_shows_collection_failures_by_reason() -> None:
     assert "runbook" in panel["description"]
 
 
+def test_dashboard_shows_status_and_allocation_changes_per_tenant() -> None:
+    """The last row: both change counters per tenant over time, replicas counted once."""
+    panels = dashboard()["panels"]
+    rows = [p for p in panels if p["type"] == "row"]
+    assert rows[-1]["title"] == "Changes"
+    last = [p for p in panels if p["gridPos"]["y"] > rows[-1]["gridPos"]["y"]]
+    wanted = {
+        "Status changes per tenant": ("cec_softphone_status_changes_total", "from, to"),
+        "Allocation changes per tenant": ("cec_softphone_allocation_changes_total", "change"),
+    }
+    assert {p["title"] for p in last} == set(wanted)
+    for panel in last:
+        metric, labels = wanted[panel["title"]]
+        [target] = panel["targets"]
+        assert panel["type"] == "timeseries"
+        assert target["expr"].startswith(
+            f"max by (target, tenant_id, {labels}) (increase({metric}{{"
+        )
+        assert "{{tenant_id}}" in target["legendFormat"]
+
+
 def test_dashboard_tables_are_instant() -> None:
     tables = {p["title"]: p for p in query_panels() if p["type"] == "table"}
     assert {"Softphones per tenant", "Registration endpoints"} <= set(tables)
@@ -241,6 +262,30 @@ STEP = 15
 
 def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items() if v != "") + "}"
+
+
+def add_changes(add: Any, labels: dict[str, str]) -> None:
+    """The change counters of one tenant: every pair and change, a few of them rising."""
+    statuses = ("registered", "suspended", "unknown")
+    for was, now in ((a, b) for a in statuses for b in statuses if a != b):
+        per_step = (
+            1 if (was, now) in {("registered", "suspended"), ("suspended", "registered")} else 0
+        )
+        add(
+            "cec_softphone_status_changes",
+            "counter",
+            "cec_softphone_status_changes_total",
+            {**labels, "from": was, "to": now},
+            lambda i, t, k=per_step: i * k,
+        )
+    for change, per_step in (("added", 0.5), ("removed", 0.25)):
+        add(
+            "cec_softphone_allocation_changes",
+            "counter",
+            "cec_softphone_allocation_changes_total",
+            {**labels, "change": change},
+            lambda i, t, k=per_step: round(i * k, 3),
+        )
 
 
 def synthetic_openmetrics(end: int, minutes: int = 30) -> str:
@@ -297,6 +342,7 @@ def synthetic_openmetrics(end: int, minutes: int = 30) -> str:
                     {**tl, "tenant_id": tenant, "status": status},
                     lambda i, t, c=count: c,
                 )
+            add_changes(add, {**tl, "tenant_id": tenant})
         add(
             "cec_registration_endpoint_info",
             "gauge",

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -82,15 +81,11 @@ class Page:
     Tenants and codes are read per distinct pair when counting (a page has a few),
     not per phone: that is most of what parsing a page would cost."""
 
-    def counts(self, skip: Container[int] = ()) -> Counter[tuple[str, str]]:
-        """Phones by (tenant_id, status value), leaving out the positions in ``skip``."""
-        pairs: Iterable[tuple[object, object]] = zip(self.tenants, self.codes, strict=True)
-        if skip:
-            pairs = (pair for position, pair in enumerate(pairs) if position not in skip)
-        counts: Counter[tuple[str, str]] = Counter()
-        for (tenant, code), n in Counter(pairs).items():
-            counts[(_text(tenant), _status(code))] += n
-        return counts
+    def pair_values(self, value: Callable[[str, str], int]) -> list[int]:
+        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair."""
+        pairs = set(zip(self.tenants, self.codes, strict=True))
+        known = {pair: value(_text(pair[0]), _status(pair[1])) for pair in pairs}
+        return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
 
     def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
         """(phone_num, tenant_id, status value) of each phone not in ``skip``."""

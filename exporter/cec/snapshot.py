@@ -6,6 +6,7 @@ phones holds counts, not a list of phones (unless per-phone metrics are on).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections import Counter
@@ -31,7 +32,20 @@ class Status(enum.StrEnum):
 
 # The values as plain strings, for counting: a Status member hashes through the
 # Python-level Enum.__hash__, several times the cost of a str, once per phone.
-REGISTERED, SUSPENDED, UNKNOWN = (str(s.value) for s in Status)
+REGISTERED, SUSPENDED, UNKNOWN = STATUSES = tuple(str(s.value) for s in Status)
+_STATUS_BITS = {status: bits for bits, status in enumerate(STATUSES)}
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Every phone of one collection that has a key: the key, its tenant and its status.
+
+    ``keys`` maps each de-duplication key to ``tenant index << 2 | status index``
+    (indices into ``tenants`` and ``STATUSES``): 12 bytes a slot, no object per phone.
+    """
+
+    keys: KeySet
+    tenants: tuple[str, ...]
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +72,13 @@ class Snapshot:
     pages: int = 0
     duplicates: int = 0
     phones_truncated: bool = False
+    roster: Roster | None = field(default=None, compare=False, repr=False)
+    """The phones by key, for comparing with the next collection; the collector takes it
+    out (``without_roster``) before the snapshot is kept anywhere else."""
+
+    def without_roster(self) -> Snapshot:
+        """This snapshot without its roster (a million phones' roster is 24 MiB)."""
+        return dataclasses.replace(self, roster=None)
 
 
 @dataclass
@@ -75,10 +96,13 @@ class SnapshotBuilder:
     """A ``total`` a later page reported that differs from the first page's, if any."""
     total_changed: bool = False
     phones_truncated: bool = False
-    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _counts: Counter[int] = field(default_factory=Counter)
+    """Phones by roster value (tenant index and status): counted in C, named in ``build``."""
     _endpoints: set[Endpoint] = field(default_factory=set)
     _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    _tenants: dict[str, int] = field(default_factory=dict)
+    """tenant_id -> its index in the roster's ``tenants``, in order of appearance."""
 
     def add(self, page: Page) -> None:
         """Fold one page in; the first page's ``total`` is the one reported."""
@@ -89,13 +113,20 @@ class SnapshotBuilder:
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)
-        repeats = self._seen.add(page.keys)
-        skip = set(repeats)  # phones seen before (on this page or another): counted once
+        values = page.pair_values(self._roster_value)
+        repeats = self._seen.add(page.keys, values)
         self.duplicates += len(repeats)
-        self._counts.update(page.counts(skip))
+        counts = Counter(values)
+        for position in repeats:  # phones seen before (on this page or another): counted once
+            counts[values[position]] -= 1
+        self._counts.update(counts)
         self.records += len(page.keys) - len(repeats)
         if self.per_phone:
-            self._add_phones(page.rows(skip))
+            self._add_phones(page.rows(set(repeats)))
+
+    def _roster_value(self, tenant: str, status: str) -> int:
+        index = self._tenants.setdefault(tenant, len(self._tenants))
+        return index << 2 | _STATUS_BITS[status]
 
     def expect(self, phones: int) -> None:
         """Make room for ``phones`` keys at once (a hint, once ``total`` is trusted)."""
@@ -127,12 +158,18 @@ class SnapshotBuilder:
 
     def build(self) -> Snapshot:
         """The snapshot of everything added so far."""
+        tenants = tuple(self._tenants)
         return Snapshot(
             total=self.total,
-            counts={(tenant, Status(status)): n for (tenant, status), n in self._counts.items()},
+            counts={
+                (tenants[value >> 2], Status(STATUSES[value & 3])): n
+                for value, n in self._counts.items()
+                if n
+            },
             endpoints=tuple(sorted(self._endpoints)),
             phones=dict(self._phones) if self.per_phone else None,
             pages=self.pages,
             duplicates=self.duplicates,
             phones_truncated=self.phones_truncated,
+            roster=Roster(self._seen, tenants),
         )

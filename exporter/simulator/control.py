@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from exporter.simulator.faults import parse_faults
 from exporter.simulator.reply import Reply, json_reply
+from exporter.simulator.roster import Change
 from exporter.simulator.state import SimState
 
 PREFIX = "/_sim/"
@@ -77,6 +78,16 @@ def _patch_config(state: SimState, data: object) -> Reply:
     return json_reply({"config": state.update(data).to_dict()})
 
 
+def _post_phones(state: SimState, data: object) -> Reply:
+    touched = state.steer(Change.parse(data))
+    return json_reply({"phones": touched, "total": state.config.phones})
+
+
+def _delete_phones(state: SimState, data: object) -> Reply:
+    state.reset_roster()
+    return json_reply({"phones": [], "total": state.config.phones})
+
+
 def _expire_tokens(state: SimState, data: object) -> Reply:
     state.tokens.expire_all()
     return json_reply({"ok": True})
@@ -96,6 +107,7 @@ _ROUTES: dict[str, dict[str, Callable[[SimState, object], Reply]]] = {
         "DELETE": _delete_faults,
     },
     "config": {"GET": _get_config, "PATCH": _patch_config},
+    "phones": {"POST": _post_phones, "DELETE": _delete_phones},
     "expire-tokens": {"POST": _expire_tokens},
     "reset-stats": {"POST": _reset_stats},
 }

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from exporter.simulator.roster import Change, Phones, Roster
+
 MODES = ("single", "pool", "legacy")
 FIRST_PHONE_NUMBER = 88880000
 MAX_PHONES = 10_000_000
@@ -27,6 +29,7 @@ LEGACY_REG_IP = "10.162.98.43"
 LEGACY_REG_PORT = "5060"
 
 Endpoint = tuple[str, str, str, str, str, str]
+NO_EDITS = Roster()
 
 
 @dataclass
@@ -51,6 +54,8 @@ class SimConfig:
     id_period: int = 0
     """0: every phone has its own ``id``; N: ids repeat every N records (a "Configuration ID"
     shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
+    roster: Roster = NO_EDITS
+    """Phones removed, or with another status, tenant or number (``steer`` edits it)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""
@@ -139,6 +144,8 @@ def with_changes(config: SimConfig, changes: dict[str, object]) -> SimConfig:
     unknown = sorted(set(changes) - set(_FIELD_TYPES))
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    if "roster" in changes:
+        raise ValueError("roster: change the phone list with POST /_sim/phones")
     coerced = {name: _coerce(name, value) for name, value in changes.items()}
     new = dataclasses.replace(config, **coerced)  # type: ignore[arg-type]
     validate(new)
@@ -168,22 +175,28 @@ def _number(config: SimConfig, value: int) -> int | str:
     return str(value) if config.numbers_as_strings else value
 
 
+def base_phone(config: SimConfig, i: int) -> tuple[str, str, str]:
+    """(phoneNum, tenantId, status) of phone ``i`` as the config alone makes it (no roster)."""
+    return str(FIRST_PHONE_NUMBER + i), f"tenant-{i % config.tenants}", status_of(config, i)
+
+
 def phone_record(config: SimConfig, i: int) -> dict[str, object]:
-    """The wire record of phone ``i`` in the config's mode."""
+    """The wire record of phone ``i`` in the config's mode, with the roster's edits."""
+    roster = config.roster
     record: dict[str, object] = {
-        "phoneNum": str(FIRST_PHONE_NUMBER + i),
+        "phoneNum": roster.number_map.get(i) or str(FIRST_PHONE_NUMBER + i),
         "password": f"{config.password_prefix}{i:06d}",
     }
     if config.mode == "legacy":
         return record
     record["id"] = _number(config, (i % config.id_period if config.id_period else i) + 1)
-    status = status_of(config, i)
+    status = roster.status_map.get(i) or status_of(config, i)
     if status != "unknown":
         record["status"] = _number(config, 0 if status == "registered" else 1)
     elif i % 2:  # half the unknowns carry an out-of-range code, half omit the field
         record["status"] = _number(config, 7)
     record["remark"] = ""
-    record["tenantId"] = f"tenant-{i % config.tenants}"
+    record["tenantId"] = roster.tenant_map.get(i) or f"tenant-{i % config.tenants}"
     record["partdbId"] = f"p{i // config.id_period + 1}" if config.id_period else "p1"
     return record
 
@@ -216,11 +229,11 @@ def page_result(
     this page's last one.
     """
     start = max(0, offset + shift)
-    indices = list(range(start, min(start + limit, config.phones)))
+    indices = list(config.roster.indices(start, min(start + limit, config.phones)))
     if short:
         indices = indices[: max(0, len(indices) - short)]
     if duplicate and offset < config.phones:
-        indices.insert(0, max(offset - limit, 0))
+        indices.insert(0, config.roster.index(max(offset - limit, 0)))
     total = _number(config, config.phones + total_shift)
     phones = [phone_record(config, i) for i in indices]
     if config.mode == "legacy":
@@ -242,17 +255,53 @@ def page_result(
 
 
 def expected(config: SimConfig) -> Expected:
-    """Ground truth for ``config``; O(phones) once per distinct config, then cached."""
-    total, counts, endpoints = _expected_cached(
+    """Ground truth for ``config``; O(phones) once per distinct config, then cached.
+
+    With a roster, the count over every index up to the last listed phone, less the
+    removed ones and moved by the edited ones (O(edits)).
+    """
+    roster = config.roster
+    span = roster.index(config.phones - 1) + 1 if config.phones else 0
+    _total, counts, endpoints = _expected_cached(
         config.mode,
-        config.phones,
+        span,
         config.tenants,
         config.suspended_ratio,
         config.unknown_ratio,
         config.seed,
         config.pool_nodes,
     )
-    return Expected(total=total, counts=dict(counts), endpoints=list(endpoints))
+    tally = dict(counts)
+    if config.mode != "legacy":
+        phones = Phones(config.phones, roster, lambda i: base_phone(config, i))
+        edited = {i for i, _ in (*roster.statuses, *roster.tenants) if i < span} - phones.removed
+        for i in (*(i for i in phones.removed if i < span), *edited):
+            _, tenant, status = base_phone(config, i)
+            tally[(tenant, status)] -= 1
+        for i in edited:
+            state = phones.state(i)
+            key = (state["tenant_id"], state["status"])
+            tally[key] = tally.get(key, 0) + 1
+    else:
+        tally = {("", "unknown"): config.phones} if config.phones else {}
+    counts_now = {key: n for key, n in tally.items() if n}
+    return Expected(total=config.phones, counts=counts_now, endpoints=list(endpoints))
+
+
+def reset_roster(config: SimConfig) -> SimConfig:
+    """``config`` without phone-list edits (``phones`` unchanged)."""
+    return dataclasses.replace(config, roster=NO_EDITS)
+
+
+def steer(config: SimConfig, change: Change) -> tuple[SimConfig, list[dict[str, object]]]:
+    """``config`` with ``change`` made to its phone list, and the phones it touched."""
+    if config.mode == "legacy" and change.action not in ("add", "remove"):
+        raise ValueError(f"{change.action}: legacy records have no status or tenant")
+    if change.action == "add" and config.phones + change.count > MAX_PHONES:
+        raise ValueError(f"add: at most {MAX_PHONES} phones")
+    phones = Phones(config.phones, config.roster, lambda i: base_phone(config, i))
+    touched = phones.apply(change)
+    return dataclasses.replace(config, phones=phones.phones, roster=phones.roster()), touched
 
 
 @lru_cache(maxsize=16)
@@ -311,7 +360,9 @@ __all__ = [
     "expected",
     "page_result",
     "phone_record",
+    "reset_roster",
     "status_of",
+    "steer",
     "validate",
     "with_changes",
 ]

@@ -7,6 +7,7 @@ from types import TracebackType
 from exporter.simulator.faults import Fault
 from exporter.simulator.handler import SimHTTPServer
 from exporter.simulator.model import Expected, SimConfig
+from exporter.simulator.roster import Change
 from exporter.simulator.state import SimState
 
 
@@ -108,6 +109,12 @@ class Simulator:
     def update(self, **changes: object) -> None:
         """Change config fields at run time; ValueError on an unknown name or bad value."""
         self._state.update(changes)
+
+    def change_phones(self, action: str, count: int, **options: str) -> list[dict[str, object]]:
+        """Steer the phone list (``POST /_sim/phones``): ``suspend``, ``register``, ``flap``,
+        ``remove``, ``add`` or ``move`` ``count`` phones, optionally of one ``tenant``
+        (``move`` also takes ``to``, ``add`` a ``number``); returns the phones touched."""
+        return self._state.steer(Change.parse({"action": action, "count": count, **options}))
 
     def set_faults(self, faults: list[Fault]) -> None:
         """Replace every active fault."""

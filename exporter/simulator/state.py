@@ -4,7 +4,16 @@ import random
 import threading
 
 from exporter.simulator.faults import FaultBook
-from exporter.simulator.model import Expected, SimConfig, expected, validate, with_changes
+from exporter.simulator.model import (
+    Expected,
+    SimConfig,
+    expected,
+    reset_roster,
+    steer,
+    validate,
+    with_changes,
+)
+from exporter.simulator.roster import Change
 from exporter.simulator.stats import Stats
 from exporter.simulator.tokens import TokenStore
 
@@ -32,6 +41,17 @@ class SimState:
         with self._lock:
             self._config = with_changes(self._config, changes)
             return self._config
+
+    def steer(self, change: Change) -> list[dict[str, object]]:
+        """Change the phone list atomically; returns the phones touched (``before``/``after``)."""
+        with self._lock:
+            self._config, touched = steer(self._config, change)
+            return touched
+
+    def reset_roster(self) -> None:
+        """Undo every phone-list edit: the config's ``phones`` are listed as generated."""
+        with self._lock:
+            self._config = reset_roster(self._config)
 
     def expected(self) -> Expected:
         """Ground truth for the current config."""
