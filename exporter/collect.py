@@ -144,7 +144,7 @@ class TargetCollector:
             self.config.name,
             waited,
         )
-        self._observer.collection_failed("deadline")
+        self._observer.scrape_abandoned()  # the collection counts its own outcome
         return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
 
     def _finished(self, task: asyncio.Task[Collection | None]) -> None:
