@@ -274,6 +274,21 @@ def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx2.Client) 
     assert stats["tenant_space_ids"] == ["ts-1"]
 
 
+def test_set_cookie_per_tenant_space_and_cookies_recorded(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    token = get_token(client)
+    plain = client.post(QUERY, json={"offset": 0, "limit": 1}, headers=auth(token))
+    assert "set-cookie" not in plain.headers
+    sim.update(set_cookie=True)
+    tenant = {**auth(token), "X-TenantSpaceID": "ts-2"}
+    r = client.post(QUERY, json={"offset": 0, "limit": 1}, headers=tenant)
+    assert r.headers["set-cookie"] == "session=ts-2; Path=/"
+    assert sim.stats()["cookies"] == []
+    client.post(QUERY, json={"offset": 0, "limit": 1}, headers={**tenant, "Cookie": "session=x"})
+    assert sim.stats()["cookies"] == ["session=x"]
+
+
 def test_latency_and_concurrency_are_observed(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(latency_ms=150, jitter_ms=20)
     token = get_token(client)

@@ -10,6 +10,7 @@ vendor's gateway limits per app. Everything here runs on the collection loop.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import logging
 import math
 import ssl
@@ -77,6 +78,18 @@ class RateLimiter:
         if slot > now:
             await asyncio.sleep(slot - now)
         return slot - now
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Accepts no cookie and returns none: a pool is shared by targets (tenant spaces,
+    accounts), so a ``Set-Cookie`` answered to one must never ride on another's requests;
+    the CEC API needs no cookie (a bearer token authenticates each request)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
 
 
 @dataclass
@@ -173,6 +186,7 @@ class Upstream:
                 keepalive_expiry=KEEPALIVE_SECONDS,
             ),
             trust_env=False,  # only the proxy the config names
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             follow_redirects=False,
         )
 

@@ -51,6 +51,9 @@ class SimConfig:
     id_period: int = 0
     """0: every phone has its own ``id``; N: ids repeat every N records (a "Configuration ID"
     shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
+    set_cookie: bool = False
+    """Answer every queryPhone with ``Set-Cookie: session=<X-TenantSpaceID or ->``, as a
+    gateway keeping sessions per tenant space would (clients must not send it back)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""
