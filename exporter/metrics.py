@@ -162,7 +162,7 @@ class ApiMetrics:
         )
         abandoned = CounterMetricFamily(
             "cec_scrapes_abandoned",
-            "Scrapes that answered cec_up 0 at their deadline while the shared collection went on.",
+            "Scrapes that gave up waiting at their deadline while the shared collection went on.",
             labels=["target"],
         )
         expiry = GaugeMetricFamily(
