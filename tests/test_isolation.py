@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningExporter, sample, target_entry
+import httpx2
+import psutil
+from conftest import RunningExporter, ServeProcess, sample, target_entry
 
-from exporter.simulator import Simulator
+from exporter.simulator import Fault, Simulator
 
 StartSim = Callable[..., Simulator]
 WriteConfig = Callable[..., Path]
 StartExporter = Callable[..., RunningExporter]
+MB = 1024 * 1024
 
 
 def test_targets_sharing_a_pool_send_no_cookie_the_vendor_set(
@@ -38,3 +41,47 @@ def test_targets_sharing_a_pool_send_no_cookie_the_vendor_set(
     assert stats["tenant_space_ids"] == ["ts1", "ts2"]
     assert stats["query_requests"] == 3 * 2 * 3
     assert stats["cookies"] == [], "a cookie the vendor set was sent back"
+
+
+HUGE_RET_MSG = 16_000_000  # under the default 16 MiB max_response_bytes: it is read whole
+SCRAPES = 5
+
+
+def test_a_huge_ret_msg_on_one_target_neither_downs_another_nor_bloats_memory_or_log(
+    simulator: StartSim, write_config: WriteConfig, serve_process: Callable[..., ServeProcess]
+) -> None:
+    """A stand-in vendor answers target a with a 16 MB ``retMsg``; b stays up in time."""
+    huge, healthy = simulator(phones=10), simulator(phones=250, latency_ms=100)
+    huge.set_faults([Fault("huge_ret_msg", value=HUGE_RET_MSG)])
+    entries = [target_entry(huge, "a"), target_entry(healthy, "b")]
+    server = serve_process("--config", str(write_config(targets=entries))).start()
+    process = psutil.Process(server.proc.pid)
+    rss: list[int] = []
+    durations: list[float] = []
+    with httpx2.Client(timeout=30) as client:
+        for _ in range(SCRAPES):
+            response = client.get(
+                server.url + "/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
+            )
+            assert response.status_code == 200
+            text = response.text
+            assert sample(text, "cec_up", target="a") == 0
+            assert sample(text, "cec_up", target="b") == 1, "the healthy target went down"
+            duration = sample(text, "cec_collection_duration_seconds", target="b")
+            assert duration is not None
+            durations.append(duration)
+            rss.append(process.memory_info().rss)
+        landing = client.get(server.url + "/").text
+    failed = sample(text, "cec_collection_failures_total", target="a", reason="ret_code")
+    assert failed == SCRAPES
+    assert huge.stats()["faults_applied"] == {"huge_ret_msg": SCRAPES}
+    assert max(durations) < 1.0, durations
+    # Bounded: the text is clipped where it is parsed, so neither the history of
+    # collections nor each failure's log line holds it.
+    assert rss[-1] - rss[0] < 20 * MB, [n // MB for n in rss]
+    assert len(landing) < 64 * 1024
+    output = server.stop()
+    assert len(output) < 64 * 1024, f"{len(output)} bytes of log"
+    failures = [line for line in output.splitlines() if "collection failed" in line]
+    assert len(failures) == SCRAPES
+    assert all("query failed: xxx" in line for line in failures)  # the head is still shown

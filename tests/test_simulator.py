@@ -409,6 +409,19 @@ def test_fault_huge_is_exact_size_valid_json(sim: Simulator, client: httpx2.Clie
     assert r.json()["retCode"] == "0"
 
 
+def test_fault_huge_ret_msg_is_a_ret_code_failure_with_that_much_text(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    r = faulted(sim, client, Fault("huge_ret_msg", value=2 * 1024 * 1024))
+    answer = r.json()
+    assert answer["retCode"] == "1"
+    assert answer["retMsg"].startswith("query failed: ")
+    assert len(answer["retMsg"]) == len("query failed: ") + 2 * 1024 * 1024
+    assert "result" not in answer
+    with pytest.raises(ValueError, match="positive byte count"):
+        Fault("huge_ret_msg", value=0)
+
+
 def test_fault_slow_and_hang(sim: Simulator, client: httpx2.Client) -> None:
     started = time.monotonic()
     assert faulted(sim, client, Fault("slow", value=0.3)).status_code == 200

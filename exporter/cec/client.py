@@ -38,7 +38,7 @@ from exporter.cec.errors import (
     RequestTimeout,
     RetCodeError,
 )
-from exporter.cec.parse import Page, Token, parse_page, parse_token
+from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
@@ -126,7 +126,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 def _transport_error(err: httpx2.HTTPError) -> CecError:
     if isinstance(err, httpx2.TimeoutException):
         return RequestTimeout(f"request timed out ({type(err).__name__})")
-    cause = str(err) or type(err).__name__
+    # A protocol error quotes what the server sent (an illegal status or header line).
+    cause = clip_vendor_text(str(err)) or type(err).__name__
     reason = _os_reason(err)
     if reason and reason.lower() not in cause.lower():
         cause += f" ({reason})"  # "All connection attempts failed" alone hides the why
