@@ -159,11 +159,16 @@ class CecClient:
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
         # cancelled by its deadline cannot starve the others of connections
         # (tests/test_pool_leak.py).
-        self._http = self._upstream.acquire_pool(target)
+        self._pool = self._upstream.acquire_pool(target)
         # Absolute URLs, built once: a path is parsed and merged with base_url per request
         # (two URL parses, a tenth of the client's CPU per page).
         self._urls = {p: self._http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
         self.tokens = TokenCache(self._fetch_token)
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """The pool's client as it is now (a renewed CA file replaces it on reload)."""
+        return self._pool.client
 
     async def aclose(self) -> None:
         """Give the shared pool back (its last user closes the connections)."""
