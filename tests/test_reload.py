@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import trustme
 import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
+from exporter.cec.upstream import Upstream
 from exporter.collect import Exporter
 from exporter.config import load_config
 from exporter.simulator import Fault, SimConfig, Simulator
@@ -172,6 +175,37 @@ def test_a_renewed_ca_file_is_read_again_on_reload(
             assert up() == 1, server.output
     finally:
         sim.stop()
+
+
+def test_a_renewed_ca_file_replaces_the_pool_client_and_closes_the_old_one_later(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Only a changed CA content makes a new client; the old one serves what is in flight
+    and is closed after the longest ``timeout_seconds``, not left open."""
+    ca_file = tmp_path / "vendor-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    entry = {"name": "t", "base_url": "https://127.0.0.1:9", "app_key": "k", "app_secret": "s"}
+    config = load_config(write_config(targets=[{**entry, "ca_file": str(ca_file)}]))
+    target = config.targets[0]
+
+    async def run() -> None:
+        upstream = Upstream()
+        upstream.configure(config.targets, 8)
+        pool = upstream.acquire_pool(target)
+        first = pool.client
+        upstream.configure(config.targets, 8)  # a reload, the CA file as it was
+        assert pool.client is first
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        grace = [replace(target, timeout_seconds=0.2)]
+        upstream.configure(grace, 8)  # a reload after the CA was renewed
+        assert pool.client is not first
+        assert not first.is_closed  # requests in flight on it finish
+        await asyncio.sleep(0.5)
+        assert first.is_closed
+        await upstream.release_pool(target)
+        assert pool.client.is_closed
+
+    asyncio.run(run())
 
 
 def test_rotated_secret_file_is_used_without_restart(
