@@ -277,15 +277,14 @@ def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx2.Client) 
 def test_set_cookie_per_tenant_space_and_cookies_recorded(
     sim: Simulator, client: httpx2.Client
 ) -> None:
-    token = get_token(client)
-    plain = client.post(QUERY, json={"offset": 0, "limit": 1}, headers=auth(token))
-    assert "set-cookie" not in plain.headers
+    page, token = {"offset": 0, "limit": 1}, get_token(client)
+    assert "set-cookie" not in client.post(QUERY, json=page, headers=auth(token)).headers
     sim.update(set_cookie=True)
     tenant = {**auth(token), "X-TenantSpaceID": "ts-2"}
-    r = client.post(QUERY, json={"offset": 0, "limit": 1}, headers=tenant)
+    r = client.post(QUERY, json=page, headers=tenant)
     assert r.headers["set-cookie"] == "session=ts-2; Path=/"
     assert sim.stats()["cookies"] == []
-    client.post(QUERY, json={"offset": 0, "limit": 1}, headers={**tenant, "Cookie": "session=x"})
+    client.post(QUERY, json=page, headers={**tenant, "Cookie": "session=x"})
     assert sim.stats()["cookies"] == ["session=x"]
 
 
@@ -409,17 +408,9 @@ def test_fault_huge_is_exact_size_valid_json(sim: Simulator, client: httpx2.Clie
     assert r.json()["retCode"] == "0"
 
 
-def test_fault_huge_ret_msg_is_a_ret_code_failure_with_that_much_text(
-    sim: Simulator, client: httpx2.Client
-) -> None:
-    r = faulted(sim, client, Fault("huge_ret_msg", value=2 * 1024 * 1024))
-    answer = r.json()
-    assert answer["retCode"] == "1"
-    assert answer["retMsg"].startswith("query failed: ")
-    assert len(answer["retMsg"]) == len("query failed: ") + 2 * 1024 * 1024
-    assert "result" not in answer
-    with pytest.raises(ValueError, match="positive byte count"):
-        Fault("huge_ret_msg", value=0)
+def test_fault_huge_ret_msg(sim: Simulator, client: httpx2.Client) -> None:
+    answer = faulted(sim, client, Fault("huge_ret_msg", value=2_000_000)).json()
+    assert answer == {"retCode": "1", "retMsg": "query failed: " + "x" * 2_000_000}
 
 
 def test_fault_slow_and_hang(sim: Simulator, client: httpx2.Client) -> None:
