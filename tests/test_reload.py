@@ -181,7 +181,7 @@ def test_a_renewed_ca_file_replaces_the_pool_client_and_closes_the_old_one_later
     write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Only a changed CA content makes a new client; the old one serves what is in flight
-    and is closed after the longest ``timeout_seconds``, not left open."""
+    and is closed after the longest ``timeout_seconds`` (or when the exporter stops)."""
     ca_file = tmp_path / "vendor-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(ca_file))
     entry = {"name": "t", "base_url": "https://127.0.0.1:9", "app_key": "k", "app_secret": "s"}
@@ -202,7 +202,11 @@ def test_a_renewed_ca_file_replaces_the_pool_client_and_closes_the_old_one_later
         assert not first.is_closed  # requests in flight on it finish
         await asyncio.sleep(0.5)
         assert first.is_closed
-        await upstream.release_pool(target)
+        second = pool.client
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        upstream.configure(config.targets, 8)  # renewed again, with a 10 s grace
+        await upstream.aclose()  # the exporter stops: nothing waits out a grace
+        assert second.is_closed
         assert pool.client.is_closed
 
     asyncio.run(run())

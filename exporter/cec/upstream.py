@@ -12,7 +12,6 @@ collection loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import http.cookiejar
 import logging
@@ -121,7 +120,10 @@ class Upstream:
         self._pools: dict[PoolKey, Pool] = {}
         self._limiters: dict[BudgetKey, RateLimiter] = {}
         self._ssl: dict[tuple[bool, str | None], tuple[bytes | None, ssl.SSLContext]] = {}
-        self._retired: set[asyncio.Task[None]] = set()
+        # Clients replaced by a CA renewal, each closed by a timer once its requests ended
+        # (a timer, not a sleeping task: shutdown waits for tasks).
+        self._retired: dict[httpx2.AsyncClient, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._grace = 0.0
 
     def configure(self, targets: Iterable[TargetConfig], max_inflight: int) -> None:
@@ -151,26 +153,24 @@ class Upstream:
         in_use = {(t.verify_tls, t.ca_file) for t in targets}
         self._ssl = {key: value for key, value in self._ssl.items() if key in in_use}
         for key, pool in self._pools.items():
-            ca_file = key[2]
+            base_url, ca_file = key[0], key[2]
             try:
-                digest = _ca_digest(ca_file)
-            except OSError as err:
-                log.warning("ca_file %s unreadable, keeping the CA read before: %s", ca_file, err)
+                if _ca_digest(ca_file) == pool.ca_digest:
+                    continue
+                client, digest = self._new_client(key)
+            except (OSError, ssl.SSLError) as err:  # changed again since the config check
+                log.warning("ca_file=%s unusable, keeping the CA read before: %s", ca_file, err)
                 continue
-            if digest == pool.ca_digest:
-                continue
-            log.info("ca_file %s changed: new connections to %s trust its content", ca_file, key[0])
-            old, (pool.client, pool.ca_digest) = pool.client, self._new_client(key)
-            task = asyncio.ensure_future(self._close_later(old, self._grace))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            log.info("ca_file=%s changed: new connections to %s trust it", ca_file, base_url)
+            old, pool.client, pool.ca_digest = pool.client, client, digest
+            loop = asyncio.get_running_loop()
+            self._retired[old] = loop.call_later(self._grace, self._close_retired, old)
 
-    @staticmethod
-    async def _close_later(client: httpx2.AsyncClient, delay: float) -> None:
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            await client.aclose()
+    def _close_retired(self, client: httpx2.AsyncClient) -> None:
+        del self._retired[client]
+        task = asyncio.ensure_future(client.aclose())
+        self._closing.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._closing.discard)
 
     @property
     def pools(self) -> int:
@@ -202,11 +202,11 @@ class Upstream:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await pool.client.aclose()
-        retired, self._retired = list(self._retired), set()
-        for task in retired:
-            task.cancel()  # closes its client now
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*retired, return_exceptions=True)
+        retired, self._retired = self._retired, {}
+        for client, timer in retired.items():
+            timer.cancel()
+            await client.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     @asynccontextmanager
     async def admit(self, target: TargetConfig, deadline: float) -> AsyncIterator[float]:
