@@ -31,7 +31,7 @@ from exporter import __version__
 from exporter.build import revision
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
-from exporter.cec.trace import CollectionTrace
+from exporter.cec.trace import CollectionTrace, clip
 from exporter.cec.upstream import Upstream
 from exporter.changes import ChangeReport, ChangeTracker, change_families
 from exporter.config import Config, ConfigError, TargetConfig, load_config
@@ -46,6 +46,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # SPEC: no _created 
 SCRAPE_MARGIN_SECONDS = 0.5
 SCRAPE_MARGIN_RATIO = 0.1
 HISTORY = 10  # recent collections kept per target for the landing page
+SUMMARY_ERROR_CHARS = 400  # what a summary keeps of a failed collection's error
 
 
 def collection_budget(scrape_timeout: float | None, timeout_seconds: float) -> float:
@@ -90,6 +91,43 @@ class Collection:
         return None if self.snapshot is None else sum(self.snapshot.counts.values())
 
 
+@dataclass(frozen=True)
+class CollectionSummary:
+    """What the landing page shows of a past collection, and nothing more.
+
+    No snapshot and no trace: with ``per_phone_metrics`` a collection holds a map of
+    every phone, and ten of them per target were most of the exporter's memory.
+    """
+
+    started_wall: float
+    up: bool
+    duration: float
+    pages: int | None
+    """Pages read (with retCode 0), when known."""
+    phone_records: int | None
+    error: str | None
+    """The error, clipped to ``SUMMARY_ERROR_CHARS``."""
+    reason: str | None
+
+    @classmethod
+    def of(cls, collection: Collection) -> CollectionSummary:
+        """The summary of ``collection``."""
+        snapshot, trace = collection.snapshot, collection.trace
+        pages = snapshot.pages if snapshot is not None else None
+        if pages is None and trace is not None:
+            pages = trace.pages
+        error = collection.error
+        return cls(
+            started_wall=collection.started_wall,
+            up=collection.up,
+            duration=collection.duration,
+            pages=pages,
+            phone_records=collection.phone_records,
+            error=None if error is None else clip(error, SUMMARY_ERROR_CHARS),
+            reason=collection.reason,
+        )
+
+
 class TargetCollector:
     """Collects one target; concurrent scrapes share one collection in flight.
 
@@ -103,8 +141,8 @@ class TargetCollector:
         self.config = config
         self._observer = api_metrics.observer(config.name)
         self.client = CecClient(config, self._observer, upstream)
-        self.history: tuple[Collection, ...] = ()
-        """The most recent collections, oldest first (the landing page shows them).
+        self.history: tuple[CollectionSummary, ...] = ()
+        """Summaries of the most recent collections, oldest first (the landing page).
 
         Replaced, never mutated, so the web threads can read it while the loop appends.
         """
@@ -149,7 +187,7 @@ class TargetCollector:
             "scrape deadline passed; the collection goes on for a later scrape",
             extra=fields(target=self.config.name, duration=waited),
         )
-        self._observer.collection_failed("deadline")
+        self._observer.scrape_abandoned()  # the collection counts its own outcome
         return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
 
     def _finished(self, task: asyncio.Task[Collection | None]) -> None:
@@ -163,7 +201,7 @@ class TargetCollector:
     async def _collect(self, deadline: Deadline) -> Collection | None:
         collection = await self._run(deadline, CollectionTrace())
         if collection is not None:
-            self.history = (*self.history[1 - HISTORY :], collection)
+            self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
         return collection
 
     async def _run(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
@@ -462,8 +500,8 @@ class Exporter:
         """
         return self.registry
 
-    def recent(self) -> dict[str, list[Collection]]:
-        """The recent collections of every configured target, newest first."""
+    def recent(self) -> dict[str, list[CollectionSummary]]:
+        """Summaries of the recent collections of every configured target, newest first."""
         return {name: list(reversed(t.history)) for name, t in self._targets.items()}
 
     def _exporter_families(self) -> Iterator[Metric]:
@@ -507,6 +545,7 @@ class Exporter:
 
 __all__ = [
     "Collection",
+    "CollectionSummary",
     "Exporter",
     "TargetCollector",
     "collection_budget",

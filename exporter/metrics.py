@@ -72,6 +72,7 @@ class ApiMetrics:
         self._http_errors: dict[tuple[str, str, str], int] = defaultdict(int)
         self._latency: dict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self._failures: dict[tuple[str, str], int] = {}
+        self._abandoned: dict[str, int] = {}
         self._token_expiry: dict[str, float] = {}
 
     def add_target(self, target: str) -> None:
@@ -83,6 +84,7 @@ class ApiMetrics:
                     _ = self._requests[(target, api, outcome)]
             for reason in REASONS:
                 self._failures.setdefault((target, reason), 0)
+            self._abandoned.setdefault(target, 0)
 
     def remove_target(self, target: str) -> None:
         """Drop every series of a target that left the config."""
@@ -91,6 +93,7 @@ class ApiMetrics:
             for table in (*tables, self._failures):
                 _drop_target(table, target)
             self._token_expiry.pop(target, None)
+            self._abandoned.pop(target, None)
 
     def observer(self, target: str) -> TargetObserver:
         """The ``RequestObserver`` the CEC client of ``target`` reports to."""
@@ -118,6 +121,12 @@ class ApiMetrics:
         """Count one failed collection of ``target``; ``reason`` is one of ``REASONS``."""
         with self._lock:
             self._failures[(target, reason)] = self._failures.get((target, reason), 0) + 1
+
+    def record_abandoned(self, target: str) -> None:
+        """Count one scrape of ``target`` that answered at its deadline while the shared
+        collection went on: no failed collection, so not in ``cec_collection_failures_total``."""
+        with self._lock:
+            self._abandoned[target] = self._abandoned.get(target, 0) + 1
 
     def set_token_expiry(self, target: str, expires_at: float) -> None:
         """Remember when the target's current token expires."""
@@ -151,6 +160,11 @@ class ApiMetrics:
             "Failed collections of the target, by reason.",
             labels=["target", "reason"],
         )
+        abandoned = CounterMetricFamily(
+            "cec_scrapes_abandoned",
+            "Scrapes that gave up waiting at their deadline while the shared collection went on.",
+            labels=["target"],
+        )
         expiry = GaugeMetricFamily(
             "cec_token_expiry_timestamp_seconds",
             "Unix time at which the target's current access token expires.",
@@ -167,9 +181,11 @@ class ApiMetrics:
                 latency.add_metric([target, api], hist.cumulative(), hist.total)
             for (target, reason), n in sorted(self._failures.items()):
                 failures.add_metric([target, reason], n)
+            for target, n in sorted(self._abandoned.items()):
+                abandoned.add_metric([target], n)
             for target, when in sorted(self._token_expiry.items()):
                 expiry.add_metric([target], when)
-        yield from (requests, ret_codes, http_errors, latency, failures, expiry)
+        yield from (requests, ret_codes, http_errors, latency, failures, abandoned, expiry)
 
 
 def _drop_target(table: dict[Any, Any], target: str) -> None:
@@ -209,6 +225,11 @@ class TargetObserver:
             self.metrics.set_token_expiry(self.target, expires_at)
 
     def collection_failed(self, reason: str) -> None:
-        """Count one failed collection (or one scrape that gave up at its deadline)."""
+        """Count one failed collection."""
         if self.attached:
             self.metrics.record_failure(self.target, reason)
+
+    def scrape_abandoned(self) -> None:
+        """Count one scrape that gave up waiting for the collection in flight."""
+        if self.attached:
+            self.metrics.record_abandoned(self.target)

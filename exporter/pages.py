@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from exporter.cec.trace import clip
 from exporter.cec.upstream import budget_key
-from exporter.collect import Collection
+from exporter.collect import CollectionSummary
 from exporter.config import Config
 from exporter.debug import ERROR_LIMIT, utc
 
@@ -26,10 +26,8 @@ _STYLE = (
 )
 
 
-def _row(c: Collection) -> str:
-    trace_pages = c.trace.pages if c.trace is not None else None
-    pages = c.snapshot.pages if c.snapshot is not None else trace_pages
-    records = c.phone_records
+def _row(c: CollectionSummary) -> str:
+    pages, records = c.pages, c.phone_records
     result = '<span class="up">up</span>' if c.up else '<span class="down">down</span>'
     cells = (
         html.escape(utc(c.started_wall)),
@@ -43,7 +41,7 @@ def _row(c: Collection) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
-def landing_page(version: str, recent: Mapping[str, Sequence[Collection]]) -> str:
+def landing_page(version: str, recent: Mapping[str, Sequence[CollectionSummary]]) -> str:
     """The HTML of ``/``: version, links, and each target's recent collections."""
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8">',

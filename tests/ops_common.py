@@ -94,6 +94,7 @@ METRIC_CATALOGUE = {
     "cec_api_request_duration_seconds_sum",
     "cec_api_request_duration_seconds_count",
     "cec_collection_failures_total",
+    "cec_scrapes_abandoned_total",
     "cec_token_expiry_timestamp_seconds",
     "cec_exporter_build_info",
     "cec_exporter_config_last_reload_successful",

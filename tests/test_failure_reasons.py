@@ -16,6 +16,7 @@ from fault_cases import REASONS
 from exporter.simulator import Simulator
 
 FAILURES = "cec_collection_failures_total"
+ABANDONED = "cec_scrapes_abandoned_total"
 
 StartSim = Callable[..., Simulator]
 WriteConfig = Callable[..., Path]
@@ -41,10 +42,15 @@ def test_every_reason_starts_at_zero_for_every_target_and_only_on_metrics(
     assert failures(text, "a") == dict.fromkeys(REASONS, 0.0)
     assert failures(text, "b") == dict.fromkeys(REASONS, 0.0)
     assert "# TYPE cec_collection_failures_total counter" in text
+    # Scrapes that gave up waiting are no failed collections: a counter of their own.
+    for target in ("a", "b"):
+        assert sample(text, ABANDONED, target=target) == 0
+    assert "# TYPE cec_scrapes_abandoned_total counter" in text
     # /probe carries the collection's series only (SPEC section 6), like the API counters.
     probe = running.metrics("/probe?target=a")
     assert sample(probe, "cec_up", target="a") == 1
     assert samples_named(probe, FAILURES) == []
+    assert samples_named(probe, ABANDONED) == []
 
 
 def test_a_wrong_app_secret_and_an_unreadable_secret_file_are_credentials(

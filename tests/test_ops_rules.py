@@ -400,7 +400,9 @@ def test_alerts_adapt_through_the_tunables_alone(tmp_path: Path) -> None:
         for rule in group["rules"]
         if "alert" in rule
     ]
-    assert adapted_alerts == [a["expr"] for a in alerts().values()], "no alert expression was edited"
+    assert adapted_alerts == [a["expr"] for a in alerts().values()], (
+        "no alert expression was edited"
+    )
 
     def requests(outcome: str, per_minute: int) -> dict[str, str]:
         labels = f'{JOB_LABELS},target="prod",api="queryPhone",outcome="{outcome}"'

@@ -173,6 +173,7 @@ def test_dashboard_covers_the_metric_catalogue() -> None:
         "cec_token_expiry_timestamp_seconds",
         "cec_last_success_timestamp_seconds",
         "cec_collection_failures_total",
+        "cec_scrapes_abandoned_total",
     } <= used
     joined = "\n".join(exprs)
     for quantile in ("0.50", "0.95", "0.99"):
@@ -409,6 +410,13 @@ def synthetic_openmetrics(end: int, minutes: int = 30) -> str:
                 {**tl, "reason": reason},
                 lambda i, t, k=per_step: round(i * k, 3),
             )
+        add(
+            "cec_scrapes_abandoned",
+            "counter",
+            "cec_scrapes_abandoned_total",
+            tl,
+            lambda i, t: round(i * 0.25, 3),
+        )
         for api in ("queryPhone", "tokenByAkSk"):
             add(
                 "cec_api_http_errors",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from exporter.cec.errors import InvalidResponse
 from exporter.cec.keyset import KeySet
-from exporter.cec.parse import Page, Token, parse_page, parse_token
+from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS, Page, Token, parse_page, parse_token
 from exporter.cec.snapshot import SnapshotBuilder, Status
 
 NOW = 1_800_000_000.0
@@ -246,6 +246,19 @@ def test_the_examples_the_fuzzers_lean_on() -> None:
     assert page is not None
     assert len(page.phones) == 1
     assert_no_password(page, {"password": PASSWORD_PREFIX + "x"})
+
+
+@FUZZ
+@given(st.text(), st.integers(min_value=0, max_value=100_000))
+def test_vendor_text_is_clipped_where_it_is_parsed(text: str, repeat: int) -> None:
+    """``retCode`` and ``retMsg`` of any length come out bounded, on one line."""
+    long = text * min(repeat, 100_000 // max(len(text), 1))
+    page = parse_page(encode({"retCode": "1" + long, "retMsg": long}))
+    for kept in (page.ret_code, page.ret_msg):
+        assert len(kept) <= VENDOR_TEXT_MAX_CHARS
+        assert kept.isprintable()  # no newline forges a log line
+    if len(long) <= VENDOR_TEXT_MAX_CHARS and long.isprintable():
+        assert page.ret_msg == long.strip()  # a usual message comes through as it came
 
 
 def test_a_body_the_usual_decoder_rejects_early_and_the_loose_one_cannot_read() -> None:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+import trustme
 import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
+from exporter.cec.upstream import Upstream
 from exporter.collect import Exporter
 from exporter.config import load_config
-from exporter.simulator import Fault, Simulator
+from exporter.simulator import Fault, SimConfig, Simulator
 
 RELOAD_OK = "cec_exporter_config_last_reload_successful"
 RELOAD_TIME = "cec_exporter_config_last_reload_success_timestamp_seconds"
@@ -130,6 +135,81 @@ def test_reload_adds_rejects_and_removes_targets(
         assert sample(removed, "cec_up", target="alpha") == 1.0
     output = server.stop()
     assert "Traceback" not in output
+
+
+def tls_simulator(ca: trustme.CA, port: int = 0) -> Simulator:
+    """A simulator serving HTTPS with a certificate for 127.0.0.1 issued by ``ca``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return Simulator(SimConfig(phones=120), port=port, ssl_context=context).start()
+
+
+@pytest.mark.parametrize("how", ["sighup", "http"])
+def test_a_renewed_ca_file_is_read_again_on_reload(
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """The vendor's CA is renewed: once ``ca_file`` holds the new CA and the config is
+    reloaded (its text unchanged), the target is up again without a restart."""
+    ca_file = tmp_path / "vendor-ca.pem"
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    old_ca.cert_pem.write_to_path(str(ca_file))
+    sim = tls_simulator(old_ca)
+    try:
+        config = write_config(targets=[target_entry(sim, ca_file=str(ca_file))])
+        server = serve_process("--config", str(config)).start()
+        with httpx2.Client(timeout=30) as client:
+
+            def up() -> float | None:
+                return sample(client.get(server.url + "/metrics").text, "cec_up", target="sim")
+
+            assert up() == 1
+            # The vendor now serves a certificate from a new CA, on the same address.
+            sim.stop()
+            sim = tls_simulator(new_ca, port=sim.port)
+            assert up() == 0  # the file still holds the old CA
+            new_ca.cert_pem.write_to_path(str(ca_file))
+            Reloader(server, how, client)(expect_ok=True)
+            assert up() == 1, server.output
+    finally:
+        sim.stop()
+
+
+def test_a_renewed_ca_file_replaces_the_pool_client_and_closes_the_old_one_later(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Only a changed CA content makes a new client; the old one serves what is in flight
+    and is closed after the longest ``timeout_seconds`` (or when the exporter stops)."""
+    ca_file = tmp_path / "vendor-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    entry = {"name": "t", "base_url": "https://127.0.0.1:9", "app_key": "k", "app_secret": "s"}
+    config = load_config(write_config(targets=[{**entry, "ca_file": str(ca_file)}]))
+    target = config.targets[0]
+
+    async def run() -> None:
+        upstream = Upstream()
+        upstream.configure(config.targets, 8)
+        pool = upstream.acquire_pool(target)
+        first = pool.client
+        upstream.configure(config.targets, 8)  # a reload, the CA file as it was
+        assert pool.client is first
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        grace = [replace(target, timeout_seconds=0.2)]
+        upstream.configure(grace, 8)  # a reload after the CA was renewed
+        assert pool.client is not first
+        assert not first.is_closed  # requests in flight on it finish
+        await asyncio.sleep(0.5)
+        assert first.is_closed
+        second = pool.client
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        upstream.configure(config.targets, 8)  # renewed again, with a 10 s grace
+        await upstream.aclose()  # the exporter stops: nothing waits out a grace
+        assert second.is_closed
+        assert pool.client.is_closed
+
+    asyncio.run(run())
 
 
 def test_rotated_secret_file_is_used_without_restart(

@@ -274,6 +274,20 @@ def test_keep_alive_and_tenant_space_ids(sim: Simulator, client: httpx2.Client) 
     assert stats["tenant_space_ids"] == ["ts-1"]
 
 
+def test_set_cookie_per_tenant_space_and_cookies_recorded(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    page, token = {"offset": 0, "limit": 1}, get_token(client)
+    assert "set-cookie" not in client.post(QUERY, json=page, headers=auth(token)).headers
+    sim.update(set_cookie=True)
+    tenant = {**auth(token), "X-TenantSpaceID": "ts-2"}
+    r = client.post(QUERY, json=page, headers=tenant)
+    assert r.headers["set-cookie"] == "session=ts-2; Path=/"
+    assert sim.stats()["cookies"] == []
+    client.post(QUERY, json=page, headers={**tenant, "Cookie": "session=x"})
+    assert sim.stats()["cookies"] == ["session=x"]
+
+
 def test_latency_and_concurrency_are_observed(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(latency_ms=150, jitter_ms=20)
     token = get_token(client)
@@ -392,6 +406,11 @@ def test_fault_huge_is_exact_size_valid_json(sim: Simulator, client: httpx2.Clie
     r = faulted(sim, client, Fault("huge", value=3 * 1024 * 1024 + 7))
     assert len(r.content) == 3 * 1024 * 1024 + 7
     assert r.json()["retCode"] == "0"
+
+
+def test_fault_huge_ret_msg(sim: Simulator, client: httpx2.Client) -> None:
+    answer = faulted(sim, client, Fault("huge_ret_msg", value=2_000_000)).json()
+    assert answer == {"retCode": "1", "retMsg": "query failed: " + "x" * 2_000_000}
 
 
 def test_fault_slow_and_hang(sim: Simulator, client: httpx2.Client) -> None:

@@ -38,7 +38,7 @@ from exporter.cec.errors import (
     RequestTimeout,
     RetCodeError,
 )
-from exporter.cec.parse import Page, Token, parse_page, parse_token
+from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
@@ -126,7 +126,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 def _transport_error(err: httpx2.HTTPError) -> CecError:
     if isinstance(err, httpx2.TimeoutException):
         return RequestTimeout(f"request timed out ({type(err).__name__})")
-    cause = str(err) or type(err).__name__
+    # A protocol error quotes what the server sent (an illegal status or header line).
+    cause = clip_vendor_text(str(err)) or type(err).__name__
     reason = _os_reason(err)
     if reason and reason.lower() not in cause.lower():
         cause += f" ({reason})"  # "All connection attempts failed" alone hides the why
@@ -158,11 +159,16 @@ class CecClient:
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
         # cancelled by its deadline cannot starve the others of connections
         # (tests/test_pool_leak.py).
-        self._http = self._upstream.acquire_pool(target)
+        self._pool = self._upstream.acquire_pool(target)
         # Absolute URLs, built once: a path is parsed and merged with base_url per request
         # (two URL parses, a tenth of the client's CPU per page).
         self._urls = {p: self._http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
         self.tokens = TokenCache(self._fetch_token)
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """The pool's client as it is now (a renewed CA file replaces it on reload)."""
+        return self._pool.client
 
     async def aclose(self) -> None:
         """Give the shared pool back (its last user closes the connections)."""

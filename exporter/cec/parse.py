@@ -26,12 +26,18 @@ import msgspec
 
 from exporter.cec.errors import InvalidResponse
 from exporter.cec.snapshot import REGISTERED, SUSPENDED, UNKNOWN, Endpoint, Status
+from exporter.cec.trace import clip
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 
 _STATUS = {0: REGISTERED, 1: SUSPENDED}
+
+VENDOR_TEXT_MAX_CHARS = 512
+"""Vendor text (``retCode``, ``retMsg``, a transport error's cause) is cut to this many
+characters where it is parsed: every copy kept (errors, history), shown or logged is
+bounded, whatever the vendor sends (up to ``max_response_bytes``)."""
 
 
 class Phone(NamedTuple):
@@ -246,10 +252,24 @@ def _text(value: object) -> str:
     return ""
 
 
+def clip_vendor_text(value: object) -> str:
+    """``value`` read as text (``_text``), control characters escaped, cut to
+    ``VENDOR_TEXT_MAX_CHARS`` (``…`` marks a cut): the only form vendor text is kept in.
+
+    A 16 MB ``retMsg`` would otherwise be copied into the error, each log line and the
+    history, and cost the shared event loop (and every other target) seconds to log."""
+    if isinstance(value, str):
+        value = value[: 2 * VENDOR_TEXT_MAX_CHARS]  # before any copy of the whole
+    text = _text(value)
+    if len(text) <= VENDOR_TEXT_MAX_CHARS and text.isprintable():
+        return text  # the usual short message, as it came
+    return clip(text, VENDOR_TEXT_MAX_CHARS)
+
+
 def _ret_code(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidResponse("retCode is missing or not a string")
-    return _text(value)
+    return clip_vendor_text(value)
 
 
 def _status(code: object) -> str:
@@ -364,7 +384,7 @@ def parse_page(body: bytes) -> Page:
     """Read a queryPhone answer; the caller decides what a non-zero retCode means."""
     answer, columns = _decode_answer(_skip_bom(body))
     ret_code = _ret_code(answer.retCode)
-    ret_msg = _text(answer.retMsg)
+    ret_msg = clip_vendor_text(answer.retMsg)
     if ret_code != "0":
         return Page(ret_code, ret_msg, None, ())
     result = answer.result or _Result()

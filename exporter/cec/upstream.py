@@ -4,12 +4,16 @@ Targets with the same ``base_url`` and TLS/proxy settings share one pool, so 200
 accounts on one CEC endpoint hold about as many sockets as requests in flight; a
 semaphore caps the requests in flight across every target; targets with the same
 ``base_url`` and ``app_key`` share one requests-per-second budget, because the
-vendor's gateway limits per app. Everything here runs on the collection loop.
+vendor's gateway limits per app. A ``ca_file`` whose content changed is read again
+on reload, and the pools that trust it get a new client. Everything here runs on the
+collection loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import http.cookiejar
 import logging
 import math
 import ssl
@@ -17,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 
@@ -79,9 +84,30 @@ class RateLimiter:
         return slot - now
 
 
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Accepts no cookie and returns none: a pool is shared by targets (tenant spaces,
+    accounts), so a ``Set-Cookie`` answered to one must never ride on another's requests;
+    the CEC API needs no cookie (a bearer token authenticates each request)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+
+def _ca_digest(ca_file: str | None) -> bytes | None:
+    """A digest of the CA file's content (None without one): tells a renewed CA apart."""
+    return None if ca_file is None else hashlib.sha256(Path(ca_file).read_bytes()).digest()
+
+
 @dataclass
-class _Pool:
+class Pool:
+    """One shared connection pool; ``client`` is replaced when its CA file is renewed,
+    so users read it per request rather than keeping it."""
+
     client: httpx2.AsyncClient
+    ca_digest: bytes | None = None
     users: int = 0
 
 
@@ -91,9 +117,14 @@ class Upstream:
     def __init__(self, max_inflight: int = DEFAULT_MAX_INFLIGHT_REQUESTS) -> None:
         self.max_inflight = max_inflight
         self._inflight = asyncio.Semaphore(max_inflight)
-        self._pools: dict[PoolKey, _Pool] = {}
+        self._pools: dict[PoolKey, Pool] = {}
         self._limiters: dict[BudgetKey, RateLimiter] = {}
-        self._ssl: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+        self._ssl: dict[tuple[bool, str | None], tuple[bytes | None, ssl.SSLContext]] = {}
+        # Clients replaced by a CA renewal, each closed by a timer once its requests ended
+        # (a timer, not a sleeping task: shutdown waits for tasks).
+        self._retired: dict[httpx2.AsyncClient, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._grace = 0.0
 
     def configure(self, targets: Iterable[TargetConfig], max_inflight: int) -> None:
         """Apply a (re)loaded config: the cap and the budgets; a kept budget keeps its pace."""
@@ -109,20 +140,51 @@ class Upstream:
                     kept if kept is not None and kept.rate == rate else RateLimiter(rate)
                 )
         self._limiters = limiters
+        self._renew_tls(targets)
+
+    def _renew_tls(self, targets: Iterable[TargetConfig]) -> None:
+        """Give the pools whose CA file changed a client that trusts the new content.
+
+        The old client serves the requests in flight, then closes: after the longest
+        ``timeout_seconds``, by which every request on it has ended.
+        """
+        targets = list(targets)
+        self._grace = max((t.timeout_seconds for t in targets), default=0.0)
+        in_use = {(t.verify_tls, t.ca_file) for t in targets}
+        self._ssl = {key: value for key, value in self._ssl.items() if key in in_use}
+        for key, pool in self._pools.items():
+            base_url, ca_file = key[0], key[2]
+            try:
+                if _ca_digest(ca_file) == pool.ca_digest:
+                    continue
+                client, digest = self._new_client(key)
+            except (OSError, ssl.SSLError) as err:  # changed again since the config check
+                log.warning("ca_file=%s unusable, keeping the CA read before: %s", ca_file, err)
+                continue
+            log.info("ca_file=%s changed: new connections to %s trust it", ca_file, base_url)
+            old, pool.client, pool.ca_digest = pool.client, client, digest
+            loop = asyncio.get_running_loop()
+            self._retired[old] = loop.call_later(self._grace, self._close_retired, old)
+
+    def _close_retired(self, client: httpx2.AsyncClient) -> None:
+        del self._retired[client]
+        task = asyncio.ensure_future(client.aclose())
+        self._closing.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._closing.discard)
 
     @property
     def pools(self) -> int:
         """Connection pools open now."""
         return len(self._pools)
 
-    def acquire_pool(self, target: TargetConfig) -> httpx2.AsyncClient:
+    def acquire_pool(self, target: TargetConfig) -> Pool:
         """The pool ``target`` uses; each call must be matched by ``release_pool``."""
         key = pool_key(target)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _Pool(self._new_client(target))
+            pool = self._pools[key] = Pool(*self._new_client(key))
         pool.users += 1
-        return pool.client
+        return pool
 
     async def release_pool(self, target: TargetConfig) -> None:
         """Give the pool back; the last user closes its connections."""
@@ -140,6 +202,11 @@ class Upstream:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await pool.client.aclose()
+        retired, self._retired = self._retired, {}
+        for client, timer in retired.items():
+            timer.cancel()
+            await client.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     @asynccontextmanager
     async def admit(self, target: TargetConfig, deadline: float) -> AsyncIterator[float]:
@@ -156,11 +223,14 @@ class Upstream:
         async with semaphore:
             yield time.monotonic() - started
 
-    def _new_client(self, target: TargetConfig) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            base_url=target.base_url,
-            verify=self._ssl_context(target),
-            proxy=target.proxy,
+    def _new_client(self, key: PoolKey) -> tuple[httpx2.AsyncClient, bytes | None]:
+        """A client for the pool ``key``, and the digest of the CA content it trusts."""
+        base_url, verify_tls, ca_file, proxy = key
+        digest, context = self._ssl_context(verify_tls, ca_file)
+        client = httpx2.AsyncClient(
+            base_url=base_url,
+            verify=context,
+            proxy=proxy,
             limits=httpx2.Limits(
                 # No cap of its own: the in-flight semaphore bounds the requests, hence the
                 # connections, and a reload that raises max_inflight_requests takes effect
@@ -173,18 +243,24 @@ class Upstream:
                 keepalive_expiry=KEEPALIVE_SECONDS,
             ),
             trust_env=False,  # only the proxy the config names
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             follow_redirects=False,
         )
+        return client, digest
 
-    def _ssl_context(self, target: TargetConfig) -> ssl.SSLContext:
-        # Built once per setting: loading a CA bundle costs tens of ms.
+    def _ssl_context(
+        self, verify_tls: bool, ca_file: str | None
+    ) -> tuple[bytes | None, ssl.SSLContext]:
+        # Built once per setting and CA content: loading a CA bundle costs tens of ms.
         # A context, not the path: httpx2 deprecates verify=<str> (same meaning).
-        key = (target.verify_tls, target.ca_file)
-        context = self._ssl.get(key)
-        if context is None:
-            context = self._ssl[key] = (
-                ssl.create_default_context(cafile=target.ca_file)
-                if target.ca_file
-                else httpx2.create_ssl_context(verify=target.verify_tls, trust_env=False)
+        key = (verify_tls, ca_file)
+        digest = _ca_digest(ca_file)
+        cached = self._ssl.get(key)
+        if cached is None or cached[0] != digest:
+            context = (
+                ssl.create_default_context(cafile=ca_file)
+                if ca_file
+                else httpx2.create_ssl_context(verify=verify_tls, trust_env=False)
             )
-        return context
+            cached = self._ssl[key] = (digest, context)
+        return cached

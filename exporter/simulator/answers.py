@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from exporter.simulator.faults import DEFAULT_HUGE_BYTES, Fault
+from exporter.simulator.faults import DEFAULT_HUGE_BYTES, DEFAULT_HUGE_RET_MSG_BYTES, Fault
 from exporter.simulator.reply import DROP, Reply, error_reply, json_reply
 
 _HTML_PAGE = (
@@ -45,6 +45,9 @@ def broken_answer(fault: Fault, api: str) -> Reply:
         return json_reply({"retCode": "0", "retMsg": "successfully", "result": result})
     if kind == "huge":
         return huge_answer(int(fault.value) if fault.value is not None else DEFAULT_HUGE_BYTES)
+    if kind == "huge_ret_msg":
+        size = int(fault.value) if fault.value is not None else DEFAULT_HUGE_RET_MSG_BYTES
+        return _streamed(b'{"retCode": "1", "retMsg": "query failed: ', size, b'"}')
     if kind == "close":
         return DROP
     raise ValueError(f"fault kind {kind!r} is not an answer")  # a bug: callers filter kinds
@@ -54,7 +57,11 @@ def huge_answer(size: int) -> Reply:
     """A valid JSON body of exactly ``size`` bytes (or the minimum), streamed in 64 KiB blocks."""
     head = b'{"retCode": "0", "retMsg": "successfully", "padding": "'
     tail = b'", "result": {"total": 0, "phone": []}}'
-    padding = max(size - len(head) - len(tail), 0)
+    return _streamed(head, max(size - len(head) - len(tail), 0), tail)
+
+
+def _streamed(head: bytes, padding: int, tail: bytes) -> Reply:
+    """``head``, ``padding`` bytes of ``x``, ``tail``: a body streamed in 64 KiB blocks."""
 
     def chunks() -> Iterator[bytes]:
         yield head

@@ -4,6 +4,7 @@ Faults are applied only to requests that would otherwise succeed (right credenti
 token, valid paging), after the configured latency.
 """
 
+import dataclasses
 import json
 import re
 import threading
@@ -135,11 +136,26 @@ def _paging(payload: dict[str, object], max_limit: int) -> tuple[int, int, str] 
 
 
 def query_phone(state: SimState, headers: Message, body: bytes) -> Reply:
-    """One page of phones for a live token, shaped by the config's mode and any faults."""
+    """One page of phones for a live token, shaped by the config's mode and any faults.
+
+    Cookies sent are recorded; with ``set_cookie`` every answer sets one per tenant space.
+    """
     config = state.config
     state.stats.incr("query_requests")
+    tenant_space = ""
     for value in headers.get_all("X-TenantSpaceID") or []:
-        state.stats.tenant_space_id(str(value))
+        tenant_space = str(value)
+        state.stats.tenant_space_id(tenant_space)
+    for value in headers.get_all("Cookie") or []:
+        state.stats.cookie(str(value))
+    reply = _query_phone(state, config, headers, body)
+    if not config.set_cookie or reply.drop:
+        return reply
+    cookie = ("Set-Cookie", f"session={tenant_space or '-'}; Path=/")
+    return dataclasses.replace(reply, headers=(*reply.headers, cookie))
+
+
+def _query_phone(state: SimState, config: SimConfig, headers: Message, body: bytes) -> Reply:
     with state.stats.in_flight():
         if not state.pause(state.api_delay(config)):
             return DROP

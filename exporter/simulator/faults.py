@@ -17,7 +17,10 @@ _SHARED_KINDS = frozenset(
     {"http_status", "malformed_json", "html", "truncated", "not_object", "huge", "close"}
 )
 KINDS_BY_API: dict[str, frozenset[str]] = {
-    "queryPhone": DELAY_KINDS | MODIFIER_KINDS | _SHARED_KINDS | {"ret_code", "result_wrong_type"},
+    "queryPhone": DELAY_KINDS
+    | MODIFIER_KINDS
+    | _SHARED_KINDS
+    | {"ret_code", "result_wrong_type", "huge_ret_msg"},
     "tokenByAkSk": DELAY_KINDS | _SHARED_KINDS | {"no_access_token", "bad_expires"},
 }
 ALL_KINDS = KINDS_BY_API["queryPhone"] | KINDS_BY_API["tokenByAkSk"]
@@ -32,6 +35,7 @@ _ONLY_API = {
 DEFAULT_HANG_SECONDS = 3600.0
 DEFAULT_SLOW_SECONDS = 1.0
 DEFAULT_HUGE_BYTES = 20 * 1024 * 1024
+DEFAULT_HUGE_RET_MSG_BYTES = 16_000_000  # within the exporter's default 16 MiB body cap
 
 Value = float | int | str | None
 
@@ -112,7 +116,7 @@ def _value_problem(kind: str, value: Value) -> str | None:
     if kind in ("hang", "slow"):
         ok = _is_number(value) and value >= 0
         return None if ok else "must be seconds >= 0"
-    if kind == "huge":
+    if kind in ("huge", "huge_ret_msg"):
         ok = _is_int(value) and value > 0
         return None if ok else "must be a positive byte count"
     if kind in ("total_shift", "shift"):

@@ -56,6 +56,9 @@ class SimConfig:
     shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
     roster: Roster = NO_EDITS
     """Phones removed, or with another status, tenant or number (``steer`` edits it)."""
+    set_cookie: bool = False
+    """Answer every queryPhone with ``Set-Cookie: session=<X-TenantSpaceID or ->``, as a
+    gateway keeping sessions per tenant space would (clients must not send it back)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""

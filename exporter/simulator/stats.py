@@ -27,6 +27,7 @@ class Stats:
             self._pagination: dict[str, int] = {"number": 0, "string": 0}
             self._token_expire: deque[int | str | None] = deque(maxlen=_TOKEN_EXPIRE_KEPT)
             self._tenant_space_ids: set[str] = set()
+            self._cookies: set[str] = set()
             self._faults: dict[str, int] = {}
             self._in_flight_max = self._in_flight
             self._open_max = self._open
@@ -51,6 +52,11 @@ class Stats:
         """Record an X-TenantSpaceID header value."""
         with self._lock:
             self._tenant_space_ids.add(value)
+
+    def cookie(self, value: str) -> None:
+        """Record a ``Cookie`` header value a client sent."""
+        with self._lock:
+            self._cookies.add(value)
 
     def fault(self, kind: str) -> None:
         """Record that a fault of ``kind`` was applied."""
@@ -90,6 +96,7 @@ class Stats:
                 "pagination_types": dict(self._pagination),
                 "token_expire_requested": list(self._token_expire),
                 "tenant_space_ids": sorted(self._tenant_space_ids),
+                "cookies": sorted(self._cookies),
                 "faults_applied": dict(self._faults),
                 "in_flight": self._in_flight,
                 "in_flight_max": self._in_flight_max,
