@@ -103,3 +103,31 @@ def test_a_short_page_once_is_read_again_and_exported_whole(
     assert counts(text) == expected_counts(sim)
     assert sim.stats()["query_requests_by_page"] == dict.fromkeys(range(10), 2)
     assert sample(text, "cec_collection_failures_total", target="sim", reason="incomplete") == 0
+
+
+def test_later_pages_without_total_do_not_make_the_count_incomplete(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    """Only the first page's total counts; a later page that leaves it out reports no other."""
+    sim = simulator(phones=250, tenants=2)
+    sim.set_faults([Fault("no_total", pages=(1, 2))])
+    text = serve(target_entry(sim, page_size=100, max_concurrency=2)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 250
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # read once
+
+
+def test_a_later_page_with_another_total_still_makes_the_count_incomplete() -> None:
+    def page(total: int | None, numbers: range) -> bytes:
+        result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
+        if total is not None:
+            result["total"] = total
+        return json.dumps({"retCode": "0", "result": result}).encode()
+
+    builder = SnapshotBuilder()
+    for body in (page(3, range(2)), page(None, range(2, 3))):
+        builder.add(parse_page(body))
+    assert builder.incomplete() is None
+    builder.add(parse_page(page(4, range(3, 4))))
+    assert builder.incomplete() == "total changed while paging (3 -> 4)"

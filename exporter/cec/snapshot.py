@@ -81,10 +81,14 @@ class SnapshotBuilder:
     _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:
-        """Fold one page in; the first page's ``total`` is the one reported."""
+        """Fold one page in; the first page's ``total`` is the one reported.
+
+        A later page that leaves ``total`` out reports no other total (any field may be
+        missing); only a different number makes the count incomplete.
+        """
         if self.pages == 0:
             self.total = page.total
-        elif page.total != self.total and not self.total_changed:
+        elif page.total is not None and page.total != self.total and not self.total_changed:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
             self.total_changed, self.later_total = True, page.total
         self.pages += 1

@@ -168,6 +168,7 @@ def query_phone(state: SimState, headers: Message, body: bytes) -> Reply:
             "duplicate": any(f.kind == "duplicate" for f in faults),
             "short": sum(_amount(f, 1) for f in faults if f.kind == "short_page"),
             "shift": sum(_amount(f, -1) for f in faults if f.kind == "shift"),
+            "no_total": any(f.kind == "no_total" for f in faults),
         }
         return Reply(body=_page_body(config, offset, limit, changes))
 

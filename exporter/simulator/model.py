@@ -206,6 +206,7 @@ def page_result(
     duplicate: bool = False,
     short: int = 0,
     shift: int = 0,
+    no_total: bool = False,
 ) -> dict[str, object]:
     """The ``result`` object for one page; only this page's phones are generated.
 
@@ -213,7 +214,7 @@ def page_result(
     ``short`` drops that many records from the end of the page (``total`` unchanged).
     ``shift`` moves the page's window by that many records, as when phones are added or
     removed before it while paging: -1 repeats the previous page's last phone and loses
-    this page's last one.
+    this page's last one. ``no_total`` leaves ``total`` out (any field may be missing).
     """
     start = max(0, offset + shift)
     indices = list(range(start, min(start + limit, config.phones)))
@@ -223,14 +224,9 @@ def page_result(
         indices.insert(0, max(offset - limit, 0))
     total = _number(config, config.phones + total_shift)
     phones = [phone_record(config, i) for i in indices]
+    result: dict[str, object] = {} if no_total else {"total": total}
     if config.mode == "legacy":
-        return {
-            "total": total,
-            "regIPAddress": LEGACY_REG_IP,
-            "regPort": LEGACY_REG_PORT,
-            "phone": phones,
-        }
-    result: dict[str, object] = {"total": total}
+        return {**result, "regIPAddress": LEGACY_REG_IP, "regPort": LEGACY_REG_PORT, "phone": phones}
     if config.mode == "pool":
         result["poolRegServ"] = {
             f"node{n}": [pool_endpoint(n)] for n in range(1, config.pool_nodes + 1)
