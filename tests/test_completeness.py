@@ -76,6 +76,34 @@ def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
     assert snapshot.duplicates == 2
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        (-1, -2),  # hash(-1) == hash(-2) in CPython
+        (1, 1 + (2**61 - 1)),  # ints hash modulo 2**61 - 1
+        (-5, -5 - (2**61 - 1)),
+        (2**64, 2**64 + 2**61 - 1),
+        ("-1", -2),  # the same ids as text
+    ],
+)
+def test_distinct_ids_on_one_number_are_distinct_phones(ids: tuple[object, object]) -> None:
+    phones = [{"id": ident, "phoneNum": "100", "status": 0} for ident in ids]
+    body = {"retCode": "0", "result": {"total": 2, "phone": phones}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    assert builder.incomplete() is None
+    assert builder.build().counts == {("", Status.REGISTERED): 2}
+    assert builder.duplicates == 0
+
+
+def test_an_id_as_int_and_as_text_is_one_phone() -> None:
+    phones = [{"id": -1, "phoneNum": "100"}, {"id": "-1", "phoneNum": "100"}]
+    body = {"retCode": "0", "result": {"total": 1, "phone": phones}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    assert builder.duplicates == 1
+
+
 # --- completeness: the records counted must equal total -----------------------------------
 
 

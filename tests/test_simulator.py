@@ -359,7 +359,6 @@ def test_fault_times_is_spent(sim: Simulator, client: httpx2.Client) -> None:
     assert sim.faults() == [Fault("ret_code", value="2", times=2)]
 
 
-
 def test_fault_no_total_leaves_total_out_of_the_chosen_pages(
     sim: Simulator, client: httpx2.Client
 ) -> None:
@@ -374,6 +373,7 @@ def test_fault_no_total_leaves_total_out_of_the_chosen_pages(
     legacy = query(client, token, 100, 100).json()["result"]
     assert "total" not in legacy
     assert legacy["regIPAddress"]
+
 
 @pytest.mark.parametrize(
     ("fault", "check"),

@@ -226,7 +226,12 @@ def page_result(
     phones = [phone_record(config, i) for i in indices]
     result: dict[str, object] = {} if no_total else {"total": total}
     if config.mode == "legacy":
-        return {**result, "regIPAddress": LEGACY_REG_IP, "regPort": LEGACY_REG_PORT, "phone": phones}
+        return {
+            **result,
+            "regIPAddress": LEGACY_REG_IP,
+            "regPort": LEGACY_REG_PORT,
+            "phone": phones,
+        }
     if config.mode == "pool":
         result["poolRegServ"] = {
             f"node{n}": [pool_endpoint(n)] for n in range(1, config.pool_nodes + 1)
