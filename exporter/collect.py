@@ -291,7 +291,7 @@ def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
             endpoints.add_metric(
                 [c.target, ep.mode, ep.node, ep.reg_ip, ep.reg_port, ep.sip_ip, ep.sip_port], 1
             )
-        for number, (tenant, registered) in sorted((snap.phones or {}).items()):
+        for (tenant, number), registered in sorted((snap.phones or {}).items()):
             per_phone.add_metric([c.target, tenant, number], 1.0 if registered else 0.0)
     families = (up, duration, last_success, age, allocated, phones, endpoints, per_phone)
     yield from (f for f in families if f.samples or f is up)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,6 +13,9 @@ from conftest import expected_counts, run_cli, sample, samples_named, target_ent
 from conftest import softphone_counts as counts
 
 from exporter import __version__
+from exporter.cec.parse import parse_page
+from exporter.cec.snapshot import SnapshotBuilder
+from exporter.collect import Collection, collection_families
 from exporter.simulator import Fault
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -379,3 +383,24 @@ def test_no_password_or_secret_in_any_output_at_debug_level(simulator, write_con
     assert "level=debug" in output  # debug logging really was on
     assert "SIPPW-canary-" not in output
     assert "APP-SECRET-canary-e2e" not in output
+
+
+def test_per_phone_series_keep_phones_sharing_a_number_across_tenants():
+    """One number allocated in three tenants is three phones, hence three series."""
+    phones = [
+        {"id": n, "phoneNum": "88881196", "tenantId": f"t{n}", "status": n % 2} for n in range(3)
+    ]
+    body = {"retCode": "0", "result": {"total": 3, "phone": phones}}
+    builder = SnapshotBuilder(per_phone=True)
+    builder.add(parse_page(json.dumps(body).encode()))
+    collection = Collection("sim", builder.build(), None, 0.1, 0.0)
+    (family,) = (
+        f for f in collection_families([collection]) if f.name == "cec_softphone_registered"
+    )
+    assert sorted(
+        (s.labels["tenant_id"], s.labels["phone_num"], s.value) for s in family.samples
+    ) == [
+        ("t0", "88881196", 1.0),
+        ("t1", "88881196", 0.0),
+        ("t2", "88881196", 1.0),
+    ]

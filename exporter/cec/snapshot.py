@@ -53,8 +53,9 @@ class Snapshot:
     total: int | None
     counts: dict[tuple[str, Status], int]
     endpoints: tuple[Endpoint, ...]
-    phones: dict[str, tuple[str, bool]] | None = None
-    """phone_num -> (tenant_id, registered); only with per-phone metrics."""
+    phones: dict[tuple[str, str], bool] | None = None
+    """(tenant_id, phone_num) -> registered; only with per-phone metrics. Keyed by both,
+    as the series are labelled: one number may be allocated in several tenants."""
     pages: int = 0
     duplicates: int = 0
     phones_truncated: bool = False
@@ -78,7 +79,7 @@ class SnapshotBuilder:
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     _endpoints: set[Endpoint] = field(default_factory=set)
     _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
-    _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    _phones: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def add(self, page: Page) -> None:
         """Fold one page in; the first page's ``total`` is the one reported.
@@ -125,7 +126,7 @@ class SnapshotBuilder:
             if not number:
                 continue
             if len(phones) < self.per_phone_cap:
-                phones[number] = (tenant_id, status == REGISTERED)
+                phones[(tenant_id, number)] = status == REGISTERED
             else:
                 self.phones_truncated = True
 
