@@ -198,6 +198,7 @@ def test_a_numeric_secret_out_of_range_is_named_not_echoed(
     assert "${CEC_APP_SECRET}" in str(caught.value)
     assert_clean({key_path: str(caught.value)}, [NUMERIC_SECRET, "9.18274e+08"])
 
+
 def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:
     """Hit every endpoint through successes and failures; return every page seen."""
     pages: dict[str, str] = {}
