@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -149,8 +150,6 @@ def test_a_token_that_expires_is_renewed_before_use(simulator, write_config, exp
     sim = simulator(phones=50, token_max_seconds=2)
     ex = exporter_server(write_config(targets=[target_entry(sim)]))
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
-    import time
-
     time.sleep(2.2)  # past the token's life: the exporter must ask for a new one first
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
     stats = sim.stats()
@@ -183,6 +182,49 @@ def test_tokens_revoked_by_the_server_are_replaced_once(simulator, write_config,
     sim.reset_stats()
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
     assert sim.stats()["tokens_issued"] == 1
+
+
+def test_targets_of_one_vendor_app_share_one_token(simulator, write_config, exporter_server):
+    """One app, three tenant spaces: one token call, renewed once for all after a revoke."""
+    sim, other = simulator(phones=250), simulator(phones=10, app_secret="another-secret")
+    targets = [target_entry(sim, f"space-{n}", tenant_space_id=f"ts{n}") for n in range(3)]
+    ex = exporter_server(write_config(targets=[*targets, target_entry(other, "other")]))
+    text = ex.metrics()
+    names = ("space-0", "space-1", "space-2", "other")
+    assert [sample(text, "cec_up", target=name) for name in names] == [1, 1, 1, 1]
+    assert sim.stats()["token_requests"] == 1
+    assert other.stats()["token_requests"] == 1  # another app (and secret): its own token
+    expiry = {sample(text, "cec_token_expiry_timestamp_seconds", target=n) for n in names[:3]}
+    assert len(expiry) == 1
+    assert None not in expiry
+    sim.expire_tokens()  # the vendor revokes it: the 401s cost one new token, not three
+    text = ex.metrics()
+    assert [sample(text, "cec_up", target=name) for name in names[:3]] == [1, 1, 1]
+    assert sim.stats()["tokens_issued"] == 2
+    assert sum(requests_total(text, "tokenByAkSk", "success", n) for n in names[:3]) == 2
+
+
+def test_a_failed_early_renewal_keeps_the_held_token_until_it_expires(
+    simulator, write_config, exporter_server
+):
+    """The renewal 1 s ahead of expiry answers 503: the collection uses the held token."""
+    sim = simulator(phones=250, token_max_seconds=5)
+    ex = exporter_server(write_config(targets=[target_entry(sim)]))
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    expires_at = sample(text, "cec_token_expiry_timestamp_seconds", target="sim")
+    sim.set_faults([Fault("http_status", api="tokenByAkSk", value=503)])
+    time.sleep(max(0.0, expires_at - 0.8 - time.time()))  # renewal due, token still valid
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert counts(text) == expected_counts(sim)
+    assert requests_total(text, "tokenByAkSk", "http_error") == 1  # one try, counted
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="http_error") == 0
+    assert sim.stats()["tokens_issued"] == 1
+    time.sleep(max(0.0, expires_at + 0.2 - time.time()))  # now it has really expired
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 0
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="http_error") == 1
 
 
 # --- failures ---------------------------------------------------------------------------

@@ -40,7 +40,6 @@ from exporter.cec.errors import (
 )
 from exporter.cec.parse import Page, Token, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
-from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
 from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
@@ -162,7 +161,9 @@ class CecClient:
         # Absolute URLs, built once: a path is parsed and merged with base_url per request
         # (two URL parses, a tenth of the client's CPU per page).
         self._urls = {p: self._http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
-        self.tokens = TokenCache(self._fetch_token)
+        # Shared with every target of the same vendor app (base_url, app_key, secret).
+        self.tokens = self._upstream.token_cache(target)
+        self._reported: Token | None = None  # the token whose expiry the observer last saw
 
     async def aclose(self) -> None:
         """Give the shared pool back (its last user closes the connections)."""
@@ -343,7 +344,6 @@ class CecClient:
                 f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
             ) from None
         register_secret(token.value)
-        self._observer.token_issued(token.expires_at)
         log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
         return token
 
@@ -365,6 +365,13 @@ class CecClient:
             headers["X-TenantSpaceID"] = self.target.tenant_space_id
         return headers
 
+    def _report(self, token: Token) -> Token:
+        """Tell the observer the expiry of a token this target has not used before."""
+        if token is not self._reported:
+            self._reported = token
+            self._observer.token_issued(token.expires_at)
+        return token
+
     @staticmethod
     def _check_ret_code(body: bytes) -> Page:
         page = parse_page(body)
@@ -374,7 +381,7 @@ class CecClient:
 
     async def _query_once(self, offset: int) -> Page:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
-        token = await self.tokens.get()
+        token = self._report(await self.tokens.get(self._fetch_token, self.target.name))
         trace = _trace.get()
         if trace is not None:
             trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
@@ -386,7 +393,7 @@ class CecClient:
         except HttpStatusError as err:
             if err.status_code != 401:
                 raise
-        token = await self.tokens.renew(token)
+        token = self._report(await self.tokens.renew(token, self._fetch_token))
         return await self._exchange(
             QUERY_API, QUERY_PATH, self._query_headers(token), payload, self._check_ret_code
         )

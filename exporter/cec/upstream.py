@@ -1,10 +1,11 @@
-"""What the clients of all targets share: connection pools, the in-flight cap, rate budgets.
+"""What the clients of all targets share: pools, the in-flight cap, rate budgets, tokens.
 
 Targets with the same ``base_url`` and TLS/proxy settings share one pool, so 200
 accounts on one CEC endpoint hold about as many sockets as requests in flight; a
 semaphore caps the requests in flight across every target; targets with the same
 ``base_url`` and ``app_key`` share one requests-per-second budget, because the
-vendor's gateway limits per app. Everything here runs on the collection loop.
+vendor's gateway limits per app, and with the same secret also one access token.
+Everything here runs on the collection loop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 import httpx2
 
 from exporter.cec.errors import DeadlineExceeded
-from exporter.config import DEFAULT_MAX_INFLIGHT_REQUESTS, TargetConfig
+from exporter.cec.token import TokenCache
+from exporter.config import DEFAULT_MAX_INFLIGHT_REQUESTS, Secret, TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
 PoolKey = tuple[str, bool, str | None, str | None]
 BudgetKey = tuple[str, str]
+AppKey = tuple[str, str, Secret]
 
 
 def pool_key(target: TargetConfig) -> PoolKey:
@@ -40,6 +43,11 @@ def pool_key(target: TargetConfig) -> PoolKey:
 def budget_key(target: TargetConfig) -> BudgetKey:
     """Targets with equal keys share one requests-per-second budget (one vendor app)."""
     return (target.base_url, target.app_key)
+
+
+def app_key(target: TargetConfig) -> AppKey:
+    """Targets with equal keys share one access token: one vendor app, one secret."""
+    return (target.base_url, target.app_key, target.app_secret)
 
 
 def group_rates(targets: Iterable[TargetConfig]) -> dict[BudgetKey, float]:
@@ -186,17 +194,22 @@ class _Pool:
 
 
 class Upstream:
-    """Shared pools, in-flight cap and rate limiters for every target of one exporter."""
+    """Shared pools, in-flight cap, rate limiters and tokens for every target of one exporter."""
 
     def __init__(self, max_inflight: int = DEFAULT_MAX_INFLIGHT_REQUESTS) -> None:
         self.max_inflight = max_inflight
         self._inflight = asyncio.Semaphore(max_inflight)
         self._pools: dict[PoolKey, _Pool] = {}
         self._limiters: dict[BudgetKey, RateLimiter] = {}
+        self._tokens: dict[AppKey, TokenCache] = {}
         self._ssl: dict[tuple[bool, str | None], ssl.SSLContext] = {}
 
     def configure(self, targets: Iterable[TargetConfig], max_inflight: int) -> None:
-        """Apply a (re)loaded config: the cap and the budgets; a kept budget keeps its pace."""
+        """Apply a (re)loaded config: the cap, the budgets and the shared tokens.
+
+        A kept budget keeps its pace; a kept vendor app keeps its token.
+        """
+        targets = tuple(targets)
         if max_inflight != self.max_inflight:
             # Requests in flight release the semaphore they took; new ones take this one.
             self.max_inflight = max_inflight
@@ -209,6 +222,16 @@ class Upstream:
                     kept if kept is not None and kept.rate == rate else RateLimiter(rate)
                 )
         self._limiters = limiters
+        apps = {app_key(target) for target in targets}
+        self._tokens = {key: cache for key, cache in self._tokens.items() if key in apps}
+
+    def token_cache(self, target: TargetConfig) -> TokenCache:
+        """The token cache ``target`` shares with every target of its vendor app."""
+        key = app_key(target)
+        cache = self._tokens.get(key)
+        if cache is None:
+            cache = self._tokens[key] = TokenCache()
+        return cache
 
     @property
     def pools(self) -> int:
