@@ -427,6 +427,20 @@ def test_no_password_or_secret_in_any_output_at_debug_level(simulator, write_con
     assert "APP-SECRET-canary-e2e" not in output
 
 
+def test_an_empty_account_is_up_with_zero_allocated(simulator, write_config, exporter_server):
+    """``total: 0`` is a success: the target shows ``cec_up 1`` and ``allocated 0``.
+
+    ``cec_softphones`` has no series then: it is labelled by tenant, and there is none
+    (a ``tenant_id=""`` series would claim phones without a tenant).
+    """
+    sim = simulator(phones=0)
+    text = exporter_server(write_config(targets=[target_entry(sim)])).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 0
+    assert counts(text) == {}
+    assert sample(text, "cec_collection_age_seconds", target="sim") == 0
+    assert sim.stats()["query_requests"] == 1
+
 def test_per_phone_series_keep_phones_sharing_a_number_across_tenants():
     """One number allocated in three tenants is three phones, hence three series."""
     phones = [

@@ -440,10 +440,10 @@ class CecClient:
         _trace.set(trace)
         started = time.monotonic()
         try:
-            async with deadline.enforce() as timer:
+            async with deadline.enforce():
                 return await self._collect(deadline)
         except TimeoutError:
-            if not timer.expired():
+            if not deadline.fired:
                 raise
             raise DeadlineExceeded(f"deadline of {deadline.at - started:.2f}s exceeded") from None
 
