@@ -441,6 +441,7 @@ def test_an_empty_account_is_up_with_zero_allocated(simulator, write_config, exp
     assert sample(text, "cec_collection_age_seconds", target="sim") == 0
     assert sim.stats()["query_requests"] == 1
 
+
 def test_per_phone_series_keep_phones_sharing_a_number_across_tenants():
     """One number allocated in three tenants is three phones, hence three series."""
     phones = [

@@ -85,8 +85,8 @@ class _Abandoned:
         self.raised = False
 
 
-# Requests cancelled because a sibling page failed have no outcome of their own:
-# they are not counted (a "timeout" there would report a failure that did not happen).
+# Requests cancelled because a sibling page failed are counted as "cancelled": the
+# vendor saw them, but a "timeout" would report a failure that did not happen.
 _abandoned: contextvars.ContextVar[_Abandoned | None] = contextvars.ContextVar(
     "abandoned", default=None
 )
@@ -182,8 +182,8 @@ class CecClient:
         """POST ``payload``, read the body (size-capped) and parse it with ``read``.
 
         Reports exactly one outcome to the observer, whatever happens, including
-        cancellation by the scrape deadline (reported as a timeout); a request
-        abandoned because a sibling page failed is not reported. Waiting for the
+        cancellation by the scrape deadline (reported as a timeout) and abandonment
+        because a sibling page failed (``cancelled``). Waiting for the
         rate budget and the in-flight cap comes first and is no request of its own.
         """
         async with self._upstream.admit(self.target, _deadline_at()) as waited:
@@ -200,7 +200,6 @@ class CecClient:
     ) -> _T:
         started = time.monotonic()
         outcome, status, ret_code, ret_msg = "timeout", None, None, None
-        report = True
         try:
             async with self._http.stream(
                 "POST",
@@ -235,16 +234,16 @@ class CecClient:
             raise
         except asyncio.CancelledError:
             abandoned = _abandoned.get()
-            report = abandoned is None or not abandoned.raised
+            if abandoned is not None and abandoned.raised:
+                outcome = "cancelled"  # sent, then given up: a sibling page had failed
             raise
         finally:
             seconds = time.monotonic() - started
-            if report:
-                self._observer.request_done(api, outcome, seconds, status, ret_code)
+            self._observer.request_done(api, outcome, seconds, status, ret_code)
             self._record(
                 api,
                 payload,
-                outcome if report else "cancelled",
+                outcome,
                 seconds,
                 status,
                 ret_code,
