@@ -187,23 +187,27 @@ def test_rate_limiter_serves_waiting_targets_round_robin() -> None:
     assert asyncio.run(run()) == ["big", "small", "big", "small", "big", "big", "big"]
 
 
+async def queue_requests(limiter: RateLimiter, party: str, n: int) -> list[asyncio.Future[float]]:
+    """``party`` takes the free slot, then queues ``n`` more requests (10 s deadlines)."""
+    deadline = time.monotonic() + 10
+    await limiter.wait(deadline, party=party)
+    queued = [asyncio.ensure_future(limiter.wait(deadline, party=party)) for _ in range(n)]
+    await asyncio.sleep(0)  # each is in the queue now
+    return queued
+
+
 def test_rate_limiter_refuses_only_what_fair_service_cannot_fit() -> None:
     """Beside eight waiting requests of another target, a new one is one slot away, not nine."""
 
     async def run() -> None:
         limiter = RateLimiter(4)  # 0.25 s slots
-        now = time.monotonic()
-        await limiter.wait(deadline=now + 10, party="big")
-        big = [
-            asyncio.ensure_future(limiter.wait(deadline=now + 10, party="big")) for _ in range(8)
-        ]
-        await asyncio.sleep(0)
+        big = await queue_requests(limiter, "big", 8)
         assert limiter.slots_ahead("small") == 1
         assert limiter.slots_ahead("big") == 8
         waited = await limiter.wait(deadline=time.monotonic() + 0.6, party="small")
         assert waited < 0.6
-        # big's ninth request would start after 8 more of its own and one of small's... none
-        # queued now: 8 slots, 2 s, refused at once against a 1 s deadline.
+        # big's next request waits behind the 7 of its own still queued: about 2 s away,
+        # refused at once against a 1 s deadline.
         with pytest.raises(DeadlineExceeded, match="requests_per_second 4"):
             await limiter.wait(deadline=time.monotonic() + 1, party="big")
         for task in big:
@@ -218,11 +222,7 @@ def test_rate_limiter_cancelled_waiters_hold_no_slot() -> None:
 
     async def run() -> None:
         limiter = RateLimiter(2)  # 0.5 s slots
-        now = time.monotonic()
-        await limiter.wait(deadline=now + 10, party="big")
-        big = [
-            asyncio.ensure_future(limiter.wait(deadline=now + 10, party="big")) for _ in range(6)
-        ]
+        big = await queue_requests(limiter, "big", 6)
         await asyncio.sleep(0.05)
         for task in big:
             task.cancel()
@@ -249,6 +249,16 @@ def shared_app(sim: Simulator, rate: float, **big: Any) -> list[dict[str, Any]]:
     ]
 
 
+def probe_small(running: RunningExporter) -> float:
+    """``/probe`` small with a 2 s scrape timeout; it must be up: its collection time."""
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
+    text = running.metrics("/probe?target=small", headers=headers)
+    assert sample(text, "cec_up", target="small") == 1.0
+    duration = sample(text, "cec_collection_duration_seconds", target="small")
+    assert duration is not None
+    return duration
+
+
 def test_a_target_that_gave_up_leaves_the_shared_budget_to_the_next(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -259,12 +269,7 @@ def test_a_target_that_gave_up_leaves_the_shared_budget_to_the_next(
     running = exporter_server(write_config(targets=shared_app(sim, 2, timeout_seconds=3)))
     big = running.metrics("/probe?target=big")
     assert sample(big, "cec_up", target="big") == 0.0
-    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
-    small = running.metrics("/probe?target=small", headers=headers)
-    assert sample(small, "cec_up", target="small") == 1.0
-    duration = sample(small, "cec_collection_duration_seconds", target="small")
-    assert duration is not None
-    assert duration < 1.6
+    assert probe_small(running) < 1.6
 
 
 def test_a_small_target_beside_a_busy_one_on_one_budget_is_served_fairly(
@@ -272,7 +277,7 @@ def test_a_small_target_beside_a_busy_one_on_one_budget_is_served_fairly(
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
 ) -> None:
-    """While big's eight workers wait for the 4/s budget, small's two requests still fit 2 s."""
+    """While big's eight workers wait for the 4/s budget, small's page still fits in 2 s."""
     sim = simulator(phones=90, latency_ms=5)
     running = exporter_server(write_config(targets=shared_app(sim, 4, timeout_seconds=20)))
     result: dict[str, str] = {}
@@ -287,11 +292,6 @@ def test_a_small_target_beside_a_busy_one_on_one_budget_is_served_fairly(
     while sim.stats()["query_requests"] < 3:  # big's workers are paging
         assert time.monotonic() < deadline, "big never started paging"
         time.sleep(0.02)
-    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
-    small = running.metrics("/probe?target=small", headers=headers)
+    assert probe_small(running) < 1.5
     scraper.join(timeout=30)
-    assert sample(small, "cec_up", target="small") == 1.0
-    duration = sample(small, "cec_collection_duration_seconds", target="small")
-    assert duration is not None
-    assert duration < 1.5
     assert sample(result["big"], "cec_up", target="big") == 1.0  # 19 requests, about 5 s
