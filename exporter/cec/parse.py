@@ -321,10 +321,12 @@ def _hashable_id(ident: int | str) -> int | str:
     return ident
 
 
-def _injective_ids(ids: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """``ids`` with every int whose hash another int shares replaced by its text."""
-    mixed = str in set(map(type, ids))
-    ints = [i for i in ids if type(i) is int] if mixed else cast("tuple[int, ...]", ids)
+def _injective_ids(ids: tuple[int | str, ...], all_ints: bool) -> tuple[int | str, ...]:
+    """``ids`` with every int whose hash another int shares replaced by its text.
+
+    ``all_ints``: the caller knows every id is an int (the usual page), so no type check.
+    """
+    ints = cast("tuple[int, ...]", ids) if all_ints else [i for i in ids if type(i) is int]
     if not ints or (min(ints) > -_HASH_MODULUS and max(ints) < _HASH_MODULUS and -1 not in ints):
         return ids  # the usual case: checked at C speed, nothing to change
     return tuple(map(_hashable_id, ids))
@@ -335,8 +337,9 @@ def _columns(
     numbers: tuple[str, ...],
     tenants: tuple[object, ...],
     codes: tuple[object, ...],
+    all_ints: bool = False,
 ) -> _Columns:
-    pairs = zip(_injective_ids(ids), numbers, strict=True)
+    pairs = zip(_injective_ids(ids, all_ints), numbers, strict=True)
     keys: tuple[int | None, ...] = tuple(map(hash, pairs))
     if "" in numbers:  # a phone with neither id nor number has no identity
         rows = zip(keys, ids, numbers, strict=True)
@@ -352,9 +355,11 @@ def _usual_columns(phones: list[_Phone]) -> _Columns:
     except TypeError:  # some number came as an int
         numbers = tuple(map(str.strip, map(str, raw)))
     ids: tuple[int | str, ...] = tuple(map(_ID, phones))
-    if str in set(map(type, ids)):  # ids as strings: each to its identity
+    all_ints = str not in set(map(type, ids))
+    if not all_ints:  # ids as strings: each to its identity
         ids = tuple(map(_identity, map(str.strip, map(str, ids))))
-    return _columns(ids, numbers, tuple(map(_TENANT, phones)), tuple(map(_CODE, phones)))
+    tenants, codes = tuple(map(_TENANT, phones)), tuple(map(_CODE, phones))
+    return _columns(ids, numbers, tenants, codes, all_ints)
 
 
 def _loose_columns(phones: list[_LoosePhone]) -> _Columns:
