@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -14,9 +13,6 @@ from conftest import expected_counts, run_cli, sample, samples_named, target_ent
 from conftest import softphone_counts as counts
 
 from exporter import __version__
-from exporter.cec.parse import parse_page
-from exporter.cec.snapshot import SnapshotBuilder
-from exporter.collect import Collection, collection_families
 from exporter.simulator import Fault
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -442,22 +438,15 @@ def test_an_empty_account_is_up_with_zero_allocated(simulator, write_config, exp
     assert sim.stats()["query_requests"] == 1
 
 
-def test_per_phone_series_keep_phones_sharing_a_number_across_tenants():
-    """One number allocated in three tenants is three phones, hence three series."""
-    phones = [
-        {"id": n, "phoneNum": "88881196", "tenantId": f"t{n}", "status": n % 2} for n in range(3)
-    ]
-    body = {"retCode": "0", "result": {"total": 3, "phone": phones}}
-    builder = SnapshotBuilder(per_phone=True)
-    builder.add(parse_page(json.dumps(body).encode()))
-    collection = Collection("sim", builder.build(), None, 0.1, 0.0)
-    (family,) = (
-        f for f in collection_families([collection]) if f.name == "cec_softphone_registered"
-    )
-    assert sorted(
-        (s.labels["tenant_id"], s.labels["phone_num"], s.value) for s in family.samples
-    ) == [
-        ("t0", "88881196", 1.0),
-        ("t1", "88881196", 0.0),
-        ("t2", "88881196", 1.0),
-    ]
+def test_per_phone_series_keep_phones_sharing_a_number_across_tenants(
+    simulator, write_config, exporter_server
+):
+    """10 numbers, each allocated in 3 tenants: 30 phones, hence 30 series."""
+    sim = simulator(phones=30, tenants=3, suspended_ratio=0.3, shared_numbers=True)
+    ex = exporter_server(write_config(targets=[target_entry(sim, per_phone_metrics=True)]))
+    series = samples_named(ex.metrics(), "cec_softphone_registered")
+    assert len({(labels["tenant_id"], labels["phone_num"]) for labels, _ in series}) == 30
+    assert len({labels["phone_num"] for labels, _ in series}) == 10
+    expected = sim.expected().counts
+    registered = sum(n for (_, status), n in expected.items() if status == "registered")
+    assert sum(value for _, value in series) == registered

@@ -51,6 +51,10 @@ class SimConfig:
     id_period: int = 0
     """0: every phone has its own ``id``; N: ids repeat every N records (a "Configuration ID"
     shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
+    shared_numbers: bool = False
+    """Each phone number is allocated once in every tenant (phone ``i`` has number
+    ``i // tenants``, tenant ``i % tenants``), as when tenants reuse a numbering plan.
+    Single and pool modes only: a legacy record has neither tenant nor id."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""
@@ -170,8 +174,9 @@ def _number(config: SimConfig, value: int) -> int | str:
 
 def phone_record(config: SimConfig, i: int) -> dict[str, object]:
     """The wire record of phone ``i`` in the config's mode."""
+    number = i // config.tenants if config.shared_numbers else i
     record: dict[str, object] = {
-        "phoneNum": str(FIRST_PHONE_NUMBER + i),
+        "phoneNum": str(FIRST_PHONE_NUMBER + number),
         "password": f"{config.password_prefix}{i:06d}",
     }
     if config.mode == "legacy":
