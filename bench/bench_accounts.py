@@ -9,7 +9,9 @@ every account:
 * the exporter's peak open file descriptors, sampled every 5 ms during the scrapes;
 * the peak of requests in flight and of connections open at once, as the simulator saw them;
 * then, with ``requests_per_second`` on every account (one app: one shared budget),
-  the rate the limiter achieved over a warm scrape.
+  the rate the limiter achieved over a warm scrape;
+* then a small account's collection time alone and beside a busy one on one budget
+  (``--fair-rate``): the shared budget is handed out round-robin between targets.
 
 Usage::
 
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=100.0, help="requests_per_second (phase 2)")
     parser.add_argument("--rate-accounts", type=int, default=20)
+    parser.add_argument(
+        "--fair-rate", type=float, default=10.0, help="requests_per_second (phase 3)"
+    )
     args = parser.parse_args()
 
     pages = -(-args.phones // 100)
@@ -200,10 +205,63 @@ def main() -> None:
                 f"{sent} requests in {seconds * 1000:.0f} ms = {sent / seconds:.1f}/s achieved",
             ),
         ]
+        rows += fair_budget(http, sim_url, workdir, args.phones, args.fair_rate)
     width = max(len(name) for name, _ in rows)
     for name, figure in rows:
         print(f"{name:<{width}}  {figure}")
     print(f"load average after: {load()}")
+
+
+def probe(http: httpx2.Client, url: str, target: str, timeout: float) -> tuple[bool, float]:
+    """``/probe`` one target: (up, its cec_collection_duration_seconds)."""
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": str(timeout)}
+    text = http.get(f"{url}/probe?target={target}", headers=headers).text
+    up = value(text, "cec_up") == 1.0
+    return up, value(text, "cec_collection_duration_seconds") or 0.0
+
+
+def fair_budget(
+    http: httpx2.Client, sim_url: str, workdir: Path, phones: int, rate: float
+) -> list[tuple[str, str]]:
+    """Phase 3: a small target's collection alone, then beside a busy one on one budget.
+
+    Both read the same account: busy in pages of 5 with 8 in flight (phones / 5 pages),
+    small in pages of 100. Fair service gives small every other slot while busy pages.
+    """
+    base = {"base_url": sim_url, "app_key": APP_KEY, "app_secret": APP_SECRET}
+    config = {
+        "defaults": {"requests_per_second": rate, "timeout_seconds": 100},
+        "targets": [
+            {"name": "busy", **base, "page_size": 5, "max_concurrency": 8},
+            {"name": "small", **base, "page_size": 100},
+        ],
+    }
+    small_pages = -(-phones // 100)
+    with serve(config, workdir) as (_, url):
+        probe(http, url, "small", 30)  # token and connections
+        alone = [probe(http, url, "small", 30) for _ in range(3)]
+        busy_result: list[tuple[bool, float]] = []
+        busy = threading.Thread(
+            target=lambda: busy_result.append(probe(http, url, "busy", SCRAPE_TIMEOUT))
+        )
+        busy.start()
+        time.sleep(1.0)  # busy's workers are queued on the budget
+        beside = [probe(http, url, "small", 30) for _ in range(3)]
+        busy.join()
+    alone_s = statistics.median(seconds for _, seconds in alone)
+    beside_s = statistics.median(seconds for _, seconds in beside)
+    down = sum(not up for up, _ in alone + beside)
+    busy_up, busy_s = busy_result[0] if busy_result else (False, 0.0)
+    label = f"fair budget {rate:g}/s: small ({small_pages} pages)"
+    return [
+        (f"{label} alone", f"{alone_s * 1000:.0f} ms  median of 3"),
+        (
+            f"{label} beside busy ({-(-phones // 5)} pages)",
+            f"{beside_s * 1000:.0f} ms  median of 3 = {beside_s / alone_s:.2f}x alone"
+            f"  (fair bound ~2x); {down} of 6 small collections down",
+        ),
+        ("  busy collection meanwhile", f"{busy_s * 1000:.0f} ms, {'up' if busy_up else 'DOWN'}"),
+    ]
 
 
 def proc_rss_mib(own_metrics: str) -> float:

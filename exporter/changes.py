@@ -20,7 +20,8 @@ from exporter.cec.snapshot import Roster, Snapshot
 EXAMPLES = 5
 """Phone numbers the debug probe names per collection (with per_phone_metrics)."""
 
-_Phones = Mapping[str, tuple[str, bool]]
+_Phones = Mapping[tuple[str, str], bool]
+"""registered or not, by (tenant, phone number): ``Snapshot.phones``."""
 
 
 @dataclass(frozen=True)
@@ -79,28 +80,31 @@ class ChangeTracker:
 
 
 def _examples(before: _Phones, after: _Phones) -> Iterator[str]:
-    """Up to ``EXAMPLES`` phone numbers whose tenant or registration changed, in words."""
+    """Up to ``EXAMPLES`` phone numbers added, removed or (un)registered, in words.
+
+    Phones are keyed by (tenant, number), as their series are: a phone that moved to
+    another tenant reads as removed from one and added to the other, as it is counted.
+    """
     shown = 0
-    for number, (tenant, registered) in after.items():
-        was = before.get(number)
-        if was == (tenant, registered):
+    for (tenant, number), registered in after.items():
+        was = before.get((tenant, number))
+        if was == registered:
             continue
         if was is None:
             yield f"{number} added to tenant {tenant!r}"
-        elif was[0] != tenant:
-            yield f"{number} moved from tenant {was[0]!r} to {tenant!r}"
         else:
             now = "registered" if registered else "not registered"
             yield f"{number} in tenant {tenant!r} is {now} now"
         shown += 1
         if shown == EXAMPLES:
             return
-    for number, (tenant, _) in before.items():
-        if number not in after:
-            yield f"{number} removed from tenant {tenant!r}"
-            shown += 1
-            if shown == EXAMPLES:
-                return
+    for tenant, number in before:
+        if (tenant, number) in after:
+            continue
+        yield f"{number} removed from tenant {tenant!r}"
+        shown += 1
+        if shown == EXAMPLES:
+            return
 
 
 def change_families(reports: Iterable[tuple[str, ChangeReport]]) -> Iterator[CounterMetricFamily]:

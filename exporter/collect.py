@@ -17,6 +17,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -165,23 +166,35 @@ class TargetCollector:
         ttl = 0.0 if fresh else self.config.cache_ttl_seconds
         if cached is not None and started - cached.finished_mono < ttl:
             return _replace_age(cached, started - cached.finished_mono)
+        # A longer scrape never fails for a shorter one: it extends the shared deadline,
+        # or, once that has fired (the collection is being cancelled), waits for the end
+        # of that collection and starts its own.
+        while self._inflight is not None and not self._deadline.extend(deadline):
+            await asyncio.wait({self._inflight})
         if self._closed:
             return None
         if self._inflight is None:
             self._deadline = Deadline(deadline)
             self._inflight = asyncio.ensure_future(self._collect(self._deadline))
             self._inflight.add_done_callback(self._finished)
-        else:
-            self._deadline.extend(deadline)  # a longer scrape never fails for a shorter one
         task, shared = self._inflight, self._deadline
         try:
             return await asyncio.wait_for(asyncio.shield(task), deadline - time.monotonic())
         except TimeoutError:
             pass
+        except asyncio.CancelledError:
+            if not self._cancelled_by_reload(task):
+                raise
+            return None  # the caller asks the collector that replaced this one
         if shared.at <= deadline:
             # Ours is the latest deadline: the collection ends at this same instant and
             # logs and counts its own failure; a verdict here would do it twice.
-            return await asyncio.shield(task)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not self._cancelled_by_reload(task):
+                    raise
+                return None
         waited = time.monotonic() - started
         log.warning(
             "scrape deadline passed; the collection goes on for a later scrape",
@@ -189,6 +202,15 @@ class TargetCollector:
         )
         self._observer.scrape_abandoned()  # the collection counts its own outcome
         return self._failed(f"deadline of {waited:.2f}s passed", waited, reason="deadline")
+
+    def _cancelled_by_reload(self, task: asyncio.Task[Collection | None]) -> bool:
+        """Whether ``task`` was stopped by ``aclose`` (and not the scrape waiting on it).
+
+        ``aclose`` may cancel the collection before its first step, so ``_run`` never
+        sees it: the ``CancelledError`` reaches the scrapes waiting for it instead.
+        """
+        current = asyncio.current_task()
+        return task.cancelled() and self._closed and not (current and current.cancelling())
 
     def _finished(self, task: asyncio.Task[Collection | None]) -> None:
         self._inflight = None
@@ -341,7 +363,7 @@ def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
             endpoints.add_metric(
                 [c.target, ep.mode, ep.node, ep.reg_ip, ep.reg_port, ep.sip_ip, ep.sip_port], 1
             )
-        for number, (tenant, registered) in sorted((snap.phones or {}).items()):
+        for (tenant, number), registered in sorted((snap.phones or {}).items()):
             per_phone.add_metric([c.target, tenant, number], 1.0 if registered else 0.0)
     families = (up, duration, last_success, age, allocated, phones, endpoints, per_phone)
     yield from (f for f in families if f.samples or f is up)
@@ -472,7 +494,14 @@ class Exporter:
             return [collection for collection in found if collection is not None]
 
         # Each get() ends within its budget; the extra second only guards against a stuck loop.
-        return self._io.run(run(), timeout=max(budgets.values(), default=0) + 1.0)
+        try:
+            return self._io.run(run(), timeout=max(budgets.values(), default=0) + 1.0)
+        except (FutureTimeout, FutureCancelled):
+            # Still an answer, with cec_up 0 for every target asked (SPEC section 6).
+            log.error("collection loop did not answer in time")  # noqa: TRY400
+            waited = time.monotonic() - started
+            error = f"the collection loop did not answer within {waited:.2f}s"
+            return [targets[name]._failed(error, waited) for name in budgets]
 
     def scrape(
         self, target: str | None = None, scrape_timeout: float | None = None, fresh: bool = False

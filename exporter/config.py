@@ -145,6 +145,13 @@ def _number(path: str, raw: object, kind: Callable[[str], _T]) -> _T:
     raise ConfigError(path, f"must be a number, got {_shown(raw)}")
 
 
+def _number_shown(raw: object, value: float) -> str:
+    """A rejected number as an error shows it: from ``${VAR}``, the variable, not the value."""
+    if isinstance(raw, _FromEnv):
+        return _shown(raw)
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _int_in(low: int, high: int) -> Callable[[str, object], int]:
     def check(path: str, raw: object) -> int:
         number = _number(path, raw, float)
@@ -152,7 +159,7 @@ def _int_in(low: int, high: int) -> Callable[[str, object], int]:
             raise ConfigError(path, f"must be a whole number, got {_shown(raw)}")
         value = int(number)
         if not low <= value <= high:
-            raise ConfigError(path, f"must be {low}..{high}, got {value}")
+            raise ConfigError(path, f"must be {low}..{high}, got {_number_shown(raw, value)}")
         return value
 
     return check
@@ -162,7 +169,7 @@ def _float_in(low: float, high: float) -> Callable[[str, object], float]:
     def check(path: str, raw: object) -> float:
         value = _number(path, raw, float)
         if not low <= value <= high:  # also rejects NaN
-            raise ConfigError(path, f"must be {low:g}..{high:g}, got {value:g}")
+            raise ConfigError(path, f"must be {low:g}..{high:g}, got {_number_shown(raw, value)}")
         return value
 
     return check
@@ -171,7 +178,9 @@ def _float_in(low: float, high: float) -> Callable[[str, object], float]:
 def _timeout(path: str, raw: object) -> float:
     value = _number(path, raw, float)
     if not 0 < value <= 600:
-        raise ConfigError(path, f"must be more than 0 and at most 600, got {value:g}")
+        raise ConfigError(
+            path, f"must be more than 0 and at most 600, got {_number_shown(raw, value)}"
+        )
     return value
 
 

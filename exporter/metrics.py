@@ -29,6 +29,7 @@ OUTCOMES = (
     "timeout",
     "network_error",
     "invalid_response",
+    "cancelled",
 )
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MAX_LABEL_CODE = 8

@@ -8,6 +8,7 @@ fault and its request counters as the witness of what went upstream.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ import pytest
 from conftest import RunningExporter, sample, samples_named, target_entry
 from conftest import softphone_counts as counts
 
+from exporter.collect import Collection, TargetCollector
+from exporter.config import load_config
+from exporter.metrics import ApiMetrics
 from exporter.simulator import Fault, Simulator
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -112,3 +116,67 @@ def test_a_short_deadline_never_fails_a_longer_one_and_one_collection_serves_bot
     stats: dict[str, Any] = httpx2.get(sim.url + "/_sim/state", timeout=10).json()["stats"]
     assert stats["tokens_issued"] == 1
     assert stats["query_requests_by_page"] == {"0": 1, "1": 1, "2": 1}, "not one collection"
+
+
+def failures(metrics: ApiMetrics) -> dict[str, float]:
+    """Non-zero ``cec_collection_failures_total`` by reason."""
+    (family,) = (f for f in metrics.collect() if f.name == "cec_collection_failures")
+    return {s.labels["reason"]: s.value for s in family.samples if s.value}
+
+
+def test_a_scrape_joining_just_after_the_deadline_fired_gets_a_collection_of_its_own(
+    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+) -> None:
+    """Scrape A (0.3 s) starts a collection whose first page takes 2 s; the loop is busy
+    past A's deadline, so the deadline's timer has fired (the collection is being
+    cancelled) when scrape B (10 s) joins. B must not get A's failure, and the failure
+    is counted once."""
+    sim = simulator(phones=PHONES, tenants=2)
+    sim.set_faults([Fault("slow", pages=(0,), value=SLOW_SECONDS, times=1)])
+    config = load_config(write_config(targets=[target_entry(sim, timeout_seconds=30)]))
+    metrics = ApiMetrics()
+    metrics.add_target("sim")
+
+    async def run() -> tuple[Collection | None, Collection | None]:
+        collector = TargetCollector(config.targets[0], metrics)
+        loop = asyncio.get_running_loop()
+        base, start = loop.time(), time.monotonic()
+        joined: list[asyncio.Future[Collection | None]] = []
+        a = asyncio.ensure_future(collector.get(start + 0.3))
+        loop.call_at(base + 0.2, time.sleep, 0.3)  # the loop is busy from 0.2 s to 0.5 s
+        loop.call_at(  # due after A's deadline (0.3 s), run in the same turn of the loop
+            base + 0.35,
+            lambda: joined.append(asyncio.ensure_future(collector.get(time.monotonic() + 10))),
+        )
+        first = await a
+        await asyncio.sleep(0.4)
+        second = await joined[0]
+        await collector.aclose()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first is not None
+    assert not first.up
+    assert second is not None
+    assert second.up, second.error
+    assert failures(metrics) == {"deadline": 1}
+
+
+def test_a_loop_that_answers_late_still_gives_cec_up_0_for_every_target(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """The collection loop is stuck (a CPU-bound step) past the scrape's deadline."""
+    sim = simulator(phones=PHONES)
+    config = write_config(targets=[target_entry(sim, "a"), target_entry(sim, "b")])
+    running = exporter_server(config)
+    assert sample(running.metrics(), "cec_up", target="a") == 1
+    running.exporter._io.loop.call_soon_threadsafe(time.sleep, 3)  # a stuck loop
+    started = time.monotonic()
+    text = running.metrics(headers={TIMEOUT_HEADER: "1"})
+    assert time.monotonic() - started < 2.5
+    assert sample(text, "cec_up", target="a") == 0
+    assert sample(text, "cec_up", target="b") == 0
+    assert sample(text, "cec_last_success_timestamp_seconds", target="a") is not None
+    assert counts(text, "a") == {}

@@ -76,6 +76,34 @@ def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
     assert snapshot.duplicates == 2
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        (-1, -2),  # hash(-1) == hash(-2) in CPython
+        (1, 1 + (2**61 - 1)),  # ints hash modulo 2**61 - 1
+        (-5, -5 - (2**61 - 1)),
+        (2**64, 2**64 + 2**61 - 1),
+        ("-1", -2),  # the same ids as text
+    ],
+)
+def test_distinct_ids_on_one_number_are_distinct_phones(ids: tuple[object, object]) -> None:
+    phones = [{"id": ident, "phoneNum": "100", "status": 0} for ident in ids]
+    body = {"retCode": "0", "result": {"total": 2, "phone": phones}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    assert builder.incomplete() is None
+    assert builder.build().counts == {("", Status.REGISTERED): 2}
+    assert builder.duplicates == 0
+
+
+def test_an_id_as_int_and_as_text_is_one_phone() -> None:
+    phones = [{"id": -1, "phoneNum": "100"}, {"id": "-1", "phoneNum": "100"}]
+    body = {"retCode": "0", "result": {"total": 1, "phone": phones}}
+    builder = SnapshotBuilder()
+    builder.add(parse_page(json.dumps(body).encode()))
+    assert builder.duplicates == 1
+
+
 # --- completeness: the records counted must equal total -----------------------------------
 
 
@@ -103,3 +131,31 @@ def test_a_short_page_once_is_read_again_and_exported_whole(
     assert counts(text) == expected_counts(sim)
     assert sim.stats()["query_requests_by_page"] == dict.fromkeys(range(10), 2)
     assert sample(text, "cec_collection_failures_total", target="sim", reason="incomplete") == 0
+
+
+def test_later_pages_without_total_do_not_make_the_count_incomplete(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    """Only the first page's total counts; a later page that leaves it out reports no other."""
+    sim = simulator(phones=250, tenants=2)
+    sim.set_faults([Fault("no_total", pages=(1, 2))])
+    text = serve(target_entry(sim, page_size=100, max_concurrency=2)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 250
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # read once
+
+
+def test_a_later_page_with_another_total_still_makes_the_count_incomplete() -> None:
+    def page(total: int | None, numbers: range) -> bytes:
+        result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
+        if total is not None:
+            result["total"] = total
+        return json.dumps({"retCode": "0", "result": result}).encode()
+
+    builder = SnapshotBuilder()
+    for body in (page(3, range(2)), page(None, range(2, 3))):
+        builder.add(parse_page(body))
+    assert builder.incomplete() is None
+    builder.add(parse_page(page(4, range(3, 4))))
+    assert builder.incomplete() == "total changed while paging (3 -> 4)"

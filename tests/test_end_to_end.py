@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -145,8 +146,6 @@ def test_a_token_that_expires_is_renewed_before_use(simulator, write_config, exp
     sim = simulator(phones=50, token_max_seconds=2)
     ex = exporter_server(write_config(targets=[target_entry(sim)]))
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
-    import time
-
     time.sleep(2.2)  # past the token's life: the exporter must ask for a new one first
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
     stats = sim.stats()
@@ -179,6 +178,49 @@ def test_tokens_revoked_by_the_server_are_replaced_once(simulator, write_config,
     sim.reset_stats()
     assert sample(ex.metrics(), "cec_up", target="sim") == 1
     assert sim.stats()["tokens_issued"] == 1
+
+
+def test_targets_of_one_vendor_app_share_one_token(simulator, write_config, exporter_server):
+    """One app, three tenant spaces: one token call, renewed once for all after a revoke."""
+    sim, other = simulator(phones=250), simulator(phones=10, app_secret="another-secret")
+    targets = [target_entry(sim, f"space-{n}", tenant_space_id=f"ts{n}") for n in range(3)]
+    ex = exporter_server(write_config(targets=[*targets, target_entry(other, "other")]))
+    text = ex.metrics()
+    names = ("space-0", "space-1", "space-2", "other")
+    assert [sample(text, "cec_up", target=name) for name in names] == [1, 1, 1, 1]
+    assert sim.stats()["token_requests"] == 1
+    assert other.stats()["token_requests"] == 1  # another app (and secret): its own token
+    expiry = {sample(text, "cec_token_expiry_timestamp_seconds", target=n) for n in names[:3]}
+    assert len(expiry) == 1
+    assert None not in expiry
+    sim.expire_tokens()  # the vendor revokes it: the 401s cost one new token, not three
+    text = ex.metrics()
+    assert [sample(text, "cec_up", target=name) for name in names[:3]] == [1, 1, 1]
+    assert sim.stats()["tokens_issued"] == 2
+    assert sum(requests_total(text, "tokenByAkSk", "success", n) for n in names[:3]) == 2
+
+
+def test_a_failed_early_renewal_keeps_the_held_token_until_it_expires(
+    simulator, write_config, exporter_server
+):
+    """The renewal 1 s ahead of expiry answers 503: the collection uses the held token."""
+    sim = simulator(phones=250, token_max_seconds=5)
+    ex = exporter_server(write_config(targets=[target_entry(sim)]))
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    expires_at = sample(text, "cec_token_expiry_timestamp_seconds", target="sim")
+    sim.set_faults([Fault("http_status", api="tokenByAkSk", value=503)])
+    time.sleep(max(0.0, expires_at - 0.8 - time.time()))  # renewal due, token still valid
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert counts(text) == expected_counts(sim)
+    assert requests_total(text, "tokenByAkSk", "http_error") == 1  # one try, counted
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="http_error") == 0
+    assert sim.stats()["tokens_issued"] == 1
+    time.sleep(max(0.0, expires_at + 0.2 - time.time()))  # now it has really expired
+    text = ex.metrics()
+    assert sample(text, "cec_up", target="sim") == 0
+    assert sample(text, "cec_collection_failures_total", target="sim", reason="http_error") == 1
 
 
 # --- failures ---------------------------------------------------------------------------
@@ -379,3 +421,32 @@ def test_no_password_or_secret_in_any_output_at_debug_level(simulator, write_con
     assert "level=debug" in output  # debug logging really was on
     assert "SIPPW-canary-" not in output
     assert "APP-SECRET-canary-e2e" not in output
+
+
+def test_an_empty_account_is_up_with_zero_allocated(simulator, write_config, exporter_server):
+    """``total: 0`` is a success: the target shows ``cec_up 1`` and ``allocated 0``.
+
+    ``cec_softphones`` has no series then: it is labelled by tenant, and there is none
+    (a ``tenant_id=""`` series would claim phones without a tenant).
+    """
+    sim = simulator(phones=0)
+    text = exporter_server(write_config(targets=[target_entry(sim)])).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 0
+    assert counts(text) == {}
+    assert sample(text, "cec_collection_age_seconds", target="sim") == 0
+    assert sim.stats()["query_requests"] == 1
+
+
+def test_per_phone_series_keep_phones_sharing_a_number_across_tenants(
+    simulator, write_config, exporter_server
+):
+    """10 numbers, each allocated in 3 tenants: 30 phones, hence 30 series."""
+    sim = simulator(phones=30, tenants=3, suspended_ratio=0.3, shared_numbers=True)
+    ex = exporter_server(write_config(targets=[target_entry(sim, per_phone_metrics=True)]))
+    series = samples_named(ex.metrics(), "cec_softphone_registered")
+    assert len({(labels["tenant_id"], labels["phone_num"]) for labels, _ in series}) == 30
+    assert len({labels["phone_num"] for labels, _ in series}) == 10
+    expected = sim.expected().counts
+    registered = sum(n for (_, status), n in expected.items() if status == "registered")
+    assert sum(value for _, value in series) == registered

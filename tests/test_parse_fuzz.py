@@ -413,7 +413,7 @@ def test_folding_counts_each_identity_once(
     assert snapshot.counts == dict(expected)
     assert snapshot.duplicates == duplicates
     assert snapshot.phones is not None
-    assert all(number.strip() == number and number for number in snapshot.phones)
+    assert all(number.strip() == number and number for _, number in snapshot.phones)
 
 
 @FUZZ

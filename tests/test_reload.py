@@ -358,3 +358,51 @@ def test_closing_the_exporter_while_a_scrape_waits_ends_both_promptly(
     exporter.close()
     assert time.monotonic() - started < 3, "close() hung on the scrape in flight"
     assert answered.wait(3), "the scrape in flight never answered"
+
+
+def test_scrapes_beside_repeated_reloads_are_always_answered(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """Each reload replaces a collector, maybe before its collection took a first step.
+
+    Every scrape still answers 200 with ``cec_up`` for both targets: a collector closed by
+    a reload hands the scrape over to its replacement.
+    """
+    sim = simulator(phones=150)
+    changing, steady = target_entry(sim, "changing"), target_entry(sim, "steady")
+    config = write_config(targets=[changing, steady])
+    server = serve_process("--config", str(config)).start()
+    stop = threading.Event()
+    answers: list[tuple[int, str]] = []
+
+    def scrape_loop() -> None:
+        with httpx2.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.get(server.url + "/metrics")
+                answers.append((response.status_code, response.text))
+
+    scrapers = [threading.Thread(target=scrape_loop) for _ in range(4)]
+    for scraper in scrapers:
+        scraper.start()
+    try:
+        with httpx2.Client(timeout=30) as client:
+            n, until = 0, time.monotonic() + 8
+            while time.monotonic() < until:
+                n += 1
+                write(config, [{**changing, "page_size": 50 + n % 2}, steady])
+                assert client.post(server.url + "/-/reload").status_code == 200
+    finally:
+        stop.set()
+        for scraper in scrapers:
+            scraper.join(timeout=30)
+    assert len(answers) >= 100
+    failed = [status for status, _ in answers if status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} scrapes failed: {failed[:5]}"
+    for _, text in answers:
+        assert targets_in(text) == {"changing", "steady"}
+        assert sample(text, "cec_up", target="steady") == 1.0
+        assert sample(text, "cec_up", target="changing") in (0.0, 1.0)
+    output = server.stop()
+    assert "Traceback" not in output

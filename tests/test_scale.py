@@ -8,6 +8,7 @@ would feel them.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from conftest import RunningExporter, sample, target_entry
 
 from exporter.cec.errors import DeadlineExceeded
-from exporter.cec.upstream import RateLimiter, group_rates
+from exporter.cec.ratelimit import RateLimiter
+from exporter.cec.upstream import group_rates
 from exporter.config import load_config
 from exporter.simulator import Simulator
 
@@ -86,11 +88,12 @@ def test_rate_budget_is_shared_per_app(
     wall = time.monotonic() - started
     for name in ("a1", "a2", "b"):
         assert sample(text, "cec_up", target=name) == 1.0
-    # a1 + a2: two tokens and six pages = 8 requests at 5/s: at least 7 intervals of 0.2 s.
+    # a1 + a2: one shared token and six pages = 7 requests at 5/s: 6 intervals of 0.2 s.
     slowest_a = max(
         sample(text, "cec_collection_duration_seconds", target=n) or 0 for n in ("a1", "a2")
     )
-    assert slowest_a >= 1.35
+    assert slowest_a >= 1.15
+    assert shared.stats()["token_requests"] == 1
     # b: a token and three pages on a budget of its own: 3 intervals.
     b = sample(text, "cec_collection_duration_seconds", target="b") or 0
     assert 0.55 <= b < 1.3
@@ -159,3 +162,137 @@ def test_group_rate_is_the_lowest_non_zero(write_config: Callable[..., Path]) ->
         ("http://127.0.0.1:9", "k"): 4,
         ("http://127.0.0.1:9", "other"): 0,
     }
+
+
+# --- a fair shared budget: round-robin between targets, no slot held by a cancelled waiter ---
+
+
+def test_rate_limiter_serves_waiting_targets_round_robin() -> None:
+    """Target big queues five requests, then small one: small's comes second, not sixth."""
+
+    async def run() -> list[str]:
+        limiter = RateLimiter(100)  # 10 ms slots
+        order: list[str] = []
+
+        async def request(party: str) -> None:
+            await limiter.wait(deadline=time.monotonic() + 10, party=party)
+            order.append(party)
+
+        assert await limiter.wait(deadline=time.monotonic() + 10, party="big") == 0
+        big = [asyncio.ensure_future(request("big")) for _ in range(5)]
+        await asyncio.sleep(0)  # big's five are queued first
+        small = [asyncio.ensure_future(request("small")) for _ in range(2)]
+        await asyncio.gather(*big, *small)
+        return order
+
+    assert asyncio.run(run()) == ["big", "small", "big", "small", "big", "big", "big"]
+
+
+async def queue_requests(limiter: RateLimiter, party: str, n: int) -> list[asyncio.Future[float]]:
+    """``party`` takes the free slot, then queues ``n`` more requests (10 s deadlines)."""
+    deadline = time.monotonic() + 10
+    await limiter.wait(deadline, party=party)
+    queued = [asyncio.ensure_future(limiter.wait(deadline, party=party)) for _ in range(n)]
+    await asyncio.sleep(0)  # each is in the queue now
+    return queued
+
+
+def test_rate_limiter_refuses_only_what_fair_service_cannot_fit() -> None:
+    """Beside eight waiting requests of another target, a new one is one slot away, not nine."""
+
+    async def run() -> None:
+        limiter = RateLimiter(4)  # 0.25 s slots
+        big = await queue_requests(limiter, "big", 8)
+        assert limiter.slots_ahead("small") == 1
+        assert limiter.slots_ahead("big") == 8
+        waited = await limiter.wait(deadline=time.monotonic() + 0.6, party="small")
+        assert waited < 0.6
+        # big's next request waits behind the 7 of its own still queued: about 2 s away,
+        # refused at once against a 1 s deadline.
+        with pytest.raises(DeadlineExceeded, match="requests_per_second 4"):
+            await limiter.wait(deadline=time.monotonic() + 1, party="big")
+        for task in big:
+            task.cancel()
+        await asyncio.gather(*big, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+def test_rate_limiter_cancelled_waiters_hold_no_slot() -> None:
+    """Requests cancelled while they wait (a deadline, a failed sibling, a reload) give way."""
+
+    async def run() -> None:
+        limiter = RateLimiter(2)  # 0.5 s slots
+        big = await queue_requests(limiter, "big", 6)
+        await asyncio.sleep(0.05)
+        for task in big:
+            task.cancel()
+        await asyncio.gather(*big, return_exceptions=True)
+        assert limiter.waiting == 0
+        started = time.monotonic()
+        # Only the slot big used is spaced from: the next one is at most 0.5 s away.
+        await limiter.wait(deadline=started + 0.7, party="small")
+        await limiter.wait(deadline=started + 1.2, party="small")
+        assert time.monotonic() - started < 1.2
+
+    asyncio.run(run())
+
+
+def shared_app(sim: Simulator, rate: float, **big: Any) -> list[dict[str, Any]]:
+    """Targets big (90 phones in 18 pages, eight in flight) and small (one page) on one budget.
+
+    Both read the same simulated account; the page size makes one big and the other small.
+    """
+    shared = {"requests_per_second": rate}
+    return [
+        {**target_entry(sim, "big"), **shared, "page_size": 5, "max_concurrency": 8, **big},
+        {**target_entry(sim, "small"), **shared, "page_size": 100},
+    ]
+
+
+def probe_small(running: RunningExporter) -> float:
+    """``/probe`` small with a 2 s scrape timeout; it must be up: its collection time."""
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
+    text = running.metrics("/probe?target=small", headers=headers)
+    assert sample(text, "cec_up", target="small") == 1.0
+    duration = sample(text, "cec_collection_duration_seconds", target="small")
+    assert duration is not None
+    return duration
+
+
+def test_a_target_that_gave_up_leaves_the_shared_budget_to_the_next(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """Big cannot fit its 19 requests in 3 s at 2/s and gives up; small, probed next, is up."""
+    sim = simulator(phones=90, latency_ms=5)
+    running = exporter_server(write_config(targets=shared_app(sim, 2, timeout_seconds=3)))
+    big = running.metrics("/probe?target=big")
+    assert sample(big, "cec_up", target="big") == 0.0
+    assert probe_small(running) < 1.6
+
+
+def test_a_small_target_beside_a_busy_one_on_one_budget_is_served_fairly(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """While big's eight workers wait for the 4/s budget, small's page still fits in 2 s."""
+    sim = simulator(phones=90, latency_ms=5)
+    running = exporter_server(write_config(targets=shared_app(sim, 4, timeout_seconds=20)))
+    result: dict[str, str] = {}
+
+    def scrape_big() -> None:
+        headers = {"X-Prometheus-Scrape-Timeout-Seconds": "30"}
+        result["big"] = running.metrics("/probe?target=big", headers=headers)
+
+    scraper = threading.Thread(target=scrape_big)
+    scraper.start()
+    deadline = time.monotonic() + 10
+    while sim.stats()["query_requests"] < 3:  # big's workers are paging
+        assert time.monotonic() < deadline, "big never started paging"
+        time.sleep(0.02)
+    assert probe_small(running) < 1.5
+    scraper.join(timeout=30)
+    assert sample(result["big"], "cec_up", target="big") == 1.0  # 19 requests, about 5 s

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
+from exporter.config import ConfigError, load_config
 from exporter.logs import REDACTED, redact, register_secret, setup_logging
 from exporter.simulator import Fault, Simulator
 
@@ -170,6 +171,32 @@ def test_config_errors_never_echo_secrets(
         assert key_path in result.stderr, (command, result.stderr)
         assert "Traceback" not in result.stderr
         assert_clean({f"{command} ({case})": result.stdout + result.stderr}, [APP_SECRET])
+
+
+# A numeric secret (a PIN-like app secret) in a number key passes the number check
+# and fails the range check: that error must name the variable, not the number.
+NUMERIC_SECRET = "918273645"
+
+
+@pytest.mark.parametrize(
+    ("key_path", "top", "settings"),
+    [
+        ("targets[0].max_pages", {}, {"max_pages": "${CEC_APP_SECRET}"}),
+        ("targets[0].timeout_seconds", {}, {"timeout_seconds": "${CEC_APP_SECRET}"}),
+        ("targets[0].cache_ttl_seconds", {}, {"cache_ttl_seconds": "${CEC_APP_SECRET}"}),
+        ("max_inflight_requests", {"max_inflight_requests": "${CEC_APP_SECRET}"}, {}),
+    ],
+)
+def test_a_numeric_secret_out_of_range_is_named_not_echoed(
+    write_config: Callable[..., Path], key_path: str, top: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    entry = {"name": "a", "base_url": "http://127.0.0.1:9", "app_key": "k", "app_secret": "s"}
+    config = write_config(targets=[{**entry, **settings}], **top)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, environ={"CEC_APP_SECRET": NUMERIC_SECRET})
+    assert caught.value.path == key_path
+    assert "${CEC_APP_SECRET}" in str(caught.value)
+    assert_clean({key_path: str(caught.value)}, [NUMERIC_SECRET, "9.18274e+08"])
 
 
 def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> dict[str, str]:

@@ -373,6 +373,32 @@ def test_fault_times_is_spent(sim: Simulator, client: httpx2.Client) -> None:
     assert sim.faults() == [Fault("ret_code", value="2", times=2)]
 
 
+def test_shared_numbers_allocate_each_number_once_in_every_tenant(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    sim.update(phones=9, tenants=3, shared_numbers=True)
+    phones = query(client, get_token(client), 0, 100).json()["result"]["phone"]
+    pairs = [(p["tenantId"], int(p["phoneNum"]) - 88880000) for p in phones]
+    assert sorted(pairs) == [(f"tenant-{t}", n) for t in range(3) for n in range(3)]
+    assert len({p["id"] for p in phones}) == 9
+
+
+def test_fault_no_total_leaves_total_out_of_the_chosen_pages(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    token = get_token(client)
+    sim.set_faults([Fault("no_total", pages=(1, 2))])
+    pages = [query(client, token, offset, 100).json()["result"] for offset in (0, 100, 200)]
+    assert pages[0]["total"] == 250
+    assert "total" not in pages[1]
+    assert "total" not in pages[2]
+    assert [len(page["phone"]) for page in pages] == [100, 100, 50]
+    sim.update(mode="legacy")
+    legacy = query(client, token, 100, 100).json()["result"]
+    assert "total" not in legacy
+    assert legacy["regIPAddress"]
+
+
 @pytest.mark.parametrize(
     ("fault", "check"),
     [

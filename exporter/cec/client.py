@@ -40,7 +40,6 @@ from exporter.cec.errors import (
 )
 from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
-from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
 from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
@@ -86,8 +85,8 @@ class _Abandoned:
         self.raised = False
 
 
-# Requests cancelled because a sibling page failed have no outcome of their own:
-# they are not counted (a "timeout" there would report a failure that did not happen).
+# Requests cancelled because a sibling page failed are counted as "cancelled": the
+# vendor saw them, but a "timeout" would report a failure that did not happen.
 _abandoned: contextvars.ContextVar[_Abandoned | None] = contextvars.ContextVar(
     "abandoned", default=None
 )
@@ -163,7 +162,9 @@ class CecClient:
         # Absolute URLs, built once: a path is parsed and merged with base_url per request
         # (two URL parses, a tenth of the client's CPU per page).
         self._urls = {p: self._http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
-        self.tokens = TokenCache(self._fetch_token)
+        # Shared with every target of the same vendor app (base_url, app_key, secret).
+        self.tokens = self._upstream.token_cache(target)
+        self._reported: Token | None = None  # the token whose expiry the observer last saw
 
     @property
     def _http(self) -> httpx2.AsyncClient:
@@ -187,8 +188,8 @@ class CecClient:
         """POST ``payload``, read the body (size-capped) and parse it with ``read``.
 
         Reports exactly one outcome to the observer, whatever happens, including
-        cancellation by the scrape deadline (reported as a timeout); a request
-        abandoned because a sibling page failed is not reported. Waiting for the
+        cancellation by the scrape deadline (reported as a timeout) and abandonment
+        because a sibling page failed (``cancelled``). Waiting for the
         rate budget and the in-flight cap comes first and is no request of its own.
         """
         async with self._upstream.admit(self.target, _deadline_at()) as waited:
@@ -205,7 +206,6 @@ class CecClient:
     ) -> _T:
         started = time.monotonic()
         outcome, status, ret_code, ret_msg = "timeout", None, None, None
-        report = True
         try:
             async with self._http.stream(
                 "POST",
@@ -240,16 +240,16 @@ class CecClient:
             raise
         except asyncio.CancelledError:
             abandoned = _abandoned.get()
-            report = abandoned is None or not abandoned.raised
+            if abandoned is not None and abandoned.raised:
+                outcome = "cancelled"  # sent, then given up: a sibling page had failed
             raise
         finally:
             seconds = time.monotonic() - started
-            if report:
-                self._observer.request_done(api, outcome, seconds, status, ret_code)
+            self._observer.request_done(api, outcome, seconds, status, ret_code)
             self._record(
                 api,
                 payload,
-                outcome if report else "cancelled",
+                outcome,
                 seconds,
                 status,
                 ret_code,
@@ -351,7 +351,6 @@ class CecClient:
                 f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
             ) from None
         register_secret(token.value)
-        self._observer.token_issued(token.expires_at)
         log.debug(
             "new token",
             extra=fields(target=self.target.name, expires_at=round(token.expires_at)),
@@ -376,6 +375,13 @@ class CecClient:
             headers["X-TenantSpaceID"] = self.target.tenant_space_id
         return headers
 
+    def _report(self, token: Token) -> Token:
+        """Tell the observer the expiry of a token this target has not used before."""
+        if token is not self._reported:
+            self._reported = token
+            self._observer.token_issued(token.expires_at)
+        return token
+
     @staticmethod
     def _check_ret_code(body: bytes) -> Page:
         page = parse_page(body)
@@ -385,7 +391,7 @@ class CecClient:
 
     async def _query_once(self, offset: int) -> Page:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
-        token = await self.tokens.get()
+        token = self._report(await self.tokens.get(self._fetch_token, self.target.name))
         trace = _trace.get()
         if trace is not None:
             trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
@@ -397,7 +403,7 @@ class CecClient:
         except HttpStatusError as err:
             if err.status_code != 401:
                 raise
-        token = await self.tokens.renew(token)
+        token = self._report(await self.tokens.renew(token, self._fetch_token))
         _attempt.set(_attempt.get() + 1)  # the same page sent again: its next try
         return await self._exchange(
             QUERY_API, QUERY_PATH, self._query_headers(token), payload, self._check_ret_code
@@ -450,10 +456,10 @@ class CecClient:
         _trace.set(trace)
         started = time.monotonic()
         try:
-            async with deadline.enforce() as timer:
+            async with deadline.enforce():
                 return await self._collect(deadline)
         except TimeoutError:
-            if not timer.expired():
+            if not deadline.fired:
                 raise
             raise DeadlineExceeded(f"deadline of {deadline.at - started:.2f}s exceeded") from None
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -73,10 +74,11 @@ class Page:
     strings costs about 200. Python's str hash is SipHash, keyed at random per
     process, and the tuple hash mixes both into 64 bits, of which ``KeySet`` keeps
     63: two distinct phones collide with probability 2**-63, so among a million
-    phones about n**2 / 2**64 = 5e-8 per collection. (Ints hash to themselves
-    modulo 2**61 - 1, so an API could make two ids that far apart one phone; it
-    could hide a phone more simply by leaving it out.) A collision would count one
-    phone as a duplicate of another (``Snapshot.duplicates`` shows duplicates)."""
+    phones about n**2 / 2**64 = 5e-8 per collection. An int id is hashed as itself
+    only where Python's int hash is injective (not -1, whose hash is -2's, nor at or
+    beyond 2**61 - 1, where ints hash modulo that); any other is hashed as its text
+    (``_injective_ids``). A collision would count one phone as a duplicate of
+    another (``Snapshot.duplicates`` shows duplicates)."""
     numbers: tuple[str, ...] = ()
     """``phoneNum`` of each phone, ``""`` when missing."""
     tenants: tuple[object, ...] = ()
@@ -321,13 +323,39 @@ def _identity(text: str) -> int | str:
     return number if str(number) == text else text
 
 
+# Ints strictly inside (-M, M), M = 2**61 - 1, hash to themselves, but for -1 (its hash
+# is -2, the C error value). Any other int id is keyed by its decimal text, which no text
+# id can equal (``_identity`` turns integer texts into ints): the key stays injective.
+_HASH_MODULUS = sys.hash_info.modulus
+
+
+def _hashable_id(ident: int | str) -> int | str:
+    """``ident`` itself where an int's hash is injective, else its text."""
+    if type(ident) is int and not (-_HASH_MODULUS < ident < _HASH_MODULUS and ident != -1):
+        return str(ident)
+    return ident
+
+
+def _injective_ids(ids: tuple[int | str, ...], all_ints: bool) -> tuple[int | str, ...]:
+    """``ids`` with every int whose hash another int shares replaced by its text.
+
+    ``all_ints``: the caller knows every id is an int (the usual page), so no type check.
+    """
+    ints = cast("tuple[int, ...]", ids) if all_ints else [i for i in ids if type(i) is int]
+    if not ints or (min(ints) > -_HASH_MODULUS and max(ints) < _HASH_MODULUS and -1 not in ints):
+        return ids  # the usual case: checked at C speed, nothing to change
+    return tuple(map(_hashable_id, ids))
+
+
 def _columns(
     ids: tuple[int | str, ...],
     numbers: tuple[str, ...],
     tenants: tuple[object, ...],
     codes: tuple[object, ...],
+    all_ints: bool = False,
 ) -> _Columns:
-    keys: tuple[int | None, ...] = tuple(map(hash, zip(ids, numbers, strict=True)))
+    pairs = zip(_injective_ids(ids, all_ints), numbers, strict=True)
+    keys: tuple[int | None, ...] = tuple(map(hash, pairs))
     if "" in numbers:  # a phone with neither id nor number has no identity
         rows = zip(keys, ids, numbers, strict=True)
         keys = tuple(key if ident != "" or number else None for key, ident, number in rows)
@@ -342,9 +370,11 @@ def _usual_columns(phones: list[_Phone]) -> _Columns:
     except TypeError:  # some number came as an int
         numbers = tuple(map(str.strip, map(str, raw)))
     ids: tuple[int | str, ...] = tuple(map(_ID, phones))
-    if str in set(map(type, ids)):  # ids as strings: each to its identity
+    all_ints = str not in set(map(type, ids))
+    if not all_ints:  # ids as strings: each to its identity
         ids = tuple(map(_identity, map(str.strip, map(str, ids))))
-    return _columns(ids, numbers, tuple(map(_TENANT, phones)), tuple(map(_CODE, phones)))
+    tenants, codes = tuple(map(_TENANT, phones)), tuple(map(_CODE, phones))
+    return _columns(ids, numbers, tenants, codes, all_ints)
 
 
 def _loose_columns(phones: list[_LoosePhone]) -> _Columns:

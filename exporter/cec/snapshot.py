@@ -67,8 +67,9 @@ class Snapshot:
     total: int | None
     counts: dict[tuple[str, Status], int]
     endpoints: tuple[Endpoint, ...]
-    phones: dict[str, tuple[str, bool]] | None = None
-    """phone_num -> (tenant_id, registered); only with per-phone metrics."""
+    phones: dict[tuple[str, str], bool] | None = None
+    """(tenant_id, phone_num) -> registered; only with per-phone metrics. Keyed by both,
+    as the series are labelled: one number may be allocated in several tenants."""
     pages: int = 0
     duplicates: int = 0
     phones_truncated: bool = False
@@ -100,15 +101,19 @@ class SnapshotBuilder:
     """Phones by roster value (tenant index and status): counted in C, named in ``build``."""
     _endpoints: set[Endpoint] = field(default_factory=set)
     _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
-    _phones: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    _phones: dict[tuple[str, str], bool] = field(default_factory=dict)
     _tenants: dict[str, int] = field(default_factory=dict)
     """tenant_id -> its index in the roster's ``tenants``, in order of appearance."""
 
     def add(self, page: Page) -> None:
-        """Fold one page in; the first page's ``total`` is the one reported."""
+        """Fold one page in; the first page's ``total`` is the one reported.
+
+        A later page that leaves ``total`` out reports no other total (any field may be
+        missing); only a different number makes the count incomplete.
+        """
         if self.pages == 0:
             self.total = page.total
-        elif page.total != self.total and not self.total_changed:
+        elif page.total is not None and page.total != self.total and not self.total_changed:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
@@ -152,7 +157,7 @@ class SnapshotBuilder:
             if not number:
                 continue
             if len(phones) < self.per_phone_cap:
-                phones[number] = (tenant_id, status == REGISTERED)
+                phones[(tenant_id, number)] = status == REGISTERED
             else:
                 self.phones_truncated = True
 

@@ -32,7 +32,7 @@ class RequestRecord:
     attempt: int
     """1 for the first try of a page, 2 and 3 for retries."""
     outcome: str
-    """An ``outcome`` label value, or ``cancelled`` when a sibling page failed first."""
+    """Its ``outcome`` label value (``cancelled`` when a sibling page failed first)."""
     seconds: float
     status: int | None = None
     ret_code: str | None = None

@@ -1,12 +1,12 @@
-"""What the clients of all targets share: connection pools, the in-flight cap, rate budgets.
+"""What the clients of all targets share: pools, the in-flight cap, rate budgets, tokens.
 
 Targets with the same ``base_url`` and TLS/proxy settings share one pool, so 200
 accounts on one CEC endpoint hold about as many sockets as requests in flight; a
 semaphore caps the requests in flight across every target; targets with the same
 ``base_url`` and ``app_key`` share one requests-per-second budget, because the
-vendor's gateway limits per app. A ``ca_file`` whose content changed is read again
-on reload, and the pools that trust it get a new client. Everything here runs on the
-collection loop.
+vendor's gateway limits per app, and with the same secret also one access token.
+A ``ca_file`` whose content changed is read again on reload, and the pools that
+trust it get a new client. Everything here runs on the collection loop.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import asyncio
 import hashlib
 import http.cookiejar
 import logging
-import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 
-from exporter.cec.errors import DeadlineExceeded
-from exporter.config import DEFAULT_MAX_INFLIGHT_REQUESTS, TargetConfig
+from exporter.cec.ratelimit import RateLimiter
+from exporter.cec.token import TokenCache
+from exporter.config import DEFAULT_MAX_INFLIGHT_REQUESTS, Secret, TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
 
 PoolKey = tuple[str, bool, str | None, str | None]
 BudgetKey = tuple[str, str]
+AppKey = tuple[str, str, Secret]
 
 
 def pool_key(target: TargetConfig) -> PoolKey:
@@ -46,6 +47,11 @@ def budget_key(target: TargetConfig) -> BudgetKey:
     return (target.base_url, target.app_key)
 
 
+def app_key(target: TargetConfig) -> AppKey:
+    """Targets with equal keys share one access token: one vendor app, one secret."""
+    return (target.base_url, target.app_key, target.app_secret)
+
+
 def group_rates(targets: Iterable[TargetConfig]) -> dict[BudgetKey, float]:
     """The rate of each budget group: the lowest non-zero rate among its targets (0 = none)."""
     rates: dict[BudgetKey, float] = {}
@@ -54,34 +60,6 @@ def group_rates(targets: Iterable[TargetConfig]) -> dict[BudgetKey, float]:
         known = rates.get(key, 0.0)
         rates[key] = rate if known == 0 else (min(known, rate) if rate > 0 else known)
     return rates
-
-
-class RateLimiter:
-    """Spaces requests ``1/rate`` seconds apart (an interval limiter, no bursts).
-
-    A slot that would only come after the caller's deadline is refused at once and
-    not reserved, so a collection that cannot finish leaves the budget to others.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self._interval = 1.0 / rate
-        self._clock = clock
-        self._next = -math.inf
-
-    async def wait(self, deadline: float) -> float:
-        """Wait for the next slot; returns the seconds waited, raises ``DeadlineExceeded``."""
-        now = self._clock()
-        slot = max(now, self._next)
-        if slot > deadline:
-            raise DeadlineExceeded(
-                f"requests_per_second {self.rate:g}: the next request could start only in "
-                f"{slot - now:.2f}s, after the deadline"
-            )
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-        return slot - now
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -112,13 +90,14 @@ class Pool:
 
 
 class Upstream:
-    """Shared pools, in-flight cap and rate limiters for every target of one exporter."""
+    """Shared pools, in-flight cap, rate limiters and tokens for every target of one exporter."""
 
     def __init__(self, max_inflight: int = DEFAULT_MAX_INFLIGHT_REQUESTS) -> None:
         self.max_inflight = max_inflight
         self._inflight = asyncio.Semaphore(max_inflight)
         self._pools: dict[PoolKey, Pool] = {}
         self._limiters: dict[BudgetKey, RateLimiter] = {}
+        self._tokens: dict[AppKey, TokenCache] = {}
         self._ssl: dict[tuple[bool, str | None], tuple[bytes | None, ssl.SSLContext]] = {}
         # Clients replaced by a CA renewal, each closed by a timer once its requests ended
         # (a timer, not a sleeping task: shutdown waits for tasks).
@@ -127,7 +106,11 @@ class Upstream:
         self._grace = 0.0
 
     def configure(self, targets: Iterable[TargetConfig], max_inflight: int) -> None:
-        """Apply a (re)loaded config: the cap and the budgets; a kept budget keeps its pace."""
+        """Apply a (re)loaded config: the cap, the budgets and the shared tokens.
+
+        A kept budget keeps its pace; a kept vendor app keeps its token.
+        """
+        targets = tuple(targets)
         if max_inflight != self.max_inflight:
             # Requests in flight release the semaphore they took; new ones take this one.
             self.max_inflight = max_inflight
@@ -140,7 +123,17 @@ class Upstream:
                     kept if kept is not None and kept.rate == rate else RateLimiter(rate)
                 )
         self._limiters = limiters
+        apps = {app_key(target) for target in targets}
+        self._tokens = {key: cache for key, cache in self._tokens.items() if key in apps}
         self._renew_tls(targets)
+
+    def token_cache(self, target: TargetConfig) -> TokenCache:
+        """The token cache ``target`` shares with every target of its vendor app."""
+        key = app_key(target)
+        cache = self._tokens.get(key)
+        if cache is None:
+            cache = self._tokens[key] = TokenCache()
+        return cache
 
     def _renew_tls(self, targets: Iterable[TargetConfig]) -> None:
         """Give the pools whose CA file changed a client that trusts the new content.
@@ -218,7 +211,7 @@ class Upstream:
         started = time.monotonic()
         limiter = self._limiters.get(budget_key(target))
         if limiter is not None:
-            await limiter.wait(deadline)
+            await limiter.wait(deadline, party=target.name)
         semaphore = self._inflight
         async with semaphore:
             yield time.monotonic() - started

@@ -184,6 +184,7 @@ def _query_phone(state: SimState, config: SimConfig, headers: Message, body: byt
             "duplicate": any(f.kind == "duplicate" for f in faults),
             "short": sum(_amount(f, 1) for f in faults if f.kind == "short_page"),
             "shift": sum(_amount(f, -1) for f in faults if f.kind == "shift"),
+            "no_total": any(f.kind == "no_total" for f in faults),
         }
         return Reply(body=_page_body(config, offset, limit, changes))
 

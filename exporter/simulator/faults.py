@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 APIS = ("queryPhone", "tokenByAkSk")
 # Delays run before the answer; modifiers alter a normal page; every other kind *is* the answer.
 DELAY_KINDS = frozenset({"hang", "slow"})
-MODIFIER_KINDS = frozenset({"total_shift", "duplicate", "short_page", "shift"})
+MODIFIER_KINDS = frozenset({"total_shift", "duplicate", "short_page", "shift", "no_total"})
 _SHARED_KINDS = frozenset(
     {"http_status", "malformed_json", "html", "truncated", "not_object", "huge", "close"}
 )

@@ -59,6 +59,10 @@ class SimConfig:
     set_cookie: bool = False
     """Answer every queryPhone with ``Set-Cookie: session=<X-TenantSpaceID or ->``, as a
     gateway keeping sessions per tenant space would (clients must not send it back)."""
+    shared_numbers: bool = False
+    """Each phone number is allocated once in every tenant (phone ``i`` has number
+    ``i // tenants``, tenant ``i % tenants``), as when tenants reuse a numbering plan.
+    Single and pool modes only: a legacy record has neither tenant nor id."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict (secrets included: this is a test double)."""
@@ -178,16 +182,21 @@ def _number(config: SimConfig, value: int) -> int | str:
     return str(value) if config.numbers_as_strings else value
 
 
+def base_number(config: SimConfig, i: int) -> str:
+    """The phone number of phone ``i`` as the config alone makes it (no roster)."""
+    return str(FIRST_PHONE_NUMBER + (i // config.tenants if config.shared_numbers else i))
+
+
 def base_phone(config: SimConfig, i: int) -> tuple[str, str, str]:
     """(phoneNum, tenantId, status) of phone ``i`` as the config alone makes it (no roster)."""
-    return str(FIRST_PHONE_NUMBER + i), f"tenant-{i % config.tenants}", status_of(config, i)
+    return base_number(config, i), f"tenant-{i % config.tenants}", status_of(config, i)
 
 
 def phone_record(config: SimConfig, i: int) -> dict[str, object]:
     """The wire record of phone ``i`` in the config's mode, with the roster's edits."""
     roster = config.roster
     record: dict[str, object] = {
-        "phoneNum": roster.number_map.get(i) or str(FIRST_PHONE_NUMBER + i),
+        "phoneNum": roster.number_map.get(i) or base_number(config, i),
         "password": f"{config.password_prefix}{i:06d}",
     }
     if config.mode == "legacy":
@@ -222,6 +231,7 @@ def page_result(
     duplicate: bool = False,
     short: int = 0,
     shift: int = 0,
+    no_total: bool = False,
 ) -> dict[str, object]:
     """The ``result`` object for one page; only this page's phones are generated.
 
@@ -229,7 +239,7 @@ def page_result(
     ``short`` drops that many records from the end of the page (``total`` unchanged).
     ``shift`` moves the page's window by that many records, as when phones are added or
     removed before it while paging: -1 repeats the previous page's last phone and loses
-    this page's last one.
+    this page's last one. ``no_total`` leaves ``total`` out (any field may be missing).
     """
     start = max(0, offset + shift)
     indices = list(config.roster.indices(start, min(start + limit, config.phones)))
@@ -239,14 +249,14 @@ def page_result(
         indices.insert(0, config.roster.index(max(offset - limit, 0)))
     total = _number(config, config.phones + total_shift)
     phones = [phone_record(config, i) for i in indices]
+    result: dict[str, object] = {} if no_total else {"total": total}
     if config.mode == "legacy":
         return {
-            "total": total,
+            **result,
             "regIPAddress": LEGACY_REG_IP,
             "regPort": LEGACY_REG_PORT,
             "phone": phones,
         }
-    result: dict[str, object] = {"total": total}
     if config.mode == "pool":
         result["poolRegServ"] = {
             f"node{n}": [pool_endpoint(n)] for n in range(1, config.pool_nodes + 1)
