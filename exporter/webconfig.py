@@ -457,7 +457,8 @@ def _protocol(ctx: ssl.SSLContext, p: str, tls: _TLSFields, http2: bool) -> None
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if tls.curves:
         ctx.set_ecdh_curve(_CURVES[tls.curves[0]])
-    ctx.set_alpn_protocols(["http/1.1"])  # no HTTP/2 here, whatever http2 says
+    # HTTP/2 is offered by ALPN only when http2 is on (upstream's default), as Go does.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
 
 
 def _tls(tls: _TLSFields, folder: Path, http2: bool) -> TLSConfig | None:

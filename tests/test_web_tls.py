@@ -448,3 +448,44 @@ def test_kept_alive_connections_are_bounded(
                 break
         assert closed
         assert time.monotonic() - started < 4
+
+
+# --- HTTP/2 ---------------------------------------------------------------------------------------
+
+
+def h2_get(server: RunningExporter, ctx: ssl.SSLContext, path: str) -> tuple[str | None, int]:
+    """(negotiated ALPN protocol, status of GET ``path`` over HTTP/2 if h2 was chosen)."""
+    import h2.connection
+    import h2.events
+
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port(server)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        chosen = conn.selected_alpn_protocol()
+        if chosen != "h2":
+            return chosen, 0
+        h2c = h2.connection.H2Connection()
+        h2c.initiate_connection()
+        h2c.send_headers(
+            1,
+            [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "x")],
+            end_stream=True,
+        )
+        conn.sendall(h2c.data_to_send())
+        while True:
+            data = conn.recv(65536)
+            assert data, "closed before an answer"
+            for event in h2c.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return chosen, int(dict(event.headers)[b":status"])
+            conn.sendall(h2c.data_to_send())
+
+
+def test_http2_is_served_when_on(serve_web: Serve, pki: dict[str, Path], tmp_path: Path) -> None:
+    on = serve_web(web_yml(tmp_path, pki))
+    assert h2_get(on, client(pki), "/-/healthy") == ("h2", 200)
+    assert h2_get(on, client(pki), "/metrics") == ("h2", 200)
+    off = serve_web(web_yml(tmp_path, pki, "http_server_config:\n  http2: false\n"))
+    assert h2_get(off, client(pki), "/-/healthy") == ("http/1.1", 0)

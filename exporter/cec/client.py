@@ -20,6 +20,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +40,7 @@ from exporter.cec.errors import (
     RetCodeError,
 )
 from exporter.cec.parse import Page, Token, parse_page, parse_token
+from exporter.cec.redact import redact_vendor_text
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
@@ -154,6 +156,8 @@ class CecClient:
         self.target = target
         self._observer = observer
         self._upstream = upstream or Upstream()
+        # What this client sends and a vendor could echo back: never shown as it is.
+        self._sent_secrets: deque[str] = deque(maxlen=4)
         # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
         # cancelled by its deadline cannot starve the others of connections
@@ -220,8 +224,12 @@ class CecClient:
             outcome = "success"
             return result
         except RetCodeError as err:
-            outcome, ret_code, ret_msg = "ret_code_error", err.ret_code, err.ret_msg
-            raise
+            outcome = "ret_code_error"
+            ret_code, ret_msg = self._redact(err.ret_code), self._redact(err.ret_msg)
+            raise RetCodeError(ret_code, ret_msg) from None
+        except InvalidResponse as err:  # may quote the body: vendor text
+            outcome = err.outcome
+            raise InvalidResponse(self._redact(str(err))) from None
         except httpx2.HTTPError as err:
             failure = _transport_error(err)
             outcome = failure.outcome
@@ -250,6 +258,10 @@ class CecClient:
                 ret_msg,
                 waited,
             )
+
+    def _redact(self, vendor_text: str) -> str:
+        """Vendor text with what we sent it (token, app key, app secret) replaced."""
+        return redact_vendor_text(vendor_text, (self.target.app_key, *self._sent_secrets))
 
     def _record(
         self,
@@ -324,6 +336,7 @@ class CecClient:
         except UnicodeDecodeError:
             raise CredentialError("cannot read app secret: not UTF-8 text") from None
         register_secret(secret)
+        self._sent_secrets.append(secret)
         headers = {
             "Content-Type": "application/json",
             "X-Token-Expire": str(self.target.token_lifetime_seconds),
@@ -343,6 +356,7 @@ class CecClient:
                 f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
             ) from None
         register_secret(token.value)
+        self._sent_secrets.append(token.value)
         self._observer.token_issued(token.expires_at)
         log.debug("target=%s new token, valid until %.0f", self.target.name, token.expires_at)
         return token
