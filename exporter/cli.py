@@ -409,7 +409,7 @@ def envvar_rule(command: str, option: str) -> str:
         return f"{ENVVAR_PREFIX}_LISTEN"
     name = SHARED_ENVVARS.get(option)
     if name is None:
-        name = f"{ENVVAR_PREFIX}_{command}_{option}".upper().replace("-", "_")
+        name = f"{ENVVAR_PREFIX}_{command}_{option}".upper().replace("-", "_").replace(".", "_")
     return name
 
 

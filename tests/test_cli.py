@@ -34,7 +34,7 @@ def expected_envvar(command: str, option: str) -> str:
         return "CEC_EXPORTER_LISTEN"
     if option in SHARED:
         return SHARED[option]
-    return f"CEC_EXPORTER_{command}_{option}".upper().replace("-", "_")
+    return f"CEC_EXPORTER_{command}_{option}".upper().replace("-", "_").replace(".", "_")
 
 
 def long_options() -> list[tuple[str, str]]:
