@@ -81,7 +81,7 @@ def connection_cap(wanted: int) -> int:
     if soft == resource.RLIM_INFINITY or wanted <= soft - FD_RESERVE:
         return wanted
     fitted = max(1, soft - FD_RESERVE)
-    log.warning(
+    log.info(
         "--web.max-connections %d is above the open files limit %d: capped at %d",
         wanted,
         soft,
@@ -231,6 +231,8 @@ class FrontDoor:
             )
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)
+        except Exception as err:  # hypercorn's, on input it did not expect: no traceback
+            log.warning("connection ended by an unexpected error: %r", err)
         finally:
             writer.transport.abort()
             self._tasks.discard(task)
