@@ -8,7 +8,7 @@ open-files limit soft 1024 / hard 20000 as systemd gives a service by default) o
 loopback, then, one after the other, bounded in count and time:
 
 - ``flood``: 1,100 kept-alive connections, each asking ``/-/healthy`` every 3 s;
-- ``bombs``: 40 request heads of ~6 MB that never finish;
+- ``bombs``: 40 request heads of 6.4 MB (99 lines of 65,000 bytes) that never finish;
 - ``guesses``: 32 clients sending wrong passwords, while a user logs in for the first time;
 - ``malformed``: ambiguous heads (two Content-Lengths, HTTP/0.9, obs-fold, ...);
 - ``large``: /metrics with 50,000 per-phone series, while another target is probed.
@@ -219,8 +219,9 @@ def flood(exporter: Exporter, results: list[Result], n: int = 1100, seconds: flo
 
 
 def bombs(exporter: Exporter, results: list[Result], n: int = 40, mib: int = 6) -> None:
-    line = b"X-Bomb: " + b"b" * 60000 + b"\r\n"  # under a 64 KiB line cap
-    lines = mib * 2**20 // len(line)
+    # 99 lines of 65,000 bytes: under the old server's caps (64 KiB a line, 100 lines).
+    line = b"X-Bomb: " + b"b" * 64990 + b"\r\n"
+    lines = min(99, mib * 10**6 // len(line) + 1)
     with measured(exporter, f"bombs: {n} unfinished {mib} MB heads", results) as box:
         conns = []
         refused = 0
