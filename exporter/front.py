@@ -43,7 +43,8 @@ clock starts when the connection opens or the previous answer is sent, so it is 
 how long a kept-alive connection may stay idle."""
 DEFAULT_MAX_CONNECTIONS = 2048
 """Open connections served at once; past it new ones are closed at once. About
-16 KiB each when idle, so the default stays well inside a 256 MiB container."""
+28 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
+container."""
 FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
 GRACE_SECONDS = 3.0
