@@ -232,7 +232,7 @@ class FrontDoor:
             )
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)
-        except Exception as err:  # hypercorn's, on input it did not expect: no traceback
+        except Exception as err:  # noqa: BLE001  # hypercorn's, on input it did not expect
             log.warning("connection ended by an unexpected error: %r", err)
         finally:
             writer.transport.abort()
