@@ -106,9 +106,9 @@ def parse_listen(value: str) -> tuple[str | None, int]:
 class _StrictBuffer(ReceiveBuffer):
     """h11's receive buffer, refusing what RFC 9112 lets a server refuse.
 
-    h11 unfolds obs-fold and takes a bare LF as a line end; both are ways to make
-    two parsers on one path (a proxy and us) read one head differently, so a head
-    with either gets 400, as Go's net/http answers.
+    h11 unfolds obs-fold, takes a bare LF as a line end, and lets Transfer-Encoding
+    override a Content-Length; each is a way to make two parsers on one path (a
+    proxy and us) read one head differently, so such a head gets 400.
     """
 
     def maybe_extract_lines(self) -> list[bytearray] | None:
@@ -121,6 +121,10 @@ class _StrictBuffer(ReceiveBuffer):
                 raise h11.RemoteProtocolError("bare LF in a request head", 400)
             if any(line[:1] in (bytearray(b" "), bytearray(b"\t")) for line in lines[1:]):
                 raise h11.RemoteProtocolError("obs-fold in a request head", 400)
+            names = {bytes(line.partition(b":")[0]).lower() for line in lines[1:]}
+            if {b"content-length", b"transfer-encoding"} <= names:
+                # RFC 9112 6.1: a server may refuse the pair, the classic smuggling vector.
+                raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
         return lines
 
 
@@ -197,7 +201,6 @@ class FrontDoor:
     web: WebConfigFile
     max_connections: int
     open: int = 0
-    refused: int = 0
     tls: bool = False
     _config: HypercornConfig = field(default_factory=hypercorn_config)
     _context: WorkerContext = field(default_factory=lambda: WorkerContext(None))
@@ -206,7 +209,6 @@ class FrontDoor:
 
     def _protocol(self) -> asyncio.Protocol:
         if self.open >= self.max_connections:
-            self.refused += 1
             return _Refused()
         return _Counted(self, asyncio.StreamReader(limit=64 * 1024))
 

@@ -96,6 +96,8 @@ AMBIGUOUS = {
     "bare LF": b"GET /-/healthy HTTP/1.1\nHost: x\n\n",
     "bare LF inside": b"GET /-/healthy HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",
     "control byte": b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "length and chunked": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 }
 
 
