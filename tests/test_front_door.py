@@ -25,6 +25,7 @@ import psutil
 import pytest
 from conftest import ServeProcess, basic_auth, sample, target_entry
 
+from exporter.front import parse_listen
 from exporter.simulator import Simulator
 
 Start = Callable[..., ServeProcess]
@@ -283,3 +284,12 @@ def test_several_listen_addresses_and_the_telemetry_path(front: Start) -> None:
         assert url.endswith("/scrape")
         assert sample(httpx2.get(url, timeout=10).text, "cec_up", target="sim") == 1.0
     assert httpx2.get(server.url + "/metrics", timeout=10).status_code == 404
+
+
+def test_listen_addresses_as_prometheus_exporters_spell_them() -> None:
+    assert parse_listen(":9877") == (None, 9877)  # every address family, as Go's ":9877"
+    assert parse_listen("0.0.0.0:9877") == ("0.0.0.0", 9877)
+    assert parse_listen("[::1]:9877") == ("::1", 9877)
+    for bad in ("9877", "host:", "host:99999", "host:x"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_listen(bad)
