@@ -128,6 +128,10 @@ class _StrictBuffer(ReceiveBuffer):
         return lines
 
 
+async def _plain_http1(_request: h11.Request) -> None:
+    """Stands for hypercorn's h2c switch: the request stays an HTTP/1.1 one."""
+
+
 class _Connection(TCPServer):
     """hypercorn's connection, with the strict buffer in its HTTP/1.1 parser.
 
@@ -149,6 +153,9 @@ class _Connection(TCPServer):
         inner = wrapper.protocol
         if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
             inner.connection._receive_buffer = _StrictBuffer()
+            # No HTTP/2 in clear text (h2c upgrade or prior knowledge), as Go's net/http:
+            # HTTP/2 is for TLS connections that chose it by ALPN.
+            inner._check_protocol = _plain_http1  # type: ignore[method-assign,assignment]
         self._wrapper = wrapper
 
 

@@ -293,3 +293,19 @@ def test_listen_addresses_as_prometheus_exporters_spell_them() -> None:
     for bad in ("9877", "host:", "host:99999", "host:x"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_listen(bad)
+
+
+def test_no_http2_in_clear_text(front: Start) -> None:
+    """HTTP/2 is for TLS connections that chose it (ALPN), as with Go's net/http."""
+    server = front()
+    port = port_of(server)
+    upgrade = exchange(
+        port,
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    assert statuses(upgrade) == [200], upgrade[:200]
+    prior = exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert b"\x00\x00" not in prior[:9]  # no HTTP/2 SETTINGS frame came back
+    assert all(code >= 400 for code in statuses(prior)), prior[:200]
+    assert_quiet(server)
