@@ -275,6 +275,7 @@ def test_passwords_of_any_length_are_simply_wrong(front: Start, tmp_path: Path) 
 
 def test_several_listen_addresses_and_the_telemetry_path(front: Start) -> None:
     server = front("--listen", "127.0.0.1:0", "--web.telemetry-path", "/scrape")
+    server.wait_for_count(r"listening on", 2)
     urls = [
         m.group(1) for line in server.lines if (m := re.search(r"listening on ([^\s\"]+)", line))
     ]
