@@ -3,7 +3,7 @@
 # cec-phone-exporter container image.
 #
 #   docker build --build-arg REVISION="$(git describe --always --dirty)" -t cec-phone-exporter .
-#   docker run --rm -p 127.0.0.1:9877:9877 cec-phone-exporter demo
+#   docker run --rm -p 127.0.0.1:9877:9877 cec-phone-exporter demo --listen :9877
 #   docker run --rm -p 127.0.0.1:9877:9877 \
 #       -v "$PWD/config.yml:/etc/cec-phone-exporter/config.yml:ro" \
 #       -e CEC_APP_KEY=... -v "$PWD/secrets/cec_app_secret:/run/secrets/cec_app_secret:ro" \

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -22,16 +22,18 @@ from prometheus_client.exposition import generate_latest
 from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
-from exporter.debug import debug_report
+from exporter.debug import debug_report_blocking
+from exporter.front import DEFAULT_MAX_CONNECTIONS, parse_listen, raise_open_files_limit
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
 from exporter.simulator import SimConfig, Simulator, parse_faults
-from exporter.web import App, parse_listen, serve
+from exporter.web import DEFAULT_TELEMETRY_PATH, App, serve
 from exporter.webconfig import WebConfigFile, load_web_config
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-DEFAULT_LISTEN = "0.0.0.0:9877"
+DEFAULT_LISTEN = ":9877"
+DEFAULT_DEMO_LISTEN = "127.0.0.1:9877"
 DEFAULT_SIMULATOR_LISTEN = "127.0.0.1:9878"
 ENVVAR_PREFIX = "CEC_EXPORTER"
 # Options that mean the same in every command that has them: one variable for all.
@@ -66,6 +68,10 @@ def _listen(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return value
 
 
+def _listens(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> tuple[str, ...]:
+    return tuple(_listen(ctx, param, one) for one in value)
+
+
 def _config_option(func: _F) -> _F:
     return click.option(
         "--config",
@@ -77,17 +83,39 @@ def _config_option(func: _F) -> _F:
     )(func)
 
 
-def _listen_option(default: str) -> Callable[[_F], _F]:
+def _listen_option(default: str, several: bool = False) -> Callable[[_F], _F]:
     return click.option(
         "--listen",
         "--web.listen-address",
         "listen",
-        default=default,
+        default=(default,) if several else default,
+        multiple=several,
         show_default=True,
-        callback=_listen,
+        callback=_listens if several else _listen,
         metavar="HOST:PORT",
-        help="Address to listen on.",
+        help="Address to listen on; repeat it to listen on several. :PORT is every address family."
+        if several
+        else "Address to listen on.",
     )
+
+
+def _web_options(func: _F) -> _F:
+    func = click.option(
+        "--web.telemetry-path",
+        "telemetry_path",
+        default=DEFAULT_TELEMETRY_PATH,
+        show_default=True,
+        metavar="PATH",
+        help="Path of the exposition of every target.",
+    )(func)
+    return click.option(
+        "--web.max-connections",
+        "max_connections",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        show_default=True,
+        help="Open connections served at once; past it new ones are closed unanswered.",
+    )(func)
 
 
 def _logging_options(func: _F) -> _F:
@@ -130,14 +158,27 @@ def cli() -> None:
     """Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)."""
 
 
-def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP reloads the config."""
-    app = App(exporter, web_config)
+def run_server(
+    exporter: Exporter,
+    listen: Sequence[str],
+    web_config: WebConfigFile | None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads the config.
+
+    ``on_listening`` gets the first URL once every address listens.
+    """
+    raise_open_files_limit()
+    app = App(exporter, web_config, telemetry_path=telemetry_path)
     try:
-        server = serve(app, listen)
+        server = serve(app, listen, max_connections)
     except OSError as err:
-        _fail(f"cannot listen on {listen}: {err.strerror or err}", 1)
+        exporter.close()
+        _fail(f"cannot listen on {' '.join(listen)}: {err.strerror or err}", 1)
     except ValueError as err:
+        exporter.close()
         _fail(str(err))
 
     def stop(_signum: int, _frame: object) -> None:
@@ -151,9 +192,14 @@ def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
     scheme = "https" if app.web_config.tls else "http"
-    host, port = str(server.server_address[0]), int(server.server_address[1])
-    bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # the real port for :0
-    log.info("listening on %s://%s/metrics", scheme, bound)
+    urls = [
+        f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{telemetry_path}"
+        for host, port in server.addresses  # the real port for :0
+    ]
+    for url in urls:
+        log.info("listening on %s", url)
+    if on_listening is not None:
+        on_listening(urls[0])
     try:
         server.serve_forever()
     finally:
@@ -164,7 +210,7 @@ def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None
 
 @cli.command()
 @_config_option
-@_listen_option(DEFAULT_LISTEN)
+@_listen_option(DEFAULT_LISTEN, several=True)
 @click.option(
     "--web-config",
     "--web.config.file",
@@ -172,9 +218,16 @@ def run_server(exporter: Exporter, listen: str, web_config: WebConfigFile | None
     metavar="FILE",
     help="TLS and basic auth, exporter-toolkit format.",
 )
+@_web_options
 @_logging_options
 def serve_command(
-    config_path: str, listen: str, web_config_path: str | None, log_level: str, log_format: str
+    config_path: str,
+    listen: tuple[str, ...],
+    web_config_path: str | None,
+    telemetry_path: str,
+    max_connections: int,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the exporter."""
     setup_logging(log_level, log_format)
@@ -186,17 +239,18 @@ def serve_command(
         except ConfigError as err:
             _fail(f"web config: {err}")
     log.info("cec-phone-exporter %s, %d target(s)", __version__, len(config.targets))
-    run_server(Exporter(config, config_path), listen, web_config)
+    exporter = Exporter(config, config_path)
+    run_server(exporter, listen, web_config, max_connections, telemetry_path)
 
 
 serve_command.name = "serve"
 
 
 @cli.command()
-@_listen_option(DEFAULT_LISTEN)
+@_listen_option(DEFAULT_DEMO_LISTEN, several=True)
 @_phones_option
 @_logging_options
-def demo(listen: str, phones: int, log_level: str, log_format: str) -> None:
+def demo(listen: tuple[str, ...], phones: int, log_level: str, log_format: str) -> None:
     """Run the built-in CEC simulator and the exporter against it: real metrics, no account."""
     setup_logging(log_level, log_format)
     sim_config = SimConfig(phones=phones, tenants=3, suspended_ratio=0.1, latency_ms=20)
@@ -207,14 +261,18 @@ def demo(listen: str, phones: int, log_level: str, log_format: str) -> None:
         app_key=sim_config.app_key,
         app_secret=Secret(value=sim_config.app_secret),
     )
-    host, port = parse_listen(listen)
-    shown = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else listen
-    click.echo(f"CEC simulator:  {simulator.url} ({phones} phones; state at /_sim/state)")
-    click.echo(f"exporter:       http://{shown}/metrics")
-    click.echo(f"one target:     http://{shown}/probe?target=demo")
-    click.echo("Ctrl-C stops both.")
+
+    def banner(url: str) -> None:  # only once it listens: the URLs work when shown
+        url = url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
+        base = url.removesuffix(DEFAULT_TELEMETRY_PATH)
+        click.echo(f"CEC simulator:  {simulator.url} ({phones} phones; state at /_sim/state)")
+        click.echo(f"exporter:       {url}")
+        click.echo(f"one target:     {base}/probe?target=demo")
+        click.echo("Ctrl-C stops both.")
+
     try:
-        run_server(Exporter(Config(targets=(target,), source="demo")), listen, None)
+        exporter = Exporter(Config(targets=(target,), source="demo"))
+        run_server(exporter, listen, None, on_listening=banner)
     finally:
         simulator.stop()
 
@@ -285,6 +343,7 @@ def simulate(
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--faults") from None
     host, port = parse_listen(listen)
+    host = host or "0.0.0.0"
     sim_config = SimConfig(
         phones=phones,
         tenants=tenants,
@@ -340,9 +399,8 @@ def scrape(
     exporter = Exporter(config, config_path)
     try:
         if debug:
-            reports = [
-                debug_report(exporter, n) for n in ([target] if target else config.target_names)
-            ]
+            names = [target] if target else config.target_names
+            reports = [debug_report_blocking(exporter, n) for n in names]
             click.echo("\n".join(text for text, _ in reports), nl=False)
             sys.exit(0 if all(up for _, up in reports) else 1)
         registry, collections = exporter.scrape(target)
@@ -358,7 +416,7 @@ def envvar_rule(command: str, option: str) -> str:
         return f"{ENVVAR_PREFIX}_LISTEN"
     name = SHARED_ENVVARS.get(option)
     if name is None:
-        name = f"{ENVVAR_PREFIX}_{command}_{option}".upper().replace("-", "_")
+        name = f"{ENVVAR_PREFIX}_{command}_{option}".upper().replace("-", "_").replace(".", "_")
     return name
 
 

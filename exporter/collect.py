@@ -464,17 +464,28 @@ class Exporter:
             log.info("config reloaded: %d target(s)", len(config.targets))
             return True
 
-    def collect(
-        self, names: list[str], scrape_timeout: float | None = None, fresh: bool = False
-    ) -> list[Collection]:
-        """Collect ``names`` concurrently, each within its own budget; blocks the caller."""
-        started = time.monotonic()
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop every collection runs on (the web server serves on it too)."""
+        return self._io.loop
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop from another thread and wait for its result."""
+        return self._io.run(coro, timeout)
+
+    def _budgets(self, names: list[str], scrape_timeout: float | None) -> dict[str, float]:
         targets = self._targets
-        budgets = {
+        return {
             name: collection_budget(scrape_timeout, targets[name].config.timeout_seconds)
             for name in names
             if name in targets
         }
+
+    async def acollect(
+        self, names: list[str], scrape_timeout: float | None = None
+    ) -> list[Collection]:
+        """Collect ``names`` concurrently, each within its own budget (on the loop)."""
+        started = time.monotonic()
 
         async def one(name: str, deadline: float) -> Collection | None:
             # A reload may close the collector mid-way: ask its successor, by the same
@@ -482,45 +493,60 @@ class Exporter:
             asked: TargetCollector | None = None
             while (collector := self._targets.get(name)) not in (None, asked):
                 asked = collector
-                collection = await collector.get(deadline, fresh)
+                collection = await collector.get(deadline)
                 if collection is not None:
                     return collection
             return None
 
-        async def run() -> list[Collection]:
-            found = await asyncio.gather(
-                *(one(name, started + budget) for name, budget in budgets.items())
-            )
-            return [collection for collection in found if collection is not None]
+        budgets = self._budgets(names, scrape_timeout)
+        found = await asyncio.gather(
+            *(one(name, started + budget) for name, budget in budgets.items())
+        )
+        return [collection for collection in found if collection is not None]
 
+    def collect(self, names: list[str], scrape_timeout: float | None = None) -> list[Collection]:
+        """``acollect`` from another thread; blocks the caller.
+
+        Always an answer: a loop that does not answer in time (or a call cancelled by
+        shutdown) gives ``cec_up 0`` for every target asked (SPEC section 6).
+        """
+        started = time.monotonic()
+        budgets = self._budgets(names, scrape_timeout)
         # Each get() ends within its budget; the extra second only guards against a stuck loop.
         try:
-            return self._io.run(run(), timeout=max(budgets.values(), default=0) + 1.0)
+            return self._io.run(
+                self.acollect(names, scrape_timeout), timeout=max(budgets.values(), default=0) + 1.0
+            )
         except (FutureTimeout, FutureCancelled):
-            # Still an answer, with cec_up 0 for every target asked (SPEC section 6).
             log.error("collection loop did not answer in time")  # noqa: TRY400
             waited = time.monotonic() - started
             error = f"the collection loop did not answer within {waited:.2f}s"
-            return [targets[name]._failed(error, waited) for name in budgets]
+            targets = self._targets
+            return [targets[name]._failed(error, waited) for name in budgets if name in targets]
 
-    def scrape(
-        self, target: str | None = None, scrape_timeout: float | None = None, fresh: bool = False
-    ) -> tuple[CollectorRegistry, list[Collection]]:
-        """A registry to encode: one target (``/probe``), or all plus our own metrics.
-
-        ``fresh`` skips the cache (the debug probe runs a real collection).
-        """
-        names = self.target_names if target is None else [target]
-        try:
-            collections = self.collect(names, scrape_timeout, fresh)
-        except FutureTimeout:
-            log.error("collection loop did not answer in time")  # noqa: TRY400
-            collections = []
+    def registry_for(self, target: str | None, collections: list[Collection]) -> CollectorRegistry:
+        """A registry to encode: one target's collections, or all plus our own metrics."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(lambda: collection_families(collections)))
         if target is None:
             registry.register(_Families(self.registry.collect))
-        return registry, collections
+        return registry
+
+    async def ascrape(
+        self, target: str | None = None, scrape_timeout: float | None = None
+    ) -> tuple[CollectorRegistry, list[Collection]]:
+        """A registry to encode: one target (``/probe``), or all plus our own metrics."""
+        names = self.target_names if target is None else [target]
+        collections = await self.acollect(names, scrape_timeout)
+        return self.registry_for(target, collections), collections
+
+    def scrape(
+        self, target: str | None = None, scrape_timeout: float | None = None
+    ) -> tuple[CollectorRegistry, list[Collection]]:
+        """``ascrape`` from another thread (the ``scrape`` command); blocks the caller."""
+        names = self.target_names if target is None else [target]
+        collections = self.collect(names, scrape_timeout)
+        return self.registry_for(target, collections), collections
 
     def own_metrics(self) -> CollectorRegistry:
         """The exporter's own metrics alone, without collecting any target.

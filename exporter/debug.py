@@ -97,15 +97,20 @@ def effective_config(target: TargetConfig, config: Config) -> list[str]:
     return lines
 
 
-def debug_report(
+async def debug_report(
     exporter: Exporter, name: str, scrape_timeout: float | None = None
 ) -> tuple[str, bool]:
-    """Run a real collection of ``name`` (no cache) and report it; returns (text, up)."""
+    """Report on a collection of ``name``; returns (text, up).
+
+    Like a scrape it honours ``cache_ttl_seconds`` (the cached collection's log is shown,
+    and said to be) and joins a collection in flight, so debug probes cost the vendor
+    no more than scrapes do: at most one fresh collection per target at a time.
+    """
     target = exporter.config.target(name)
     if target is None:
         raise KeyError(name)
     budget = collection_budget(scrape_timeout, target.timeout_seconds)
-    registry, collections = exporter.scrape(name, scrape_timeout, fresh=True)
+    registry, collections = await exporter.ascrape(name, scrape_timeout)
     metrics = generate_latest(registry).decode()
     lines = [f"Debug probe of target {name!r}"]
     up = False
@@ -117,7 +122,8 @@ def debug_report(
         lines.append(f"Result: {describe_result(collection)}")
         if collection.age > 0:
             lines.append(
-                f"Served from the collection in flight or cache, age {collection.age:.3f}s"
+                f"Served from the cache (cache_ttl_seconds: {target.cache_ttl_seconds:g}), "
+                f"age {collection.age:.3f}s: the log below is that collection's"
             )
         lines += ["", "Changes since the previous success:"]
         lines += [f"  {line}" for line in change_lines(collection)]
@@ -132,3 +138,10 @@ def debug_report(
     lines.append("Effective config (secrets redacted):")
     lines += [f"  {line}" for line in effective_config(target, exporter.config)]
     return "\n".join(lines) + "\n", up
+
+
+def debug_report_blocking(exporter: Exporter, name: str) -> tuple[str, bool]:
+    """``debug_report`` from outside the loop (``scrape --debug``)."""
+    target = exporter.config.target(name)
+    timeout = (target.timeout_seconds if target else 0) + 1.0
+    return exporter.run(debug_report(exporter, name), timeout)

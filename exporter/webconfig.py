@@ -110,6 +110,7 @@ _EXTRA_HEADERS: dict[str, tuple[str, ...] | None] = {
     "X-XSS-Protection": None,
     "Content-Security-Policy": None,
 }
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -275,7 +276,16 @@ def _headers(raw: object) -> dict[str, str]:
                 f"invalid value for {key}: expected one of {', '.join(choices)}, got {text!r}",
             )
         # As Go's Header.Set does: a line break cannot start a header of its own.
-        headers[key] = text.replace("\r", " ").replace("\n", " ")
+        text = text.replace("\r", " ").replace("\n", " ")
+        if not _FIELD_VALUE.fullmatch(text):
+            # Checked here, not when the first answer is cut off: a header must be
+            # Latin-1 without control characters (RFC 9110 field-value).
+            raise ConfigError(
+                f"{path}.{key}",
+                "value must be Latin-1 text without control characters (an HTTP header "
+                "value cannot carry it)",
+            )
+        headers[key] = text
     return headers
 
 
@@ -447,7 +457,8 @@ def _protocol(ctx: ssl.SSLContext, p: str, tls: _TLSFields, http2: bool) -> None
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if tls.curves:
         ctx.set_ecdh_curve(_CURVES[tls.curves[0]])
-    ctx.set_alpn_protocols(["http/1.1"])  # no HTTP/2 here, whatever http2 says
+    # HTTP/2 is offered by ALPN only when http2 is on (upstream's default), as Go does.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
 
 
 def _tls(tls: _TLSFields, folder: Path, http2: bool) -> TLSConfig | None:
@@ -553,9 +564,9 @@ class WebConfigFile:
 
     Upstream re-reads the file on every request and connection; here a change is
     looked for at most once per ``RELOAD_CHECK_SECONDS`` (a content hash of every
-    file involved). A new file that fails to load keeps the old config in force and
-    logs one error line; turning TLS on or off needs a restart (the listener is
-    either HTTPS or not).
+    file involved). A file that fails to load (broken, missing, or turning TLS on
+    or off, which needs a restart) makes ``ok`` False until it is fixed: the web
+    layer then fails closed, as upstream does, and one error line says why.
     """
 
     def __init__(self, path: str | None, config: WebConfig | None = None) -> None:
@@ -565,6 +576,12 @@ class WebConfigFile:
         self._checked = time.monotonic()
         self._fingerprint = self._hash(self._config)
         self._bad_fingerprint: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        """False while the file on disk cannot be loaded (as of the last look)."""
+        self.current()
+        return self._bad_fingerprint is None
 
     def _hash(self, config: WebConfig) -> bytes:
         if self.path is None:
@@ -579,7 +596,7 @@ class WebConfigFile:
         return digest.digest()
 
     def current(self) -> WebConfig:
-        """The config in force, after looking for a change if one is due."""
+        """The last config that loaded, after looking for a change if one is due."""
         if self.path is None:
             return self._config
         with self._lock:
@@ -589,7 +606,12 @@ class WebConfigFile:
             self._checked = now
             old = self._config
             fingerprint = self._hash(old)
-            if fingerprint in (self._fingerprint, self._bad_fingerprint):
+            if fingerprint == self._bad_fingerprint:
+                return old
+            if fingerprint == self._fingerprint:
+                if self._bad_fingerprint is not None:
+                    log.info("web config %s is back as it was; serving again", self.path)
+                self._bad_fingerprint = None
                 return old
             try:
                 new = load_web_config(self.path)
@@ -597,7 +619,11 @@ class WebConfigFile:
                     raise ConfigError(self.path, "turning TLS on or off needs a restart")
             except ConfigError as err:
                 # One line, no traceback: the message names the key path.
-                log.error("web config not reloaded, keeping the previous one: %s", err)  # noqa: TRY400
+                log.error(  # noqa: TRY400
+                    "web config cannot be loaded; answering 500 on every path but "
+                    "/-/healthy and /-/ready until it is fixed: %s",
+                    err,
+                )
                 self._bad_fingerprint = fingerprint
                 return old
             # Hashed before loading, so a change made meanwhile is seen next time; the

@@ -178,7 +178,7 @@ def expected_counts(sim: Simulator) -> dict[tuple[str, str], float]:
     return {key: float(n) for key, n in sim.expected().counts.items() if n}
 
 
-_LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/metrics")
+_LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/")
 
 
 class ServeProcess:

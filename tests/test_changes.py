@@ -7,6 +7,7 @@ a real exporter scrapes it over loopback, and the counters are read from ``/metr
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -178,19 +179,23 @@ def test_a_failure_in_between_keeps_the_baseline_and_is_compared_once(serve: Ser
 
 
 def test_cache_hits_and_coalesced_scrapes_count_nothing_again(serve: Serve) -> None:
-    sim, exp = serve(cache_ttl_seconds=3600)
+    ttl = 3.0
+    sim, exp = serve(cache_ttl_seconds=ttl)
     exp.metrics()
+    collected = time.monotonic()
     sim.change_phones("suspend", 6)
     for _ in range(3):  # served from the cache: no collection, nothing compared
         assert_counted(exp.metrics(), {}, {})
-    fresh = exp.metrics("/probe?target=sim&debug=true")  # a real collection, counted once
-    assert "registered -> suspended" in fresh
-    status = status_changes(exp.metrics())
+    assert time.monotonic() - collected < ttl, "the scrapes above must be cache hits"
+    time.sleep(max(0.0, collected + ttl + 0.2 - time.monotonic()))
+    status = status_changes(exp.metrics())  # a real collection, counted once
     assert sum(status.values()) == 6
+    assert status_changes(exp.metrics()) == status  # the cached answer counts nothing again
     sim.update(latency_ms=150)
     sim.change_phones("flap", 2)
+    time.sleep(ttl + 0.2)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # six scrapes, one collection
-        texts = list(pool.map(lambda _: exp.metrics("/probe?target=sim&debug=true"), range(6)))
+        texts = list(pool.map(lambda _: exp.metrics("/probe?target=sim"), range(6)))
     after = status_changes(exp.metrics())
     assert sum(after.values()) == 6 + 4, texts[0]
 

@@ -34,7 +34,7 @@ def expected_envvar(command: str, option: str) -> str:
         return "CEC_EXPORTER_LISTEN"
     if option in SHARED:
         return SHARED[option]
-    return f"CEC_EXPORTER_{command}_{option}".upper().replace("-", "_")
+    return f"CEC_EXPORTER_{command}_{option}".upper().replace("-", "_").replace(".", "_")
 
 
 def long_options() -> list[tuple[str, str]]:
@@ -92,3 +92,15 @@ def test_demo_obeys_the_exporter_listen_variable(
     demo = serve_process(command=("demo",), env=env).start()
     text = httpx2.get(f"{demo.url}/metrics", timeout=30).text
     assert sample(text, "cec_softphones_allocated", target="demo") == 7
+
+
+def test_demo_listens_on_loopback_and_shows_its_banner_once_listening(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    help_text = CliRunner().invoke(cli, ["demo", "--help"]).output
+    assert "default: 127.0.0.1:9877" in re.sub(r"\s+", " ", help_text)
+    demo = serve_process(command=("demo", "--listen", "127.0.0.1:0")).start()
+    # The banner names the port really bound, so it comes after listening.
+    shown = demo.wait_for_line(r"exporter:\s+(http://127\.0\.0\.1:(\d+)/metrics)")
+    assert shown.group(2) != "0"
+    assert shown.group(1) == demo.url + "/metrics"

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
@@ -97,6 +98,32 @@ def test_debug_probe_honours_the_scrape_deadline(
     assert re.search(r"Result: DOWN after 1\.\d+s \(reason deadline\): deadline", report), report
     log = section(report, "Collection log")
     assert re.search(r"queryPhone offset=100 try=1 status=- duration=1\.\d+s outcome=timeout", log)
+
+
+def test_debug_probes_cost_the_vendor_no_more_than_scrapes(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """Debug probes used to skip cache_ttl_seconds: ten of them cost thirty requests."""
+    sim = simulator(phones=250)
+    cached = target_entry(sim, "cached", cache_ttl_seconds=300)
+    busy = target_entry(sim, "busy", cache_ttl_seconds=0)
+    running = exporter_server(write_config(targets=[cached, busy]))
+    first = debug(running, "cached").text
+    assert "Served from the cache" not in first
+    spent = sim.stats()["query_requests"]
+    for _ in range(10):
+        report = debug(running, "cached").text
+        assert re.search(r"Served from the cache \(cache_ttl_seconds: 300\), age \d", report)
+        assert re.search(r"queryPhone offset=200 try=1 status=200 retCode=0", report)  # its log
+    assert sim.stats()["query_requests"] == spent
+    # Without a cache, concurrent debug probes share the one collection in flight.
+    sim.set_faults([Fault("slow", value=0.5, pages=(0,))])
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        reports = list(pool.map(lambda _: debug(running, "busy").text, range(5)))
+    assert all("Result: UP" in report for report in reports)
+    assert sim.stats()["query_requests"] <= spent + 3 * 2, "more than two collections ran"
 
 
 def test_vendor_text_is_escaped_and_clipped(

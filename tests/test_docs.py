@@ -496,7 +496,9 @@ def test_every_option_the_docs_name_exists(helps: dict[str, list[HelpOption]]) -
 
 
 def expected_envvar(command: str, option: str) -> str:
-    return f"CEC_EXPORTER_{command}_{option.lstrip('-')}".upper().replace("-", "_")
+    return (
+        f"CEC_EXPORTER_{command}_{option.lstrip('-')}".upper().replace("-", "_").replace(".", "_")
+    )
 
 
 def test_readme_environment_variables_match_help(helps: dict[str, list[HelpOption]]) -> None:

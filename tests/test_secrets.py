@@ -284,6 +284,36 @@ def test_serve_never_shows_secrets(
         assert_json_lines(output, "serve")
 
 
+def test_vendor_echo_of_credentials_is_redacted_everywhere(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """A vendor that echoes the request shows the token, app key, app secret, a password."""
+    app_key = "ECHO-appkey-canary-5e1"
+    sim = simulator(phones=10, app_secret=APP_SECRET, app_key=app_key)
+    config = write_config(targets=[target_entry(sim, "sim")])
+    server = serve_process("--config", str(config), "--log-level", "debug").start()
+    assert sample(httpx2.get(server.url + "/metrics").text, "cec_up", target="sim") == 1
+    token = sim.issued_tokens()[-1]  # reused by the next collections
+    echo = f"Bearer {token}; token {token}; X-APP-Key {app_key}; {APP_SECRET}; password hunter2"
+    sim.set_faults([Fault("ret_code", value=echo)])
+    shown = {
+        "metrics": httpx2.get(server.url + "/metrics").text,
+        "landing page": httpx2.get(server.url + "/").text,
+        "debug probe": httpx2.get(server.url + "/probe?target=sim&debug=true").text,
+    }
+    shown["serve output"] = server.stop()
+    assert_clean(shown, [token, app_key, APP_SECRET, "hunter2"])
+    # Another process has a token of its own: the echoed one is not its secret.
+    scrape = run_cli("scrape", "--config", str(config), "--debug", "--log-level", "debug")
+    assert_clean(
+        {"scrape --debug": scrape.stdout + scrape.stderr}, [app_key, APP_SECRET, "hunter2"]
+    )
+    assert "simulated failure" in shown["debug probe"]  # the message is shown, redacted
+    assert "&lt;redacted&gt;" in shown["landing page"]
+
+
 # --- the in-process logger ------------------------------------------------------------------
 
 

@@ -99,3 +99,8 @@ def test_exec_start_serves_the_example_config_and_reloads_on_hup(
     server.signal(signal.SIGHUP)
     server.wait_for_line(r"config reloaded: 1 target")
     assert "unit-test-secret" not in server.stop()
+
+
+def test_unit_raises_the_open_files_limit() -> None:
+    """systemd's default soft limit (1024) is below what a connection flood needs."""
+    assert int(directives()["Service.LimitNOFILE"][0]) >= 8192

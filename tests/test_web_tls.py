@@ -21,11 +21,12 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
-from conftest import RunningExporter, run_cli, target_entry
+from conftest import RunningExporter, run_cli, sample, target_entry
+from prometheus_client.exposition import generate_latest
 
-from exporter import web
+from exporter import front
+from exporter.auth import RateLimiter
 from exporter.simulator import Simulator
-from exporter.web import RateLimiter
 from exporter.webconfig import RateLimit, WebConfigFile, load_web_config
 
 TESTDATA = Path(__file__).resolve().parent / "exporter_toolkit" / "testdata"
@@ -355,20 +356,34 @@ def test_renewed_certificate_and_changed_password_apply_without_restart(
     assert get(server, ctx, "/", Authorization=basic("alice", "second")) == 200
     assert get(server, ctx, "/", Authorization=basic("alice", "first")) == 401
 
-    # A broken file keeps the config in force, with one error line however often it is seen.
+    # A broken file fails closed, as upstream: 500 on every path but health, one error
+    # line however often it is seen, and the gauge at 0; fixing the file recovers.
     caplog.set_level(logging.INFO, logger="exporter.webconfig")
+    good = web.read_text()
     web.write_text(tls + "basic_auth_users:\n  alice: not-a-hash\n")
     for _ in range(3):
         time.sleep(1.1)
-        assert get(server, ctx, "/", Authorization=basic("alice", "second")) == 200
+        assert get(server, ctx, "/", Authorization=basic("alice", "second")) == 500
+        assert get(server, ctx, "/metrics", Authorization=basic("alice", "second")) == 500
+        assert get(server, ctx, "/-/healthy") == 200
+        assert get(server, ctx, "/-/ready") == 200
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "basic_auth_users.alice" in errors[0].getMessage()
     assert "not-a-hash" not in errors[0].getMessage()
+    gauge = "cec_exporter_web_config_last_reload_successful"
+    assert sample(generate_latest(server.exporter.own_metrics()).decode(), gauge) == 0
+    web.write_text(good)
+    wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 200)
+    assert sample(generate_latest(server.exporter.own_metrics()).decode(), gauge) == 1
+    # A missing file fails closed too.
+    web.unlink()
+    wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 500)
+    web.write_text(good)
+    wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 200)
     # Turning TLS off needs a restart: refused the same way.
     web.write_text(f"basic_auth_users:\n  alice: '{first}'\n")
-    time.sleep(1.1)
-    assert get(server, ctx, "/", Authorization=basic("alice", "second")) == 200
+    wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 500)
     assert "needs a restart" in caplog.text
 
 
@@ -391,9 +406,8 @@ def test_cli_refuses_what_upstream_refuses(
 def test_kept_alive_connections_are_bounded(
     serve_web: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A kept-alive connection may idle, then its next request head has the usual deadline."""
-    monkeypatch.setattr(web, "HEADER_READ_TIMEOUT_SECONDS", 1.0)
-    monkeypatch.setattr(web, "IDLE_TIMEOUT_SECONDS", 2.0)
+    """A kept-alive connection has the head deadline to send its next request, whole."""
+    monkeypatch.setattr(front, "HEAD_TIMEOUT_SECONDS", 1.0)
     empty = tmp_path / "web.yml"
     empty.write_text("")
     server = serve_web(empty)
@@ -410,12 +424,12 @@ def test_kept_alive_connections_are_bounded(
     with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
-        time.sleep(1.5)  # longer than the head deadline, shorter than the idle limit
+        time.sleep(0.5)  # idle, within the deadline: the connection is still served
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
         idle_since = time.monotonic()
-        assert conn.recv(4096) == b""  # closed after the idle limit
-        assert 1.5 < time.monotonic() - idle_since < 6
+        assert conn.recv(4096) == b""  # closed once idle for the deadline
+        assert 0.8 < time.monotonic() - idle_since < 4
     with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
@@ -434,3 +448,44 @@ def test_kept_alive_connections_are_bounded(
                 break
         assert closed
         assert time.monotonic() - started < 4
+
+
+# --- HTTP/2 ---------------------------------------------------------------------------------------
+
+
+def h2_get(server: RunningExporter, ctx: ssl.SSLContext, path: str) -> tuple[str | None, int]:
+    """(negotiated ALPN protocol, status of GET ``path`` over HTTP/2 if h2 was chosen)."""
+    import h2.connection
+    import h2.events
+
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port(server)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        chosen = conn.selected_alpn_protocol()
+        if chosen != "h2":
+            return chosen, 0
+        h2c = h2.connection.H2Connection()
+        h2c.initiate_connection()
+        h2c.send_headers(
+            1,
+            [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "x")],
+            end_stream=True,
+        )
+        conn.sendall(h2c.data_to_send())
+        while True:
+            data = conn.recv(65536)
+            assert data, "closed before an answer"
+            for event in h2c.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return chosen, int(dict(event.headers)[b":status"])
+            conn.sendall(h2c.data_to_send())
+
+
+def test_http2_is_served_when_on(serve_web: Serve, pki: dict[str, Path], tmp_path: Path) -> None:
+    on = serve_web(web_yml(tmp_path, pki))
+    assert h2_get(on, client(pki), "/-/healthy") == ("h2", 200)
+    assert h2_get(on, client(pki), "/metrics") == ("h2", 200)
+    off = serve_web(web_yml(tmp_path, pki, "http_server_config:\n  http2: false\n"))
+    assert h2_get(off, client(pki), "/-/healthy") == ("http/1.1", 0)

@@ -271,6 +271,9 @@ def test_headers_follow_upstreams_rules(tmp_path: Path) -> None:
         ("    Content-Type: text/plain\n", "Content-Type"),
         ("    Server: x\n", "Server"),
         ("    Content-Security-Policy: [a, b]\n", "Content-Security-Policy"),
+        # Accepted once, then every answer (health included) was cut off with a traceback.
+        ('    Content-Security-Policy: "default-src \u2603"\n', "Content-Security-Policy"),
+        ('    Strict-Transport-Security: "max-age=1\\x01"\n', "Strict-Transport-Security"),
     ]:
         assert refusal(tmp_path, h + line).path == f"http_server_config.headers.{path}", line
     assert refusal(tmp_path, "http_server_config:\n  http2: maybe\n").path == (

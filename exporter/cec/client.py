@@ -20,6 +20,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +40,7 @@ from exporter.cec.errors import (
     RetCodeError,
 )
 from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
+from exporter.cec.redact import redact_vendor_text
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
 from exporter.cec.upstream import Upstream
@@ -154,6 +156,8 @@ class CecClient:
         self.target = target
         self._observer = observer
         self._upstream = upstream or Upstream()
+        # What this client sends and a vendor could echo back: never shown as it is.
+        self._sent_secrets: deque[str] = deque(maxlen=4)
         # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
         # cancelled by its deadline cannot starve the others of connections
@@ -226,8 +230,12 @@ class CecClient:
             outcome = "success"
             return result
         except RetCodeError as err:
-            outcome, ret_code, ret_msg = "ret_code_error", err.ret_code, err.ret_msg
-            raise
+            outcome = "ret_code_error"
+            ret_code, ret_msg = self._redact(err.ret_code), self._redact(err.ret_msg)
+            raise RetCodeError(ret_code, ret_msg) from None
+        except InvalidResponse as err:  # may quote the body: vendor text
+            outcome = err.outcome
+            raise InvalidResponse(self._redact(str(err))) from None
         except httpx2.HTTPError as err:
             failure = _transport_error(err)
             outcome = failure.outcome
@@ -256,6 +264,10 @@ class CecClient:
                 ret_msg,
                 waited,
             )
+
+    def _redact(self, vendor_text: str) -> str:
+        """Vendor text with what we sent it (token, app key, app secret) replaced."""
+        return redact_vendor_text(vendor_text, (self.target.app_key, *self._sent_secrets))
 
     def _record(
         self,
@@ -332,6 +344,7 @@ class CecClient:
         except UnicodeDecodeError:
             raise CredentialError("cannot read app secret: not UTF-8 text") from None
         register_secret(secret)
+        self._sent_secrets.append(secret)
         headers = {
             "Content-Type": "application/json",
             "X-Token-Expire": str(self.target.token_lifetime_seconds),
@@ -379,6 +392,8 @@ class CecClient:
         """Tell the observer the expiry of a token this target has not used before."""
         if token is not self._reported:
             self._reported = token
+            # Whichever target of the app fetched it, this one sends it: never show it.
+            self._sent_secrets.append(token.value)
             self._observer.token_issued(token.expires_at)
         return token
 

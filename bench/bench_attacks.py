@@ -1,0 +1,418 @@
+"""Attack the exporter's front door from one client, and measure what a real scrape gets.
+
+    .venv/bin/python bench/bench_attacks.py                    # this checkout's exporter
+    .venv/bin/python bench/bench_attacks.py --exporter /other/.venv/bin/cec-phone-exporter
+
+Starts the simulator and ``cec-phone-exporter serve`` (basic auth at bcrypt cost 10,
+open-files limit soft 1024 / hard 20000 as systemd gives a service by default) on
+loopback, then, one after the other, bounded in count and time:
+
+- ``flood``: 1,100 kept-alive connections, each asking ``/-/healthy`` every 3 s;
+- ``bombs``: 40 request heads of 6.4 MB (99 lines of 65,000 bytes) that never finish;
+- ``guesses``: 32 clients sending wrong passwords, while a user logs in for the first time;
+- ``malformed``: ambiguous heads (two Content-Lengths, HTTP/0.9, obs-fold, ...);
+- ``large``: /metrics with 50,000 per-phone series, while another target is probed.
+
+For each it prints what a credentialed scrape got (status, seconds) and what the
+attack cost the exporter (threads, RSS growth, CPU share of one core), against the
+``idle`` baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+import httpx2
+import psutil
+import yaml
+
+from exporter.simulator import SimConfig, Simulator
+
+USER, PASSWORD = "prometheus", "scrape-password"
+LATE_USERS, LATE_PASSWORD = [f"grafana-{i}" for i in range(5)], "first-login"
+COST = 10
+SOFT, HARD = 1024, 20000
+
+
+def auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@dataclass
+class Result:
+    attack: str
+    scrape: str
+    threads: int
+    rss_growth_mib: float
+    cpu_share: float
+    note: str = ""
+
+
+class Exporter:
+    """The exporter under attack, in a child process with systemd's default limits."""
+
+    def __init__(self, program: list[str], config: Path, web: Path) -> None:
+        port = free_port()
+        prlimit = shutil.which("prlimit")
+        limit = [prlimit, f"--nofile={SOFT}:{HARD}"] if prlimit else []
+        command = [*limit, *program, "serve", "--config", str(config)]
+        command += ["--web-config", str(web), "--listen", f"127.0.0.1:{port}"]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not any("listening on" in line for line in self.lines):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("exporter did not start:\n" + "\n".join(self.lines))
+            time.sleep(0.1)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def rss_mib(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def cpu(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def loud_lines(self) -> int:
+        return sum(1 for line in self.lines if re.search(r"level=(error|warning)|Traceback", line))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(exporter: Exporter, path: str = "/metrics", timeout: float = 15) -> str:
+    """One credentialed scrape as Prometheus sends it: ``status in seconds``."""
+    started = time.monotonic()
+    try:
+        response = httpx2.get(
+            exporter.url + path,
+            headers={**auth(USER, PASSWORD), "X-Prometheus-Scrape-Timeout-Seconds": "10"},
+            timeout=timeout,
+        )
+        status = str(response.status_code)
+    except httpx2.HTTPError as err:
+        status = type(err).__name__
+    return f"{status} in {time.monotonic() - started:.2f}s"
+
+
+@contextmanager
+def measured(exporter: Exporter, attack: str, results: list[Result]) -> Iterator[list[str]]:
+    """Measure the exporter while the body attacks: peak threads and RSS (sampled every
+    0.1 s), CPU share; the body appends its scrape line, then an optional note."""
+    rss, cpu, wall = exporter.rss_mib(), exporter.cpu(), time.monotonic()
+    peak = {"threads": exporter.ps.num_threads(), "rss": rss}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            with suppress(psutil.Error):
+                peak["threads"] = max(peak["threads"], exporter.ps.num_threads())
+                peak["rss"] = max(peak["rss"], exporter.rss_mib())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    box: list[str] = []
+    try:
+        yield box
+    finally:
+        stop.set()
+        sampler.join()
+    results.append(
+        Result(
+            attack,
+            box[0] if box else "-",
+            int(peak["threads"]),
+            peak["rss"] - rss,
+            (exporter.cpu() - cpu) / (time.monotonic() - wall),
+            box[1] if len(box) > 1 else "",
+        )
+    )
+
+
+# --- the attacks -----------------------------------------------------------------------------
+
+
+async def _kept_alive(port: int, n: int, seconds: float) -> int:
+    """``n`` connections, each asking /-/healthy every 3 s for ``seconds``; answers received."""
+    answered = 0
+    request = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def one() -> None:
+        nonlocal answered
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"Healthy\n"), 20)
+                answered += head.count(b" 200")
+                await asyncio.sleep(3)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    tasks = []
+    for _ in range(n):
+        tasks.append(asyncio.ensure_future(one()))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+    return answered
+
+
+def flood(exporter: Exporter, results: list[Result], n: int = 1100, seconds: float = 20) -> None:
+    with measured(exporter, f"flood: {n} kept-alive connections", results) as box:
+        answered: list[int] = []
+        attacker = threading.Thread(
+            target=lambda: answered.append(asyncio.run(_kept_alive(exporter.port, n, seconds)))
+        )
+        attacker.start()
+        time.sleep(seconds / 2)
+        box.append(scrape(exporter))
+        attacker.join()
+        box.append(f"{answered[0] if answered else 0} health answers")
+    time.sleep(3)
+    results[-1].note += f"; RSS {exporter.rss_mib():.0f} MiB 3 s after it left"
+
+
+def bombs(exporter: Exporter, results: list[Result], n: int = 40, mib: int = 6) -> None:
+    # 99 lines of 65,000 bytes: under the old server's caps (64 KiB a line, 100 lines).
+    line = b"X-Bomb: " + b"b" * 64990 + b"\r\n"
+    lines = min(99, mib * 10**6 // len(line) + 1)
+    with measured(exporter, f"bombs: {n} unfinished {mib} MB heads", results) as box:
+        conns = []
+        refused = 0
+
+        def send_one() -> None:
+            nonlocal refused
+            conn = socket.create_connection(("127.0.0.1", exporter.port), timeout=10)
+            conns.append(conn)
+            try:
+                conn.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n")
+                for _ in range(lines):
+                    conn.sendall(line)
+            except OSError:
+                refused += 1
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda _: send_one(), range(n)))
+        box.append(scrape(exporter))
+        time.sleep(5)  # held: the server has read what it will read
+        box.append(f"{refused} of {n} cut off before the end")
+        for conn in conns:
+            conn.close()
+
+
+def guesses(exporter: Exporter, results: list[Result], clients: int = 32) -> None:
+    stop = threading.Event()
+
+    def guess(i: int) -> None:
+        with httpx2.Client(timeout=30) as client:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                with suppress(httpx2.HTTPError):
+                    client.get(exporter.url + "/metrics", headers=auth(USER, f"wrong-{i}-{k}"))
+
+    with measured(exporter, f"guesses: {clients} clients, wrong passwords", results) as box:
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        waits = []
+        for user in LATE_USERS:
+            started = time.monotonic()
+            try:
+                response = httpx2.get(
+                    exporter.url + "/-/ready", headers=auth(user, LATE_PASSWORD), timeout=30
+                )
+                status = str(response.status_code)
+            except httpx2.HTTPError as err:
+                status = type(err).__name__
+            waits.append(time.monotonic() - started)
+        box.append(f"{status} in {max(waits):.2f}s")
+        box.append(
+            f"worst of {len(waits)} first logins; median {sorted(waits)[len(waits) // 2]:.2f}s"
+        )
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+AMBIGUOUS = [
+    b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n"
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: \xc2\xb2\r\n\r\nx",
+    b"GET /-/healthy\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\nHost: x\n\n",
+    b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx",
+]
+
+
+def malformed(exporter: Exporter, results: list[Result]) -> None:
+    loud = exporter.loud_lines()
+    with measured(exporter, "malformed: ambiguous heads", results) as box:
+        accepted = 0
+        for data in AMBIGUOUS:
+            with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as conn:
+                conn.sendall(data)
+                answer = b""
+                try:
+                    while chunk := conn.recv(65536):
+                        answer += chunk
+                except OSError:
+                    pass
+            codes = re.findall(rb"HTTP/1\.[01] (\d{3})", answer)
+            if not codes or codes != [b"400"]:
+                accepted += 1
+        time.sleep(0.5)
+        box.append(scrape(exporter))
+        box.append(
+            f"{accepted}/{len(AMBIGUOUS)} not answered 400 alone; "
+            f"{exporter.loud_lines() - loud} error/warning lines"
+        )
+
+
+def large(exporter: Exporter, results: list[Result]) -> None:
+    def probe_latencies(stop: threading.Event, out: list[float]) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            httpx2.get(exporter.url + "/probe?target=small", headers=auth(USER, PASSWORD))
+            out.append(time.monotonic() - started)
+
+    scrape(exporter, timeout=60)  # the big collection, cached from now on
+    with measured(exporter, "large: 50,000 per-phone series", results) as box:
+        stop, latencies = threading.Event(), []
+        prober = threading.Thread(target=probe_latencies, args=(stop, latencies))
+        prober.start()
+        lines = [scrape(exporter, timeout=60) for _ in range(3)]
+        stop.set()
+        prober.join()
+        box.append(lines[-1])
+        worst = max(latencies, default=0)
+        box.append(f"/probe of another target meanwhile: worst {worst:.2f}s of {len(latencies)}")
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def setup(where: Path, sim: Simulator, big: Simulator) -> tuple[Path, Path]:
+    targets = [
+        {"name": "small", "base_url": sim.url, "app_key": sim.config.app_key,
+         "app_secret": sim.config.app_secret},
+        {"name": "big", "base_url": big.url, "app_key": big.config.app_key,
+         "app_secret": big.config.app_secret, "per_phone_metrics": True,
+         "cache_ttl_seconds": 3600, "max_pages": 1000, "timeout_seconds": 60},
+    ]  # fmt: skip
+    config = where / "config.yml"
+    config.write_text(yaml.safe_dump({"targets": targets}))
+    users = {
+        USER: bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(COST)).decode(),
+    }
+    late = bcrypt.hashpw(LATE_PASSWORD.encode(), bcrypt.gensalt(COST)).decode()
+    users |= dict.fromkeys(LATE_USERS, late)
+    web = where / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": users}))
+    return config, web
+
+
+ATTACKS: dict[str, Callable[[Exporter, list[Result]], None]] = {
+    "flood": flood,
+    "bombs": bombs,
+    "guesses": guesses,
+    "malformed": malformed,
+    "large": large,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--exporter",
+        default=str(Path(sys.executable).parent / "cec-phone-exporter"),
+        help="the cec-phone-exporter program to attack (default: this venv's)",
+    )
+    parser.add_argument("--only", nargs="*", choices=list(ATTACKS), help="run only these")
+    args = parser.parse_args()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker needs 1,100+
+    sim = Simulator(SimConfig(phones=300)).start()
+    big = Simulator(SimConfig(phones=50_000, tenants=20)).start()
+    results: list[Result] = []
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory() as where:
+        config, web = setup(Path(where), sim, big)
+        exporter = Exporter([args.exporter], config, web)
+        try:
+            scrape(exporter)  # warm-up: token, connections, the first login cached
+            with measured(exporter, "idle (baseline)", results) as box:
+                time.sleep(2)
+                box.append(scrape(exporter, "/probe?target=small"))
+                box.append(f"RSS {exporter.rss_mib():.0f} MiB")
+            for name, attack in ATTACKS.items():
+                if not args.only or name in args.only:
+                    attack(exporter, results)
+                    time.sleep(2)
+        finally:
+            exporter.stop()
+            sim.stop()
+            big.stop()
+    print(f"exporter: {args.exporter}; limits soft {SOFT} / hard {HARD}; bcrypt cost {COST}")
+    print(f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}; load {load}")
+    head = f"{'attack':44} {'credentialed scrape':22} {'threads':>7} {'RSS +MiB':>9} {'CPU':>5}"
+    print(f"{head}  note")
+    for r in results:
+        print(
+            f"{r.attack:44} {r.scrape:22} {r.threads:7d} {r.rss_growth_mib:9.1f} "
+            f"{r.cpu_share:5.0%}  {r.note.lstrip('; ')}"
+        )
+
+
+if __name__ == "__main__":
+    main()
