@@ -41,6 +41,12 @@ def register_secret(value: str) -> None:
         _secrets.add(value)
 
 
+def known_secrets() -> tuple[str, ...]:
+    """Every secret registered so far (app secrets read, tokens issued), by any target."""
+    with _secrets_lock:
+        return tuple(_secrets)
+
+
 def redact(text: str) -> str:
     """``text`` with known secrets and credential-shaped fragments replaced."""
     with _secrets_lock:

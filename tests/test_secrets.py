@@ -18,6 +18,7 @@ import httpx2
 import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
+from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS
 from exporter.config import ConfigError, load_config
 from exporter.logs import REDACTED, redact, register_secret, setup_logging
 from exporter.simulator import Fault, Simulator
@@ -312,6 +313,34 @@ def test_vendor_echo_of_credentials_is_redacted_everywhere(
     )
     assert "simulated failure" in shown["debug probe"]  # the message is shown, redacted
     assert "&lt;redacted&gt;" in shown["landing page"]
+
+
+def test_vendor_echo_is_redacted_for_every_target_of_the_app_and_where_clipped(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """Two targets of one app share one token, fetched by one of them: neither shows it.
+    Vendor text clipped (512 characters) inside the echoed secret shows no start of it."""
+    sim = simulator(phones=10, app_secret=APP_SECRET)
+    config = write_config(targets=[target_entry(sim, "a"), target_entry(sim, "b")])
+    server = serve_process("--config", str(config), "--log-level", "debug").start()
+    text = httpx2.get(server.url + "/metrics").text
+    assert sample(text, "cec_up", target="a") == sample(text, "cec_up", target="b") == 1
+    assert len(sim.issued_tokens()) == 1, "one token for the app"
+    token = sim.issued_tokens()[-1]
+    kept = 12  # characters of the secret before the retMsg's clip
+    pad = "x" * (VENDOR_TEXT_MAX_CHARS - 1 - len("simulated failure (retCode ") - kept)
+    sim.set_faults([Fault("ret_code", value=f"{pad}{APP_SECRET} {token}")])
+    shown = {
+        f"{where} of {name}": httpx2.get(server.url + path.format(name)).text
+        for name in ("a", "b")
+        for where, path in (("probe", "/probe?target={}"), ("debug", "/probe?target={}&debug=1"))
+    }
+    shown["landing page"] = httpx2.get(server.url + "/").text
+    shown["serve output"] = server.stop()
+    assert_clean(shown, [token, APP_SECRET[:kept], APP_SECRET[:6]])
+    assert "simulated failure" in shown["debug of b"]
 
 
 # --- the in-process logger ------------------------------------------------------------------

@@ -45,7 +45,7 @@ from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.trace import CollectionTrace, RequestRecord, clip
 from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
-from exporter.logs import fields, register_secret
+from exporter.logs import fields, known_secrets, register_secret
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -266,8 +266,11 @@ class CecClient:
             )
 
     def _redact(self, vendor_text: str) -> str:
-        """Vendor text with what we sent it (token, app key, app secret) replaced."""
-        return redact_vendor_text(vendor_text, (self.target.app_key, *self._sent_secrets))
+        """Vendor text with the credentials it could echo (token, app key, app secret) replaced."""
+        # Registered secrets too: a target whose app shares a token with others may never
+        # have read the secret itself, and a vendor may echo it all the same.
+        known = (self.target.app_key, *self._sent_secrets, *known_secrets())
+        return redact_vendor_text(vendor_text, known)
 
     def _record(
         self,

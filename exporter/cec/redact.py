@@ -40,9 +40,13 @@ def _redact_cut_end(text: str, value: str) -> str:
     """``text`` without a start of ``value`` at its end: vendor text is clipped where it
     is parsed (before this), and the cut may fall inside an echoed secret."""
     body = text.removesuffix(CLIP_MARK)
-    for length in range(min(len(value) - 1, len(body)), MIN_KNOWN_LENGTH - 1, -1):
-        if body.endswith(value[:length]):
-            return body[:-length] + REDACTED + text[len(body) :]
+    tail = body[-(len(value) - 1) :]
+    head = value[:MIN_KNOWN_LENGTH]
+    start = tail.find(head)
+    while start != -1:
+        if value.startswith(tail[start:]):
+            return body[: len(body) - len(tail) + start] + REDACTED + text[len(body) :]
+        start = tail.find(head, start + 1)
     return text
 
 
