@@ -136,8 +136,13 @@ def test_prometheus_shards_targets_from_sd_across_two_replicas(
             lambda r: len(r) == len(NAMES),
             timeout=30,
         )
-        own = dq.query(prom.url, 'up{job="cec-phone-exporter"}')
-        assert sorted(float(s["value"][1]) for s in own) == [1.0, 1.0]
+        # The own-metrics job is scraped on its own schedule: wait for both replicas.
+        wait_for(
+            "both replicas' own metrics scraped and up",
+            lambda: dq.query(prom.url, 'up{job="cec-phone-exporter"} == 1'),
+            lambda r: len(r) == len(replicas),
+            timeout=30,
+        )
         targets = probe_targets()
         assigned: dict[str, set[str]] = {a: set() for a in addresses}
         for t in targets:
