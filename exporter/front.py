@@ -43,7 +43,7 @@ clock starts when the connection opens or the previous answer is sent, so it is 
 how long a kept-alive connection may stay idle."""
 DEFAULT_MAX_CONNECTIONS = 2048
 """Open connections served at once; past it new ones are closed at once. About
-28 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
+30-35 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
 container."""
 FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
