@@ -32,7 +32,7 @@ from exporter.webconfig import WebConfigFile, load_web_config
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-DEFAULT_LISTEN = ":9877"
+DEFAULT_LISTEN = "0.0.0.0:9877"
 DEFAULT_DEMO_LISTEN = "127.0.0.1:9877"
 DEFAULT_SIMULATOR_LISTEN = "127.0.0.1:9878"
 ENVVAR_PREFIX = "CEC_EXPORTER"
