@@ -154,17 +154,15 @@ class TargetCollector:
         self._changes = ChangeTracker()
         self._closed = False
 
-    async def get(self, deadline: float, fresh: bool = False) -> Collection | None:
+    async def get(self, deadline: float) -> Collection | None:
         """A collection no older than the cache TTL, by ``deadline`` (monotonic).
 
-        ``fresh`` (the debug probe) skips the cache: it wants a collection to look at.
         None when a reload closed this collector meanwhile: the caller asks the
         collector that replaced it, if any.
         """
         started = time.monotonic()
         cached = self._cached
-        ttl = 0.0 if fresh else self.config.cache_ttl_seconds
-        if cached is not None and started - cached.finished_mono < ttl:
+        if cached is not None and started - cached.finished_mono < self.config.cache_ttl_seconds:
             return _replace_age(cached, started - cached.finished_mono)
         # A longer scrape never fails for a shorter one: it extends the shared deadline,
         # or, once that has fired (the collection is being cancelled), waits for the end
