@@ -29,7 +29,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.typing import ASGIFramework
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from exporter.webconfig import WebConfigFile, client_sans
 
@@ -173,6 +173,33 @@ def hypercorn_config() -> HypercornConfig:
     return config
 
 
+@dataclass(frozen=True)
+class _BodyDrained:
+    """The app, with the request body read and dropped while it runs.
+
+    The app answers from the head alone and reads no body. hypercorn queues at most
+    ten body events for it, and when the answer ends it puts ``http.disconnect`` on
+    that queue: full, that put waits forever and the connection is never closed, not
+    even after the client has left. Read meanwhile, the queue never fills; a body
+    still coming when the answer is done closes the connection (h11 cannot recycle it).
+    """
+
+    app: ASGIFramework
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        async def drain() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        drainer = asyncio.ensure_future(drain())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            drainer.cancel()
+
+
 # --- connections --------------------------------------------------------------------------
 
 
@@ -237,7 +264,13 @@ class FrontDoor:
                 return
             loop = asyncio.get_running_loop()
             await _Connection(
-                ASGIWrapper(self.app), loop, self._config, self._context, {}, reader, writer
+                ASGIWrapper(_BodyDrained(self.app)),
+                loop,
+                self._config,
+                self._context,
+                {},
+                reader,
+                writer,
             )
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)

@@ -310,3 +310,30 @@ def test_no_http2_in_clear_text(front: Start) -> None:
     assert b"\x00\x00" not in prior[:9]  # no HTTP/2 SETTINGS frame came back
     assert all(code >= 400 for code in statuses(prior)), prior[:200]
     assert_quiet(server)
+
+
+# --- request bodies the app does not read -------------------------------------------------------
+
+CHUNKED_HEAD = b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNK = b"10\r\n" + b"a" * 16 + b"\r\n"
+
+
+def test_an_unread_request_body_does_not_hold_the_connection_forever(front: Start) -> None:
+    """hypercorn queues at most ten body events for the app; an app that answers without
+    reading them used to leave the connection stuck for good (no timeout, counted against
+    the cap even after the client left), so a few small requests locked every scrape out."""
+    server = front("--web.max-connections", "4")
+    port = port_of(server)
+    time.sleep(0.5)  # the start-up probe's connection is closed by now
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(CHUNKED_HEAD)
+            for _ in range(50):  # one small segment each: more body events than the queue holds
+                conn.sendall(CHUNK)
+            conn.sendall(b"0\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 405")
+    deadline = time.monotonic() + 5
+    while statuses(exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")) != [200]:
+        assert time.monotonic() < deadline, "connections whose client left are still counted"
+        time.sleep(0.2)
+    assert_quiet(server)
