@@ -27,6 +27,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -135,14 +136,30 @@ async def _plain_http1(_request: h11.Request) -> None:
 class _Connection(TCPServer):
     """hypercorn's connection, with the strict buffer in its HTTP/1.1 parser.
 
-    Once the client has closed, the idle timer is stopped: hypercorn would otherwise
-    hold the socket open until the keep-alive timeout, and a connect-and-close flood
-    would pile up descriptors.
+    Once the client has closed, the idle timer is stopped and the connection closes
+    after the last answer: hypercorn would otherwise hold the socket open until the
+    keep-alive timeout, and a connect-and-close flood would pile up descriptors.
     """
 
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        # An answer done, the connection would idle until the keep-alive timeout even
+        # when the client has half-closed and no request of its is left: close it now.
+        if isinstance(event, Updated) and event.idle and self._client_done():
+            event = Closed()
+        await super().protocol_send(event)
+
+    def _client_done(self) -> bool:
+        """Whether the client has sent its last byte and every request in it was taken."""
+        if not self.reader.at_eof():
+            return False
+        inner = self._wrapper.protocol
+        if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
+            return not inner.connection.trailing_data[0]  # pipelined requests still to answer
+        return True
 
     @property
     def protocol(self) -> ProtocolWrapper:

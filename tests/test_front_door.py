@@ -337,3 +337,16 @@ def test_an_unread_request_body_does_not_hold_the_connection_forever(front: Star
         assert time.monotonic() < deadline, "connections whose client left are still counted"
         time.sleep(0.2)
     assert_quiet(server)
+
+
+def test_a_client_done_sending_is_answered_and_let_go(front: Start) -> None:
+    """A client may half-close once its requests are sent (``nc -N``, some health
+    checkers). Its connection, and its place under the cap, used to be held for the whole
+    keep-alive timeout (10 s) after the last answer, when nothing more could come."""
+    server = front()
+    port = port_of(server)
+    started = time.monotonic()
+    answer = exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 3, timeout=15)
+    assert statuses(answer) == [200, 200, 200]  # every pipelined request is still answered
+    assert time.monotonic() - started < 3
+    assert_quiet(server)
