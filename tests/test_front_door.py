@@ -8,6 +8,7 @@ and a real scrape is still served.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import re
 import resource
@@ -349,4 +350,21 @@ def test_a_client_done_sending_is_answered_and_let_go(front: Start) -> None:
     answer = exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 3, timeout=15)
     assert statuses(answer) == [200, 200, 200]  # every pipelined request is still answered
     assert time.monotonic() - started < 3
+    assert_quiet(server)
+
+
+def test_authorization_headers_of_any_bytes_are_a_401_at_most(front: Start, tmp_path: Path) -> None:
+    """A header value of non-ASCII bytes made base64 raise a ValueError of its own: a 500
+    and an error line for anyone who could reach the port."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    server = front("--web-config", str(web))
+    port = port_of(server)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+    right = base64.b64encode(b"alice:right")
+    for value in (b"Basic \xff\xfe", b"Basic \xc3\xa9", b"Basic " + right + b"\xff", b"\xff"):
+        assert statuses(exchange(port, head % value)) == [401], value
+    # The scheme is case-insensitive (RFC 9110 11.1), as in Go's Request.BasicAuth.
+    assert statuses(exchange(port, head % (b"basic " + right))) == [200]
     assert_quiet(server)
