@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import h2.events
 import h11
 from h11._receivebuffer import ReceiveBuffer
 from hypercorn.app_wrappers import ASGIWrapper
@@ -29,6 +30,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -133,6 +135,32 @@ async def _plain_http1(_request: h11.Request) -> None:
     """Stands for hypercorn's h2c switch: the request stays an HTTP/1.1 one."""
 
 
+def _ignore_late_data(protocol: H2Protocol) -> None:
+    """Let ``protocol`` take body data for a stream already answered.
+
+    A client may still be sending a body when the answer has gone (an early 405 or
+    413): hypercorn looks the finished stream up for the data (it does so safely for
+    the stream's end only), and the KeyError ends the whole connection with a warning.
+    The data is acknowledged, so the connection's flow-control window stays open.
+    """
+    handle = protocol._handle_events
+
+    async def handle_events(events: list[h2.events.Event]) -> None:
+        for event in events:  # one by one: an earlier event may open the stream
+            if (
+                isinstance(event, h2.events.DataReceived)
+                and event.stream_id not in protocol.streams
+            ):
+                protocol.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+            else:
+                await handle([event])
+        await protocol._flush()  # the acknowledgements too
+
+    protocol._handle_events = handle_events  # type: ignore[method-assign]
+
+
 class _Connection(TCPServer):
     """hypercorn's connection, with the strict buffer in its HTTP/1.1 parser.
 
@@ -173,6 +201,8 @@ class _Connection(TCPServer):
             # No HTTP/2 in clear text (h2c upgrade or prior knowledge), as Go's net/http:
             # HTTP/2 is for TLS connections that chose it by ALPN.
             inner._check_protocol = _plain_http1  # type: ignore[method-assign,assignment]
+        elif isinstance(inner, H2Protocol):
+            _ignore_late_data(inner)
         self._wrapper = wrapper
 
 
