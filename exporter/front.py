@@ -28,7 +28,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
@@ -48,6 +48,10 @@ DEFAULT_MAX_CONNECTIONS = 2048
 """Open connections served at once; past it new ones are closed at once. About
 30-35 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
 container."""
+WRITE_STALL_SECONDS = 30.0
+"""An answer of which the client takes no byte for this long is dropped with its
+connection: a client that reads nothing would hold both, and the unsent answer in
+memory (4 MB for 50,000 series), for good."""
 FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
 GRACE_SECONDS = 3.0
@@ -174,11 +178,38 @@ class _Connection(TCPServer):
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            await self._write(event.data)
+            return
         # An answer done, the connection would idle until the keep-alive timeout even
         # when the client has half-closed and no request of its is left: close it now.
         if isinstance(event, Updated) and event.idle and self._client_done():
             event = Closed()
         await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        """hypercorn's write, with a deadline on the client's progress in reading."""
+        transport = self.writer.transport
+        if transport.is_closing():  # dropped: asyncio warns of writes to a lost socket
+            return
+        async with self.send_lock:
+            self.writer.write(data)
+            drained = asyncio.ensure_future(self.writer.drain())
+            drained.add_done_callback(lambda done: done.cancelled() or done.exception())
+            left = transport.get_write_buffer_size()
+            while not (await asyncio.wait({drained}, timeout=WRITE_STALL_SECONDS))[0]:
+                if transport.get_write_buffer_size() >= left:
+                    log.debug("client read nothing for %.0fs: dropped", WRITE_STALL_SECONDS)
+                    transport.abort()
+                    break
+                left = transport.get_write_buffer_size()
+            try:
+                await drained
+            except (ConnectionError, RuntimeError):
+                pass
+            else:
+                return
+        await self.protocol.handle(Closed())
 
     def _client_done(self) -> bool:
         """Whether the client has sent its last byte and every request in it was taken."""

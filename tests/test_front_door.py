@@ -24,8 +24,9 @@ import bcrypt
 import httpx2
 import psutil
 import pytest
-from conftest import ServeProcess, basic_auth, sample, target_entry
+from conftest import RunningExporter, ServeProcess, basic_auth, sample, target_entry
 
+from exporter import front as front_module
 from exporter.front import parse_listen
 from exporter.simulator import Simulator
 
@@ -368,3 +369,38 @@ def test_authorization_headers_of_any_bytes_are_a_401_at_most(front: Start, tmp_
     # The scheme is case-insensitive (RFC 9110 11.1), as in Go's Request.BasicAuth.
     assert statuses(exchange(port, head % (b"basic " + right))) == [200]
     assert_quiet(server)
+
+
+def test_a_client_that_reads_nothing_is_dropped(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that asks for a large exposition (50,000 per-phone series, 4 MB) and
+    reads nothing used to hold its connection, and the unsent answer in memory, for good:
+    twenty of them took 200 MiB. An answer the client takes no byte of for
+    WRITE_STALL_SECONDS (shortened here) is dropped with its connection."""
+    monkeypatch.setattr(front_module, "WRITE_STALL_SECONDS", 1.0, raising=False)
+    sim = simulator(phones=50_000)
+    config = write_config(targets=[target_entry(sim, "big", per_phone_metrics=True)])
+    server = exporter_server(config)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(30)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(b"GET /probe?target=big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(8)  # the collection (~2 s), then two stall checks
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer and (chunk := conn.recv(1 << 20)):
+                answer += chunk
+            head, body = answer.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            received = len(body)
+            while received < length and (chunk := conn.recv(1 << 20)):
+                received += len(chunk)
+        except ConnectionResetError:
+            return  # dropped: what we want
+    assert received < length, "the whole answer was kept for a client that read nothing"
