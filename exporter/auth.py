@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import threading
 import time
@@ -106,11 +105,12 @@ class FairQueue:
 
 def credentials(header: str | None) -> tuple[str, str] | None:
     """(user, password) of an ``Authorization: Basic`` header, or None."""
-    if not header or not header.startswith("Basic "):
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":  # case-insensitive (RFC 9110 11.1), as Go's BasicAuth
         return None
     try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except ValueError:  # not base64 (non-ASCII bytes included), or not UTF-8
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None

@@ -21,15 +21,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import h2.events
 import h11
 from h11._receivebuffer import ReceiveBuffer
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.typing import ASGIFramework
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from exporter.webconfig import WebConfigFile, client_sans
 
@@ -45,6 +48,10 @@ DEFAULT_MAX_CONNECTIONS = 2048
 """Open connections served at once; past it new ones are closed at once. About
 30-35 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
 container."""
+WRITE_STALL_SECONDS = 30.0
+"""An answer of which the client takes no byte for this long is dropped with its
+connection: a client that reads nothing would hold both, and the unsent answer in
+memory (4 MB for 50,000 series), for good."""
 FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
 GRACE_SECONDS = 3.0
@@ -132,17 +139,86 @@ async def _plain_http1(_request: h11.Request) -> None:
     """Stands for hypercorn's h2c switch: the request stays an HTTP/1.1 one."""
 
 
+def _ignore_late_data(protocol: H2Protocol) -> None:
+    """Let ``protocol`` take body data for a stream already answered.
+
+    A client may still be sending a body when the answer has gone (an early 405 or
+    413): hypercorn looks the finished stream up for the data (it does so safely for
+    the stream's end only), and the KeyError ends the whole connection with a warning.
+    The data is acknowledged, so the connection's flow-control window stays open.
+    """
+    handle = protocol._handle_events
+
+    async def handle_events(events: list[h2.events.Event]) -> None:
+        for event in events:  # one by one: an earlier event may open the stream
+            if (
+                isinstance(event, h2.events.DataReceived)
+                and event.stream_id not in protocol.streams
+            ):
+                protocol.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+            else:
+                await handle([event])
+        await protocol._flush()  # the acknowledgements too
+
+    protocol._handle_events = handle_events  # type: ignore[method-assign]
+
+
 class _Connection(TCPServer):
     """hypercorn's connection, with the strict buffer in its HTTP/1.1 parser.
 
-    Once the client has closed, the idle timer is stopped: hypercorn would otherwise
-    hold the socket open until the keep-alive timeout, and a connect-and-close flood
-    would pile up descriptors.
+    Once the client has closed, the idle timer is stopped and the connection closes
+    after the last answer: hypercorn would otherwise hold the socket open until the
+    keep-alive timeout, and a connect-and-close flood would pile up descriptors.
     """
 
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            await self._write(event.data)
+            return
+        # An answer done, the connection would idle until the keep-alive timeout even
+        # when the client has half-closed and no request of its is left: close it now.
+        if isinstance(event, Updated) and event.idle and self._client_done():
+            event = Closed()
+        await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        """hypercorn's write, with a deadline on the client's progress in reading."""
+        transport = self.writer.transport
+        if transport.is_closing():  # dropped: asyncio warns of writes to a lost socket
+            return
+        async with self.send_lock:
+            self.writer.write(data)
+            drained = asyncio.ensure_future(self.writer.drain())
+            drained.add_done_callback(lambda done: done.cancelled() or done.exception())
+            left = transport.get_write_buffer_size()
+            while not (await asyncio.wait({drained}, timeout=WRITE_STALL_SECONDS))[0]:
+                if transport.get_write_buffer_size() >= left:
+                    log.debug("client read nothing for %.0fs: dropped", WRITE_STALL_SECONDS)
+                    transport.abort()
+                    break
+                left = transport.get_write_buffer_size()
+            try:
+                await drained
+            except (ConnectionError, RuntimeError):
+                pass
+            else:
+                return
+        await self.protocol.handle(Closed())
+
+    def _client_done(self) -> bool:
+        """Whether the client has sent its last byte and every request in it was taken."""
+        if not self.reader.at_eof():
+            return False
+        inner = self._wrapper.protocol
+        if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
+            return not inner.connection.trailing_data[0]  # pipelined requests still to answer
+        return True
 
     @property
     def protocol(self) -> ProtocolWrapper:
@@ -156,6 +232,8 @@ class _Connection(TCPServer):
             # No HTTP/2 in clear text (h2c upgrade or prior knowledge), as Go's net/http:
             # HTTP/2 is for TLS connections that chose it by ALPN.
             inner._check_protocol = _plain_http1  # type: ignore[method-assign,assignment]
+        elif isinstance(inner, H2Protocol):
+            _ignore_late_data(inner)
         self._wrapper = wrapper
 
 
@@ -171,6 +249,33 @@ def hypercorn_config() -> HypercornConfig:
     quiet.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     config.errorlog = quiet
     return config
+
+
+@dataclass(frozen=True)
+class _BodyDrained:
+    """The app, with the request body read and dropped while it runs.
+
+    The app answers from the head alone and reads no body. hypercorn queues at most
+    ten body events for it, and when the answer ends it puts ``http.disconnect`` on
+    that queue: full, that put waits forever and the connection is never closed, not
+    even after the client has left. Read meanwhile, the queue never fills; a body
+    still coming when the answer is done closes the connection (h11 cannot recycle it).
+    """
+
+    app: ASGIFramework
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        async def drain() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        drainer = asyncio.ensure_future(drain())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            drainer.cancel()
 
 
 # --- connections --------------------------------------------------------------------------
@@ -237,7 +342,13 @@ class FrontDoor:
                 return
             loop = asyncio.get_running_loop()
             await _Connection(
-                ASGIWrapper(self.app), loop, self._config, self._context, {}, reader, writer
+                ASGIWrapper(_BodyDrained(self.app)),
+                loop,
+                self._config,
+                self._context,
+                {},
+                reader,
+                writer,
             )
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)

@@ -8,6 +8,7 @@ and a real scrape is still served.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import re
 import resource
@@ -23,8 +24,9 @@ import bcrypt
 import httpx2
 import psutil
 import pytest
-from conftest import ServeProcess, basic_auth, sample, target_entry
+from conftest import RunningExporter, ServeProcess, basic_auth, sample, target_entry
 
+from exporter import front as front_module
 from exporter.front import parse_listen
 from exporter.simulator import Simulator
 
@@ -310,3 +312,95 @@ def test_no_http2_in_clear_text(front: Start) -> None:
     assert b"\x00\x00" not in prior[:9]  # no HTTP/2 SETTINGS frame came back
     assert all(code >= 400 for code in statuses(prior)), prior[:200]
     assert_quiet(server)
+
+
+# --- request bodies the app does not read -------------------------------------------------------
+
+CHUNKED_HEAD = b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNK = b"10\r\n" + b"a" * 16 + b"\r\n"
+
+
+def test_an_unread_request_body_does_not_hold_the_connection_forever(front: Start) -> None:
+    """hypercorn queues at most ten body events for the app; an app that answers without
+    reading them used to leave the connection stuck for good (no timeout, counted against
+    the cap even after the client left), so a few small requests locked every scrape out."""
+    server = front("--web.max-connections", "4")
+    port = port_of(server)
+    time.sleep(0.5)  # the start-up probe's connection is closed by now
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(CHUNKED_HEAD)
+            for _ in range(50):  # one small segment each: more body events than the queue holds
+                conn.sendall(CHUNK)
+            conn.sendall(b"0\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 405")
+    deadline = time.monotonic() + 5
+    while statuses(exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")) != [200]:
+        assert time.monotonic() < deadline, "connections whose client left are still counted"
+        time.sleep(0.2)
+    assert_quiet(server)
+
+
+def test_a_client_done_sending_is_answered_and_let_go(front: Start) -> None:
+    """A client may half-close once its requests are sent (``nc -N``, some health
+    checkers). Its connection, and its place under the cap, used to be held for the whole
+    keep-alive timeout (10 s) after the last answer, when nothing more could come."""
+    server = front()
+    port = port_of(server)
+    started = time.monotonic()
+    answer = exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 3, timeout=15)
+    assert statuses(answer) == [200, 200, 200]  # every pipelined request is still answered
+    assert time.monotonic() - started < 3
+    assert_quiet(server)
+
+
+def test_authorization_headers_of_any_bytes_are_a_401_at_most(front: Start, tmp_path: Path) -> None:
+    """A header value of non-ASCII bytes made base64 raise a ValueError of its own: a 500
+    and an error line for anyone who could reach the port."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    server = front("--web-config", str(web))
+    port = port_of(server)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+    right = base64.b64encode(b"alice:right")
+    for value in (b"Basic \xff\xfe", b"Basic \xc3\xa9", b"Basic " + right + b"\xff", b"\xff"):
+        assert statuses(exchange(port, head % value)) == [401], value
+    # The scheme is case-insensitive (RFC 9110 11.1), as in Go's Request.BasicAuth.
+    assert statuses(exchange(port, head % (b"basic " + right))) == [200]
+    assert_quiet(server)
+
+
+def test_a_client_that_reads_nothing_is_dropped(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that asks for a large exposition (50,000 per-phone series, 4 MB) and
+    reads nothing used to hold its connection, and the unsent answer in memory, for good:
+    twenty of them took 200 MiB. An answer the client takes no byte of for
+    WRITE_STALL_SECONDS (shortened here) is dropped with its connection."""
+    monkeypatch.setattr(front_module, "WRITE_STALL_SECONDS", 1.0, raising=False)
+    sim = simulator(phones=50_000)
+    config = write_config(targets=[target_entry(sim, "big", per_phone_metrics=True)])
+    server = exporter_server(config)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(30)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(b"GET /probe?target=big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(8)  # the collection (~2 s), then two stall checks
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer and (chunk := conn.recv(1 << 20)):
+                answer += chunk
+            head, body = answer.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            received = len(body)
+            while received < length and (chunk := conn.recv(1 << 20)):
+                received += len(chunk)
+        except ConnectionResetError:
+            return  # dropped: what we want
+    assert received < length, "the whole answer was kept for a client that read nothing"

@@ -489,3 +489,45 @@ def test_http2_is_served_when_on(serve_web: Serve, pki: dict[str, Path], tmp_pat
     assert h2_get(on, client(pki), "/metrics") == ("h2", 200)
     off = serve_web(web_yml(tmp_path, pki, "http_server_config:\n  http2: false\n"))
     assert h2_get(off, client(pki), "/-/healthy") == ("http/1.1", 0)
+
+
+def test_http2_body_data_after_the_answer_is_ignored(
+    serve_web: Serve, pki: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client may still be sending a body when the answer has gone (an early 405 here):
+    hypercorn looked the finished stream up for its data, and the KeyError ended the whole
+    connection with a warning line, which anyone reaching the port could cause."""
+    import h2.connection
+    import h2.events
+
+    server = serve_web(web_yml(tmp_path, pki))
+    ctx = client(pki)
+    ctx.set_alpn_protocols(["h2"])
+    head = [(":scheme", "https"), (":authority", "x"), (":path", "/-/healthy")]
+    statuses: dict[int, int] = {}
+    with (
+        socket.create_connection(("127.0.0.1", port(server)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        h2c = h2.connection.H2Connection()
+        h2c.initiate_connection()
+        h2c.send_headers(1, [(":method", "POST"), *head])  # the body is still to come
+
+        def answer(stream: int) -> int:
+            conn.sendall(h2c.data_to_send())
+            while stream not in statuses:
+                data = conn.recv(65536)
+                assert data, "closed before an answer"
+                for event in h2c.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+                conn.sendall(h2c.data_to_send())
+            return statuses[stream]
+
+        assert answer(1) == 405
+        time.sleep(0.2)  # the stream is finished on the server's side
+        h2c.send_data(1, b"late body", end_stream=True)
+        h2c.send_headers(3, [(":method", "GET"), *head], end_stream=True)
+        assert answer(3) == 200  # the same connection goes on
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not loud, [r.getMessage() for r in loud]
