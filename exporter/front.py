@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 import ssl
 import threading
@@ -110,12 +111,19 @@ def parse_listen(value: str) -> tuple[str | None, int]:
 # --- strict HTTP/1.1 heads ------------------------------------------------------------
 
 
+_REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ (HTTP/[0-9]\.[0-9])")
+_HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
+_LENGTH = b"content-length"
+
+
 class _StrictBuffer(ReceiveBuffer):
     """h11's receive buffer, refusing what RFC 9112 lets a server refuse.
 
-    h11 unfolds obs-fold, takes a bare LF as a line end, and lets Transfer-Encoding
-    override a Content-Length; each is a way to make two parsers on one path (a
-    proxy and us) read one head differently, so such a head gets 400.
+    h11 unfolds obs-fold, takes a bare LF as a line end, lets Transfer-Encoding
+    override a Content-Length, merges equal Content-Lengths (and a list of them) into
+    one, accepts chunked framing from HTTP/1.0, and serves any HTTP/x.y as 1.x; each
+    is a way to make two parsers on one path (a proxy and us) read one head
+    differently, so such a head gets 400 (505 for another major version).
     """
 
     def maybe_extract_lines(self) -> list[bytearray] | None:
@@ -128,10 +136,24 @@ class _StrictBuffer(ReceiveBuffer):
                 raise h11.RemoteProtocolError("bare LF in a request head", 400)
             if any(line[:1] in (bytearray(b" "), bytearray(b"\t")) for line in lines[1:]):
                 raise h11.RemoteProtocolError("obs-fold in a request head", 400)
-            names = {bytes(line.partition(b":")[0]).lower() for line in lines[1:]}
-            if {b"content-length", b"transfer-encoding"} <= names:
+            fields = [bytes(line).partition(b":") for line in lines[1:]]
+            names = [name.lower() for name, _, _ in fields]
+            lengths = [
+                value.strip() for name, _, value in fields if name.lower() == b"content-length"
+            ]
+            if len(lengths) > 1 or any(not length.isdigit() for length in lengths):
+                raise h11.RemoteProtocolError("not exactly one Content-Length", 400)
+            if _LENGTH in names and b"transfer-encoding" in names:
                 # RFC 9112 6.1: a server may refuse the pair, the classic smuggling vector.
                 raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
+            # Trailers come through here too: only a request line has a version.
+            request = _REQUEST_LINE.fullmatch(lines[0])
+            if request is not None:
+                version = request.group(1)
+                if version not in _HTTP1:
+                    raise h11.RemoteProtocolError("HTTP version not supported", 505)
+                if version == b"HTTP/1.0" and b"transfer-encoding" in names:
+                    raise h11.RemoteProtocolError("Transfer-Encoding in HTTP/1.0", 400)
         return lines
 
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from hypercorn.typing import ASGIFramework
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -51,6 +51,25 @@ _SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` takes gzip: named with a weight above 0 (RFC 9110
+    12.5.3; ``gzip;q=0`` refuses it, which prometheus_client's check overlooks)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        return weight > 0
+    return False
 
 
 @dataclass(frozen=True)

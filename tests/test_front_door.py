@@ -101,6 +101,13 @@ AMBIGUOUS = {
     "control byte": b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
     "length and chunked": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    # Exactly one Content-Length: h11 merges equal ones, and a list of them, into one.
+    "two equal content lengths": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    "listed content length": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
+    # RFC 9112 6.1: chunked framing in an HTTP/1.0 request is faulty framing.
+    "chunked in http/1.0": b"POST /-/healthy HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
 }
 
 
@@ -115,6 +122,10 @@ def test_ambiguous_requests_get_400_and_only_a_debug_line(front: Start) -> None:
     # Well-formed requests are still served, HTTP/1.0 included (it needs no Host).
     assert statuses(exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")) == [200]
     assert statuses(exchange(port, b"GET /-/healthy HTTP/1.0\r\n\r\n")) == [200]
+    # Another major version is not served as HTTP/1.x, as Go's net/http answers.
+    for version in (b"HTTP/2.0", b"HTTP/3.0"):
+        answer = exchange(port, b"GET /-/healthy " + version + b"\r\nHost: x\r\n\r\n")
+        assert statuses(answer) == [505], (version, answer[:200])
     assert_quiet(server)
 
 
@@ -256,9 +267,12 @@ def test_exposition_is_gzipped_when_asked(front: Start) -> None:
         while len(body) < length:
             body += conn.recv(65536)
     assert sample(gzip.decompress(body).decode(), "cec_up", target="sim") == 1.0
-    plain = httpx2.get(server.url + "/metrics", headers={"Accept-Encoding": "identity"})
-    assert "content-encoding" not in plain.headers
-    assert sample(plain.text, "cec_up", target="sim") == 1.0
+    for refused in ("identity", "gzip;q=0", "br, gzip; q=0.000"):  # q=0: not acceptable
+        plain = httpx2.get(server.url + "/metrics", headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in plain.headers, refused
+        assert sample(plain.text, "cec_up", target="sim") == 1.0
+    zipped = httpx2.get(server.url + "/metrics", headers={"Accept-Encoding": "br, GZIP;q=0.5"})
+    assert zipped.headers["content-encoding"] == "gzip"
 
 
 def test_passwords_of_any_length_are_simply_wrong(front: Start, tmp_path: Path) -> None:
