@@ -104,7 +104,8 @@ AMBIGUOUS = {
     # Exactly one Content-Length: h11 merges equal ones, and a list of them, into one.
     "two equal content lengths": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\n"
     b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-    "listed content length": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
+    "listed content length": b"POST /-/healthy HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 1, 1\r\n\r\nx",
     # RFC 9112 6.1: chunked framing in an HTTP/1.0 request is faulty framing.
     "chunked in http/1.0": b"POST /-/healthy HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"0\r\n\r\n",
