@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from exporter.cec.errors import CecError
 from exporter.cec.parse import Token
+from exporter.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,13 @@ class TokenCache:
                     raise
                 self._renew_at = min(held.expires_at, now + RENEWAL_RETRY_SECONDS)
                 log.warning(
-                    "target=%s early token renewal failed; the held token is used for "
-                    "another %.0fs: %s",
-                    early,
-                    held.expires_at - now,
-                    err,
+                    "early token renewal failed; the held token is used until it expires",
+                    extra=fields(
+                        target=early,
+                        api="tokenByAkSk",
+                        expires_in=round(held.expires_at - now),
+                        error=err,
+                    ),
                 )
                 return held
             self._token = token
