@@ -28,12 +28,13 @@ _PATTERNS = (
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _MAX_SECRETS = 1024
-_MIN_SECRET_LENGTH = 4
+MIN_SECRET_LENGTH = 4
+"""Shorter values are not scrubbed: they would mangle ordinary words."""
 
 
 def register_secret(value: str) -> None:
     """Scrub ``value`` from every log line from now on."""
-    if len(value) < _MIN_SECRET_LENGTH:
+    if len(value) < MIN_SECRET_LENGTH:
         return  # too short to scrub without mangling ordinary words
     with _secrets_lock:
         if len(_secrets) >= _MAX_SECRETS:

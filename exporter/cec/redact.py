@@ -12,11 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-REDACTED = "<redacted>"
-CLIP_MARK = "…"
-"""What ``trace.clip`` puts where it cut vendor text."""
-MIN_KNOWN_LENGTH = 4
-"""Shorter known values are not replaced: they would mangle ordinary words."""
+from exporter.cec.trace import CLIP_MARK
+from exporter.logs import MIN_SECRET_LENGTH, REDACTED
+
 _SHAPES = (
     re.compile(r"(?i)(bearer\s+)\S+"),
     re.compile(r"(?i)(password)[\s\S]*"),  # whatever follows: its value, quoted or not
@@ -27,7 +25,7 @@ def redact_vendor_text(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with every ``known`` value (token, app key, app secret) and every
     credential shape (``Bearer x``, anything after ``password``) replaced."""
     for value in sorted(known, key=len, reverse=True):
-        if len(value) < MIN_KNOWN_LENGTH:
+        if len(value) < MIN_SECRET_LENGTH:
             continue
         text = text.replace(value, REDACTED)
         text = _redact_cut_end(text, value)
@@ -41,7 +39,7 @@ def _redact_cut_end(text: str, value: str) -> str:
     is parsed (before this), and the cut may fall inside an echoed secret."""
     body = text.removesuffix(CLIP_MARK)
     tail = body[-(len(value) - 1) :]
-    head = value[:MIN_KNOWN_LENGTH]
+    head = value[:MIN_SECRET_LENGTH]
     start = tail.find(head)
     while start != -1:
         if value.startswith(tail[start:]):
@@ -50,4 +48,4 @@ def _redact_cut_end(text: str, value: str) -> str:
     return text
 
 
-__all__ = ["REDACTED", "redact_vendor_text"]
+__all__ = ["redact_vendor_text"]
