@@ -368,7 +368,7 @@ def collection_families(collections: Iterable[Collection]) -> Iterator[Metric]:
     yield from change_families((c.target, c.changes) for c in collections if c.changes)
 
 
-class _Families(Collector):
+class Families(Collector):
     """Adapts a ready list of families to the registry interface."""
 
     def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
@@ -416,7 +416,7 @@ class Exporter:
         self.reload_success_time = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(_Families(self._exporter_families))
+        self.registry.register(Families(self._exporter_families))
 
     @property
     def target_names(self) -> list[str]:
@@ -525,9 +525,9 @@ class Exporter:
     def registry_for(self, target: str | None, collections: list[Collection]) -> CollectorRegistry:
         """A registry to encode: one target's collections, or all plus our own metrics."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(lambda: collection_families(collections)))
+        registry.register(Families(lambda: collection_families(collections)))
         if target is None:
-            registry.register(_Families(self.registry.collect))
+            registry.register(Families(self.registry.collect))
         return registry
 
     async def ascrape(
@@ -600,6 +600,7 @@ __all__ = [
     "Collection",
     "CollectionSummary",
     "Exporter",
+    "Families",
     "TargetCollector",
     "collection_budget",
     "collection_families",

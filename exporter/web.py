@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -22,12 +22,11 @@ from urllib.parse import parse_qs
 from hypercorn.typing import ASGIFramework
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
-from exporter.collect import Exporter
+from exporter.collect import Exporter, Families
 from exporter.debug import debug_report
 from exporter.front import (
     DEFAULT_MAX_CONNECTIONS,
@@ -130,22 +129,14 @@ class _Front:
     limiter: RateLimiter | None
 
 
-class _WebConfigGauge(Collector):
-    """``cec_exporter_web_config_last_reload_successful``."""
-
-    def __init__(self, web: WebConfigFile) -> None:
-        self._web = web
-
-    def collect(self) -> Iterable[Metric]:
-        gauge = GaugeMetricFamily(
-            "cec_exporter_web_config_last_reload_successful",
-            "1 if the web config in force is the file as it is now.",
-        )
-        gauge.add_metric([], 1.0 if self._web.ok else 0.0)
-        yield gauge
-
-    def describe(self) -> Iterable[Metric]:
-        return []
+def web_config_gauge(web: WebConfigFile) -> GaugeMetricFamily:
+    """``cec_exporter_web_config_last_reload_successful``, read when scraped."""
+    gauge = GaugeMetricFamily(
+        "cec_exporter_web_config_last_reload_successful",
+        "1 if the web config in force is the file as it is now.",
+    )
+    gauge.add_metric([], 1.0 if web.ok else 0.0)
+    return gauge
 
 
 class App:
@@ -167,7 +158,7 @@ class App:
         self._front = self._guard(self.web.current(), None)
         self._reload = reload or exporter.reload
         self.telemetry_path = telemetry_path
-        exporter.registry.register(_WebConfigGauge(self.web))
+        exporter.registry.register(Families(lambda: [web_config_gauge(self.web)]))
 
     @property
     def web_config(self) -> WebConfig:
