@@ -13,6 +13,7 @@ import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 
 REDACTED = "<redacted>"
 _PATTERNS = (
@@ -25,7 +26,8 @@ _PATTERNS = (
         r"(?:\"[^\"]*\"|'[^']*'|[^\s\"',}]+)"
     ),
 )
-_secrets: set[str] = set()
+_secrets: OrderedDict[str, None] = OrderedDict()
+"""Registered secrets, least recently registered first."""
 _secrets_lock = threading.Lock()
 _MAX_SECRETS = 1024
 MIN_SECRET_LENGTH = 4
@@ -33,17 +35,23 @@ MIN_SECRET_LENGTH = 4
 
 
 def register_secret(value: str) -> None:
-    """Scrub ``value`` from every log line from now on."""
+    """Scrub ``value`` from every log line from now on.
+
+    Registering a value again (a token on each target's first use, a secret on each
+    read) makes it the newest; past ``_MAX_SECRETS`` the least recently registered is
+    forgotten, so the ones in use stay known.
+    """
     if len(value) < MIN_SECRET_LENGTH:
         return  # too short to scrub without mangling ordinary words
     with _secrets_lock:
-        if len(_secrets) >= _MAX_SECRETS:
-            _secrets.clear()  # old tokens; current ones are registered again on use
-        _secrets.add(value)
+        _secrets[value] = None
+        _secrets.move_to_end(value)
+        while len(_secrets) > _MAX_SECRETS:
+            _secrets.popitem(last=False)
 
 
 def known_secrets() -> tuple[str, ...]:
-    """Every secret registered so far (app secrets read, tokens issued), by any target."""
+    """Every secret registered and not yet forgotten (app secrets read, tokens used)."""
     with _secrets_lock:
         return tuple(_secrets)
 

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
+from exporter import logs
 from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS
 from exporter.config import ConfigError, load_config
 from exporter.logs import REDACTED, redact, register_secret, setup_logging
@@ -366,6 +367,19 @@ def test_redact_scrubs_credential_shapes() -> None:
     # Config key paths carry no value and stay readable.
     message = "targets[0].app_secret: set exactly one of app_secret, app_secret_file"
     assert redact(message) == message
+
+
+def test_the_secret_registry_forgets_the_least_recently_registered_first() -> None:
+    """Bounded, but never by forgetting everything at once: what is in use stays known."""
+    register_secret("live-canary-lru-0a1b")
+    others = 2 * logs._MAX_SECRETS  # twice as many others as the registry holds
+    for n in range(others):
+        register_secret(f"old-canary-lru-{n:05d}")
+        if n % 100 == 0:
+            register_secret("live-canary-lru-0a1b")  # in use: registered again
+    assert redact("live-canary-lru-0a1b") == REDACTED
+    assert redact("old-canary-lru-00000") == "old-canary-lru-00000"  # forgotten
+    assert redact(f"old-canary-lru-{others - 1:05d}") == REDACTED
 
 
 def test_redact_scrubs_registered_secrets() -> None:

@@ -20,7 +20,6 @@ import random
 import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -156,8 +155,6 @@ class CecClient:
         self.target = target
         self._observer = observer
         self._upstream = upstream or Upstream()
-        # What this client sends and a vendor could echo back: never shown as it is.
-        self._sent_secrets: deque[str] = deque(maxlen=4)
         # Shared with every target on the same endpoint. httpcore2 frees the pool slot of
         # a cancelled request (encode/httpcore#1093 is fixed there), so a collection
         # cancelled by its deadline cannot starve the others of connections
@@ -267,10 +264,9 @@ class CecClient:
 
     def _redact(self, vendor_text: str) -> str:
         """Vendor text with the credentials it could echo (token, app key, app secret) replaced."""
-        # Registered secrets too: a target whose app shares a token with others may never
-        # have read the secret itself, and a vendor may echo it all the same.
-        known = (self.target.app_key, *self._sent_secrets, *known_secrets())
-        return redact_vendor_text(vendor_text, known)
+        # Every registered secret, not only this target's: a target whose app shares a
+        # token with others may never have read the secret itself.
+        return redact_vendor_text(vendor_text, (self.target.app_key, *known_secrets()))
 
     def _record(
         self,
@@ -347,7 +343,6 @@ class CecClient:
         except UnicodeDecodeError:
             raise CredentialError("cannot read app secret: not UTF-8 text") from None
         register_secret(secret)
-        self._sent_secrets.append(secret)
         headers = {
             "Content-Type": "application/json",
             "X-Token-Expire": str(self.target.token_lifetime_seconds),
@@ -395,8 +390,8 @@ class CecClient:
         """Tell the observer the expiry of a token this target has not used before."""
         if token is not self._reported:
             self._reported = token
-            # Whichever target of the app fetched it, this one sends it: never show it.
-            self._sent_secrets.append(token.value)
+            # Whichever target of the app fetched it, this one sends it: keep it known.
+            register_secret(token.value)
             self._observer.token_issued(token.expires_at)
         return token
 
