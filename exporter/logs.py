@@ -102,32 +102,29 @@ def _logfmt_value(value: str) -> str:
     return value if _BARE.match(value) else json.dumps(value, ensure_ascii=False)
 
 
+def _pairs(record: logging.LogRecord) -> list[tuple[str, str | int]]:
+    """The keys of a line, in order: time, level, logger, message, then its context."""
+    return [
+        ("ts", _timestamp(record.created)),
+        ("level", _level(record)),
+        ("logger", record.name),
+        ("msg", redact(record.getMessage())),
+        *_context(record),
+    ]
+
+
 class LogfmtFormatter(logging.Formatter):
     """``ts=... level=warn logger=... msg="..." target=...``: one grep-able line per event."""
 
     def format(self, record: logging.LogRecord) -> str:
-        pairs: list[tuple[str, str | int]] = [
-            ("ts", _timestamp(record.created)),
-            ("level", _level(record)),
-            ("logger", record.name),
-            ("msg", redact(record.getMessage())),
-            *_context(record),
-        ]
-        return " ".join(f"{key}={_logfmt_value(str(value))}" for key, value in pairs)
+        return " ".join(f"{key}={_logfmt_value(str(value))}" for key, value in _pairs(record))
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log pipelines; the same keys as logfmt."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, str | int] = {
-            "ts": _timestamp(record.created),
-            "level": _level(record),
-            "logger": record.name,
-            "msg": redact(record.getMessage()),
-        }
-        entry.update(_context(record))
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(dict(_pairs(record)), ensure_ascii=False)
 
 
 def _level(record: logging.LogRecord) -> str:
