@@ -32,11 +32,11 @@ from exporter import __version__
 from exporter.build import revision
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
-from exporter.cec.trace import CollectionTrace, clip
+from exporter.cec.text import ERROR_TEXT_CHARS, clip, fields
+from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.changes import ChangeReport, ChangeTracker, change_families
 from exporter.config import Config, ConfigError, TargetConfig, load_config
-from exporter.logs import fields
 from exporter.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # SPEC: no _created 
 SCRAPE_MARGIN_SECONDS = 0.5
 SCRAPE_MARGIN_RATIO = 0.1
 HISTORY = 10  # recent collections kept per target for the landing page
-SUMMARY_ERROR_CHARS = 400  # what a summary keeps of a failed collection's error
 
 
 def collection_budget(scrape_timeout: float | None, timeout_seconds: float) -> float:
@@ -107,7 +106,7 @@ class CollectionSummary:
     """Pages read (with retCode 0), when known."""
     phone_records: int | None
     error: str | None
-    """The error, clipped to ``SUMMARY_ERROR_CHARS``."""
+    """The error, clipped to ``ERROR_TEXT_CHARS``."""
     reason: str | None
 
     @classmethod
@@ -124,7 +123,7 @@ class CollectionSummary:
             duration=collection.duration,
             pages=pages,
             phone_records=collection.phone_records,
-            error=None if error is None else clip(error, SUMMARY_ERROR_CHARS),
+            error=None if error is None else clip(error, ERROR_TEXT_CHARS),
             reason=collection.reason,
         )
 

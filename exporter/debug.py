@@ -8,25 +8,17 @@ and ``scrape --debug`` print it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import fields
 
 from prometheus_client.exposition import generate_latest
 
-from exporter.cec.trace import CollectionTrace, RequestRecord, clip
+from exporter.cec.text import ERROR_TEXT_CHARS, REDACTED, clip, utc
+from exporter.cec.trace import CollectionTrace, RequestRecord
 from exporter.cec.upstream import group_rates
 from exporter.collect import Collection, Exporter, collection_budget
 from exporter.config import Config, TargetConfig
 
-REDACTED = "<redacted>"
-ERROR_LIMIT = 400
 _IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
-
-
-def utc(timestamp: float) -> str:
-    """``2026-11-27T13:30:00.123Z``."""
-    millis = int(timestamp * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{millis:03d}Z"
 
 
 def describe_result(collection: Collection) -> str:
@@ -37,7 +29,7 @@ def describe_result(collection: Collection) -> str:
             f"{collection.phone_records} phone records"
         )
     why = f" (reason {collection.reason})" if collection.reason else ""
-    error = clip(collection.error or "?", ERROR_LIMIT)
+    error = clip(collection.error or "?", ERROR_TEXT_CHARS)
     return f"DOWN after {collection.duration:.3f}s{why}: {error}"
 
 

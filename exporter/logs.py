@@ -1,8 +1,8 @@
 """Logging set-up: logfmt or JSON lines as promslog writes them, with secrets scrubbed.
 
-Secrets are kept out of log calls by construction; the redacting filter is a
-second line of defence that also covers third-party loggers. Every secret the
-exporter learns (app secrets, access tokens) is registered here.
+Secrets are kept out of log calls by construction; redaction (``exporter.cec.text``,
+where every secret the exporter learns is registered) is a second line of defence
+that also covers third-party loggers. A call's context comes as ``extra=fields(...)``.
 """
 
 from __future__ import annotations
@@ -11,72 +11,8 @@ import json
 import logging
 import re
 import sys
-import threading
-import time
-from collections import OrderedDict
 
-REDACTED = "<redacted>"
-_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[^\s\"',]+"),
-    # JSON ("password": "x y"), Python reprs ('password': 'x') and key=value forms; not
-    # config key paths (``targets[0].app_secret: must be a string``), which hold no value.
-    re.compile(
-        r"(?i)((?<!\.)[\"']?(?:password|app_secret|access_?token)[\"']?\s*[:=]\s*)"
-        r"(?:\"[^\"]*\"|'[^']*'|[^\s\"',}]+)"
-    ),
-)
-_secrets: OrderedDict[str, None] = OrderedDict()
-"""Registered secrets, least recently registered first."""
-_secrets_lock = threading.Lock()
-_MAX_SECRETS = 1024
-MIN_SECRET_LENGTH = 4
-"""Shorter values are not scrubbed: they would mangle ordinary words."""
-
-
-def register_secret(value: str) -> None:
-    """Scrub ``value`` from every log line from now on.
-
-    Registering a value again (a token on each target's first use, a secret on each
-    read) makes it the newest; past ``_MAX_SECRETS`` the least recently registered is
-    forgotten, so the ones in use stay known.
-    """
-    if len(value) < MIN_SECRET_LENGTH:
-        return  # too short to scrub without mangling ordinary words
-    with _secrets_lock:
-        _secrets[value] = None
-        _secrets.move_to_end(value)
-        while len(_secrets) > _MAX_SECRETS:
-            _secrets.popitem(last=False)
-
-
-def known_secrets() -> tuple[str, ...]:
-    """Every secret registered and not yet forgotten (app secrets read, tokens used)."""
-    with _secrets_lock:
-        return tuple(_secrets)
-
-
-def redact(text: str) -> str:
-    """``text`` with known secrets and credential-shaped fragments replaced."""
-    with _secrets_lock:
-        known = sorted(_secrets, key=len, reverse=True)
-    for secret in known:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(rf"\g<1>{REDACTED}", text)
-    return text
-
-
-def fields(**context: object) -> dict[str, object]:
-    """``extra=`` for a log call: its context as keys of the line, not words of the message.
-
-    ``log.warning("collection failed", extra=fields(target=name, duration=d))`` writes
-    ``msg="collection failed" target=prod duration=0.120s``, so Loki or Elasticsearch
-    filter on ``target`` without parsing the message. ``None`` values are left out;
-    a ``duration`` given in seconds (a float) is written as ``0.120s``.
-    """
-    return {"fields": {key: value for key, value in context.items() if value is not None}}
+from exporter.cec.text import redact, utc
 
 
 def _context(record: logging.LogRecord) -> list[tuple[str, str | int]]:
@@ -105,7 +41,7 @@ def _logfmt_value(value: str) -> str:
 def _pairs(record: logging.LogRecord) -> list[tuple[str, str | int]]:
     """The keys of a line, in order: time, level, logger, message, then its context."""
     return [
-        ("ts", _timestamp(record.created)),
+        ("ts", utc(record.created)),
         ("level", _level(record)),
         ("logger", record.name),
         ("msg", redact(record.getMessage())),
@@ -130,11 +66,6 @@ class JsonFormatter(logging.Formatter):
 def _level(record: logging.LogRecord) -> str:
     """promslog's level names: ``warn``, not Python's ``warning``."""
     return "warn" if record.levelno == logging.WARNING else record.levelname.lower()
-
-
-def _timestamp(created: float) -> str:
-    millis = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
 
 
 # promslog's names first; the older spellings stay accepted as aliases.

@@ -12,11 +12,10 @@ import json
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
-from exporter.cec.trace import clip
+from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
 from exporter.cec.upstream import budget_key
 from exporter.collect import CollectionSummary
 from exporter.config import Config
-from exporter.debug import ERROR_LIMIT, utc
 
 SD_GROUP_LABEL = "__meta_cec_budget_group"
 
@@ -36,7 +35,7 @@ def _row(c: CollectionSummary) -> str:
         "" if pages is None else str(pages),
         "" if records is None else str(records),
         html.escape(f"{c.reason}: " if c.reason else "")
-        + html.escape(clip(c.error or "", ERROR_LIMIT)),
+        + html.escape(clip(c.error or "", ERROR_TEXT_CHARS)),
     )
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import RunningExporter, ServeProcess, basic_auth, run_cli, sample, target_entry
 
-from exporter.cec.trace import clip
+from exporter.cec.text import clip
 from exporter.collect import HISTORY
 from exporter.simulator import Fault, Simulator
 

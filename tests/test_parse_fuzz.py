@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from exporter.cec.errors import InvalidResponse
 from exporter.cec.keyset import KeySet
-from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS, Page, Token, parse_page, parse_token
+from exporter.cec.parse import Page, Token, parse_page, parse_token
 from exporter.cec.snapshot import SnapshotBuilder, Status
+from exporter.cec.text import VENDOR_TEXT_CHARS
 
 NOW = 1_800_000_000.0
 PASSWORD_PREFIX = "SIPPW-canary-"
@@ -255,9 +256,9 @@ def test_vendor_text_is_clipped_where_it_is_parsed(text: str, repeat: int) -> No
     long = text * min(repeat, 100_000 // max(len(text), 1))
     page = parse_page(encode({"retCode": "1" + long, "retMsg": long}))
     for kept in (page.ret_code, page.ret_msg):
-        assert len(kept) <= VENDOR_TEXT_MAX_CHARS
+        assert len(kept) <= VENDOR_TEXT_CHARS
         assert kept.isprintable()  # no newline forges a log line
-    if len(long) <= VENDOR_TEXT_MAX_CHARS and long.isprintable():
+    if len(long) <= VENDOR_TEXT_CHARS and long.isprintable():
         assert page.ret_msg == long.strip()  # a usual message comes through as it came
 
 

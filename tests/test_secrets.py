@@ -18,10 +18,9 @@ import httpx2
 import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
-from exporter import logs
-from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS
+from exporter.cec.text import MAX_SECRETS, REDACTED, VENDOR_TEXT_CHARS, redact, register_secret
 from exporter.config import ConfigError, load_config
-from exporter.logs import REDACTED, redact, register_secret, setup_logging
+from exporter.logs import setup_logging
 from exporter.simulator import Fault, Simulator
 
 APP_SECRET = "APPSECRET-canary-7f3a"
@@ -331,7 +330,7 @@ def test_vendor_echo_is_redacted_for_every_target_of_the_app_and_where_clipped(
     assert len(sim.issued_tokens()) == 1, "one token for the app"
     token = sim.issued_tokens()[-1]
     kept = 12  # characters of the secret before the retMsg's clip
-    pad = "x" * (VENDOR_TEXT_MAX_CHARS - 1 - len("simulated failure (retCode ") - kept)
+    pad = "x" * (VENDOR_TEXT_CHARS - 1 - len("simulated failure (retCode ") - kept)
     sim.set_faults([Fault("ret_code", value=f"{pad}{APP_SECRET} {token}")])
     shown = {
         f"{where} of {name}": httpx2.get(server.url + path.format(name)).text
@@ -372,7 +371,7 @@ def test_redact_scrubs_credential_shapes() -> None:
 def test_the_secret_registry_forgets_the_least_recently_registered_first() -> None:
     """Bounded, but never by forgetting everything at once: what is in use stays known."""
     register_secret("live-canary-lru-0a1b")
-    others = 2 * logs._MAX_SECRETS  # twice as many others as the registry holds
+    others = 2 * MAX_SECRETS  # twice as many others as the registry holds
     for n in range(others):
         register_secret(f"old-canary-lru-{n:05d}")
         if n % 100 == 0:

@@ -39,12 +39,19 @@ from exporter.cec.errors import (
     RetCodeError,
 )
 from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
-from exporter.cec.redact import redact_vendor_text
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
-from exporter.cec.trace import CollectionTrace, RequestRecord, clip
+from exporter.cec.text import (
+    RET_CODE_CHARS,
+    TRACE_TEXT_CHARS,
+    clip,
+    fields,
+    known_secrets,
+    redact_vendor_text,
+    register_secret,
+)
+from exporter.cec.trace import CollectionTrace, RequestRecord
 from exporter.cec.upstream import Upstream
 from exporter.config import TargetConfig
-from exporter.logs import fields, known_secrets, register_secret
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -284,7 +291,7 @@ class CecClient:
         attempt = _attempt.get()
         if api == QUERY_API and outcome == "success":
             ret_code = "0"  # _check_ret_code let it through
-        code = None if ret_code is None else clip(ret_code, 20)
+        code = None if ret_code is None else clip(ret_code, RET_CODE_CHARS)
         log.debug(
             "API request",
             extra=fields(
@@ -310,7 +317,7 @@ class CecClient:
                     seconds=seconds,
                     status=status,
                     ret_code=code,
-                    ret_msg=None if ret_msg is None else clip(ret_msg),
+                    ret_msg=None if ret_msg is None else clip(ret_msg, TRACE_TEXT_CHARS),
                     waited=waited,
                 )
             )

@@ -27,18 +27,13 @@ import msgspec
 
 from exporter.cec.errors import InvalidResponse
 from exporter.cec.snapshot import REGISTERED, SUSPENDED, UNKNOWN, Endpoint, Status
-from exporter.cec.trace import clip
+from exporter.cec.text import VENDOR_TEXT_CHARS, clip
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 
 _STATUS = {0: REGISTERED, 1: SUSPENDED}
-
-VENDOR_TEXT_MAX_CHARS = 512
-"""Vendor text (``retCode``, ``retMsg``, a transport error's cause) is cut to this many
-characters where it is parsed: every copy kept (errors, history), shown or logged is
-bounded, whatever the vendor sends (up to ``max_response_bytes``)."""
 
 
 class Phone(NamedTuple):
@@ -256,16 +251,16 @@ def _text(value: object) -> str:
 
 def clip_vendor_text(value: object) -> str:
     """``value`` read as text (``_text``), control characters escaped, cut to
-    ``VENDOR_TEXT_MAX_CHARS`` (``…`` marks a cut): the only form vendor text is kept in.
+    ``VENDOR_TEXT_CHARS`` (``…`` marks a cut): the only form vendor text is kept in.
 
     A 16 MB ``retMsg`` would otherwise be copied into the error, each log line and the
     history, and cost the shared event loop (and every other target) seconds to log."""
     if isinstance(value, str):
-        value = value[: 2 * VENDOR_TEXT_MAX_CHARS]  # before any copy of the whole
+        value = value[: 2 * VENDOR_TEXT_CHARS]  # before any copy of the whole
     text = _text(value)
-    if len(text) <= VENDOR_TEXT_MAX_CHARS and text.isprintable():
+    if len(text) <= VENDOR_TEXT_CHARS and text.isprintable():
         return text  # the usual short message, as it came
-    return clip(text, VENDOR_TEXT_MAX_CHARS)
+    return clip(text, VENDOR_TEXT_CHARS)
 
 
 def _ret_code(value: object) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from exporter.cec.errors import CecError
 from exporter.cec.parse import Token
-from exporter.logs import fields
+from exporter.cec.text import fields
 
 log = logging.getLogger(__name__)
 

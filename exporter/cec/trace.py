@@ -12,15 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 MAX_RECORDS = 2000  # a 100,000-phone target has 1,000 pages: the log stays bounded
-VENDOR_TEXT_LIMIT = 200
-CLIP_MARK = "…"
-"""Where ``clip`` cut the text."""
-
-
-def clip(text: str, limit: int = VENDOR_TEXT_LIMIT) -> str:
-    """``text`` with control characters escaped, cut to ``limit`` characters (vendor text)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit * 2])
-    return shown if len(shown) <= limit else shown[: limit - 1] + CLIP_MARK
 
 
 @dataclass(frozen=True)
