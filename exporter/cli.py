@@ -20,8 +20,9 @@ import click
 from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
+from exporter.cec.target import Secret, TargetConfig
 from exporter.collect import Exporter
-from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
+from exporter.config import Config, ConfigError, load_config, summary
 from exporter.debug import debug_report_blocking
 from exporter.front import DEFAULT_MAX_CONNECTIONS, parse_listen, raise_open_files_limit
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging

@@ -32,11 +32,12 @@ from exporter import __version__
 from exporter.build import revision
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
+from exporter.cec.target import TargetConfig
 from exporter.cec.text import ERROR_TEXT_CHARS, clip, fields
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.changes import ChangeReport, ChangeTracker, change_families
-from exporter.config import Config, ConfigError, TargetConfig, load_config
+from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,12 @@ from dataclasses import fields
 
 from prometheus_client.exposition import generate_latest
 
+from exporter.cec.target import TargetConfig
 from exporter.cec.text import ERROR_TEXT_CHARS, REDACTED, clip, utc
 from exporter.cec.trace import CollectionTrace, RequestRecord
 from exporter.cec.upstream import group_rates
 from exporter.collect import Collection, Exporter, collection_budget
-from exporter.config import Config, TargetConfig
+from exporter.config import Config
 
 _IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
 

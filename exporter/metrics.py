@@ -18,19 +18,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporter.cec.client import QUERY_API, TOKEN_API
-from exporter.cec.errors import REASONS
+from exporter.cec.errors import APIS, OUTCOMES, REASONS
 
-APIS = (QUERY_API, TOKEN_API)
-OUTCOMES = (
-    "success",
-    "ret_code_error",
-    "http_error",
-    "timeout",
-    "network_error",
-    "invalid_response",
-    "cancelled",
-)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MAX_LABEL_CODE = 8
 

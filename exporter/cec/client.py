@@ -27,6 +27,8 @@ import httpx2
 
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
+    QUERY_API,
+    TOKEN_API,
     CecError,
     CredentialError,
     DeadlineExceeded,
@@ -40,6 +42,7 @@ from exporter.cec.errors import (
 )
 from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
+from exporter.cec.target import TargetConfig
 from exporter.cec.text import (
     RET_CODE_CHARS,
     TRACE_TEXT_CHARS,
@@ -51,13 +54,10 @@ from exporter.cec.text import (
 )
 from exporter.cec.trace import CollectionTrace, RequestRecord
 from exporter.cec.upstream import Upstream
-from exporter.config import TargetConfig
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-TOKEN_API = "tokenByAkSk"  # noqa: S105 - an API name, not a secret
-QUERY_API = "queryPhone"
 TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105
 QUERY_PATH = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})

@@ -1,13 +1,27 @@
-"""Errors a collection can end with, each tagged with its request ``outcome`` and ``reason``.
+"""The words the client reports in, and the errors that carry them.
 
-``outcome`` is the value of the ``outcome`` label of ``cec_api_requests_total``
-(one HTTP request); ``reason`` is the value of the ``reason`` label of
-``cec_collection_failures_total`` (why a whole collection failed). Both are
-plain strings so that this package never imports Prometheus (SPEC section 6).
+A request is to one of ``APIS`` and ends with one of ``OUTCOMES`` (the ``api`` and
+``outcome`` labels of ``cec_api_requests_total``); a failed collection has one of
+``REASONS`` (the ``reason`` label of ``cec_collection_failures_total``). Plain strings,
+so that this package never imports Prometheus.
 """
 
 from __future__ import annotations
 
+TOKEN_API = "tokenByAkSk"  # noqa: S105 - an API name, not a secret
+QUERY_API = "queryPhone"
+APIS = (QUERY_API, TOKEN_API)
+OUTCOMES = (
+    "success",
+    "ret_code_error",
+    "http_error",
+    "timeout",
+    "network_error",
+    "invalid_response",
+    "cancelled",
+)
+"""Every outcome of one HTTP request; ``cancelled``: sent, then given up because the
+collection had already failed."""
 REASONS = (
     "ret_code",
     "http_error",
@@ -18,7 +32,7 @@ REASONS = (
     "credentials",
     "deadline",
 )
-"""Every value ``reason`` can take, in the order SPEC section 6 lists them."""
+"""Every reason a collection can fail for."""
 
 
 class CecError(Exception):

@@ -25,16 +25,18 @@ from pathlib import Path
 import httpx2
 
 from exporter.cec.ratelimit import RateLimiter
+from exporter.cec.target import Secret, TargetConfig
 from exporter.cec.token import TokenCache
-from exporter.config import DEFAULT_MAX_INFLIGHT_REQUESTS, Secret, TargetConfig
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 90.0  # idle pooled connections outlive a scrape interval
+DEFAULT_MAX_INFLIGHT_REQUESTS = 64
+"""Requests in flight at once across every target, unless the config says otherwise."""
 
 PoolKey = tuple[str, bool, str | None, str | None]
 BudgetKey = tuple[str, str]
-AppKey = tuple[str, str, Secret]
+TokenKey = tuple[str, str, Secret]
 
 
 def pool_key(target: TargetConfig) -> PoolKey:
@@ -47,7 +49,7 @@ def budget_key(target: TargetConfig) -> BudgetKey:
     return (target.base_url, target.app_key)
 
 
-def app_key(target: TargetConfig) -> AppKey:
+def token_key(target: TargetConfig) -> TokenKey:
     """Targets with equal keys share one access token: one vendor app, one secret."""
     return (target.base_url, target.app_key, target.app_secret)
 
@@ -97,7 +99,7 @@ class Upstream:
         self._inflight = asyncio.Semaphore(max_inflight)
         self._pools: dict[PoolKey, Pool] = {}
         self._limiters: dict[BudgetKey, RateLimiter] = {}
-        self._tokens: dict[AppKey, TokenCache] = {}
+        self._tokens: dict[TokenKey, TokenCache] = {}
         self._ssl: dict[tuple[bool, str | None], tuple[bytes | None, ssl.SSLContext]] = {}
         # Clients replaced by a CA renewal, each closed by a timer once its requests ended
         # (a timer, not a sleeping task: shutdown waits for tasks).
@@ -123,13 +125,13 @@ class Upstream:
                     kept if kept is not None and kept.rate == rate else RateLimiter(rate)
                 )
         self._limiters = limiters
-        apps = {app_key(target) for target in targets}
+        apps = {token_key(target) for target in targets}
         self._tokens = {key: cache for key, cache in self._tokens.items() if key in apps}
         self._renew_tls(targets)
 
     def token_cache(self, target: TargetConfig) -> TokenCache:
         """The token cache ``target`` shares with every target of its vendor app."""
-        key = app_key(target)
+        key = token_key(target)
         cache = self._tokens.get(key)
         if cache is None:
             cache = self._tokens[key] = TokenCache()
