@@ -14,8 +14,14 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily
 
-from exporter.cec.changes import ALLOCATION_CHANGES, STATUS_PAIRS, Changes, compare
-from exporter.cec.snapshot import Roster, Snapshot
+from exporter.cec.snapshot import (
+    ALLOCATION_CHANGES,
+    STATUS_PAIRS,
+    Changes,
+    Roster,
+    Snapshot,
+    compare,
+)
 
 EXAMPLES = 5
 """Phone numbers the debug probe names per collection (with per_phone_metrics)."""

@@ -18,9 +18,8 @@ from conftest import RunningExporter, run_cli, sample, samples_named, softphone_
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.cec.changes import compare
-from exporter.cec.parse import Page
-from exporter.cec.snapshot import Roster, SnapshotBuilder
+from exporter.cec.records import Page
+from exporter.cec.snapshot import Roster, SnapshotBuilder, compare
 from exporter.simulator import Fault, Simulator
 
 STATUS = "cec_softphone_status_changes_total"

@@ -17,7 +17,8 @@ from conftest import RunningExporter, expected_counts, sample, target_entry
 from conftest import softphone_counts as counts
 
 from exporter.cec.parse import parse_page
-from exporter.cec.snapshot import SnapshotBuilder, Status
+from exporter.cec.records import Status
+from exporter.cec.snapshot import SnapshotBuilder
 from exporter.simulator import Fault, Simulator
 
 StartSim = Callable[..., Simulator]

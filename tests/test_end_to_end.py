@@ -83,7 +83,8 @@ def test_legacy_shape_from_the_vendor_example(simulator, write_config, exporter_
 def test_vendor_doc_example_body_parses_as_two_unknown_phones():
     """The exact response example printed in the vendor's queryPhone page."""
     from exporter.cec.parse import parse_page
-    from exporter.cec.snapshot import SnapshotBuilder, Status
+    from exporter.cec.records import Status
+    from exporter.cec.snapshot import SnapshotBuilder
 
     # Copied verbatim from shared/vendor/queryPhone-v2.0.0.txt ("Response parameters").
     body = (GOLDEN / "vendor_example.json").read_text().strip()

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from exporter.cec.errors import InvalidResponse
 from exporter.cec.keyset import KeySet
-from exporter.cec.parse import Page, Token, parse_page, parse_token
-from exporter.cec.snapshot import SnapshotBuilder, Status
+from exporter.cec.parse import parse_page, parse_token
+from exporter.cec.records import Page, Status, Token
+from exporter.cec.snapshot import SnapshotBuilder
 from exporter.cec.text import VENDOR_TEXT_CHARS
 
 NOW = 1_800_000_000.0

@@ -6,6 +6,7 @@ Nothing here knows about Prometheus; request outcomes are reported to a
 
 from exporter.cec.client import CecClient, RequestObserver
 from exporter.cec.errors import CecError
-from exporter.cec.snapshot import Endpoint, Snapshot, Status
+from exporter.cec.records import Endpoint, Status
+from exporter.cec.snapshot import Snapshot
 
 __all__ = ["CecClient", "CecError", "Endpoint", "RequestObserver", "Snapshot", "Status"]

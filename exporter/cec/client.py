@@ -40,7 +40,8 @@ from exporter.cec.errors import (
     RequestTimeout,
     RetCodeError,
 )
-from exporter.cec.parse import Page, Token, clip_vendor_text, parse_page, parse_token
+from exporter.cec.parse import clip_vendor_text, parse_page, parse_token
+from exporter.cec.records import Page, Token
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.target import TargetConfig
 from exporter.cec.text import (

@@ -7,7 +7,7 @@ full (open addressing, linear probing), 16 MiB at a million phones; the probe
 loop costs about as much per key as building and merging a set per page.
 
 Each key carries a 32-bit value in a parallel array (4 bytes a slot more): what a
-phone was (tenant and status, ``exporter.cec.changes``), so that two collections
+phone was (tenant and status, ``exporter.cec.snapshot``), so that two collections
 can be compared key by key without a Python object per phone.
 """
 

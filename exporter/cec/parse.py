@@ -18,101 +18,19 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable, Container, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
 from exporter.cec.errors import InvalidResponse
-from exporter.cec.snapshot import REGISTERED, SUSPENDED, UNKNOWN, Endpoint, Status
+from exporter.cec.records import Endpoint, Page, Token, integer_of, text_of
 from exporter.cec.text import VENDOR_TEXT_CHARS, clip
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
-
-_STATUS = {0: REGISTERED, 1: SUSPENDED}
-
-
-class Phone(NamedTuple):
-    """One softphone record, without its password (a row of ``Page``'s columns)."""
-
-    key: int | None
-    phone_num: str
-    tenant_id: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class Page:
-    """One queryPhone answer: its retCode and, on success, what it carried.
-
-    Phones are held as columns, one entry per phone in the order received, so that
-    they are built and folded by C-level ``map``/``zip``/``Counter`` rather than one
-    Python object per phone (100,000 per scrape at the size cap).
-    """
-
-    ret_code: str
-    ret_msg: str
-    total: int | None
-    endpoints: tuple[Endpoint, ...]
-    keys: tuple[int | None, ...] = ()
-    """Identity for de-duplication across pages: the 64-bit hash of (``id``, ``phoneNum``)
-    as text; None when both are missing (such records are all counted). ``id`` alone
-    is no identity: it is a "Configuration ID" that phones in different ``partdbId``
-    partitions share. An id whose text is a plain integer is hashed as that int
-    (``_identity``): equal texts, equal keys, without turning every id into a string.
-
-    A hash, not the strings: 8 bytes a phone in ``KeySet`` where a tuple of two
-    strings costs about 200. Python's str hash is SipHash, keyed at random per
-    process, and the tuple hash mixes both into 64 bits, of which ``KeySet`` keeps
-    63: two distinct phones collide with probability 2**-63, so among a million
-    phones about n**2 / 2**64 = 5e-8 per collection. An int id is hashed as itself
-    only where Python's int hash is injective (not -1, whose hash is -2's, nor at or
-    beyond 2**61 - 1, where ints hash modulo that); any other is hashed as its text
-    (``_injective_ids``). A collision would count one phone as a duplicate of
-    another (``Snapshot.duplicates`` shows duplicates)."""
-    numbers: tuple[str, ...] = ()
-    """``phoneNum`` of each phone, ``""`` when missing."""
-    tenants: tuple[object, ...] = ()
-    """``tenantId`` of each phone as decoded (a str or int); ``_text`` makes the label."""
-    codes: tuple[object, ...] = ()
-    """``status`` of each phone as decoded (an int, str or None); ``_status`` reads it.
-
-    Tenants and codes are read per distinct pair when counting (a page has a few),
-    not per phone: that is most of what parsing a page would cost."""
-
-    def pair_values(self, value: Callable[[str, str], int]) -> list[int]:
-        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair."""
-        pairs = set(zip(self.tenants, self.codes, strict=True))
-        known = {pair: value(_text(pair[0]), _status(pair[1])) for pair in pairs}
-        return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
-
-    def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
-        """(phone_num, tenant_id, status value) of each phone not in ``skip``."""
-        columns = zip(self.numbers, self.tenants, self.codes, strict=True)
-        for position, (number, tenant, code) in enumerate(columns):
-            if position not in skip:
-                yield number, _text(tenant), _status(code)
-
-    @property
-    def phones(self) -> tuple[Phone, ...]:
-        """The phones as records, for tests and debugging (the fold reads the columns)."""
-        rows = zip(self.keys, self.rows(), strict=True)
-        return tuple(Phone(key, num, tenant, Status(status)) for key, (num, tenant, status) in rows)
-
-
-@dataclass(frozen=True)
-class Token:
-    """An access token and when, by the local clock, it stops being valid."""
-
-    value: str
-    expires_at: float
-
-    def __repr__(self) -> str:
-        return f"Token(<redacted>, expires_at={self.expires_at:.0f})"
 
 
 # --- what the decoder reads: only these fields ----------------------------------------------
@@ -214,50 +132,15 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         raise _syntax_error(body) from None
 
 
-# --- loose readers ---------------------------------------------------------------------------
-
-
-def _integer(value: object) -> int | None:
-    """An integer from an int, an integral float or a numeric string; else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                return _integer(float(text))
-            except ValueError:
-                return None
-    return None
-
-
-def _text(value: object) -> str:
-    """A label-friendly string from a string or number; anything else is ``""``."""
-    if isinstance(value, bool) or value is None:
-        return ""
-    if isinstance(value, (int, str)):
-        return str(value).strip()
-    if isinstance(value, float):
-        number = _integer(value)
-        return str(number) if number is not None else str(value)
-    return ""
-
-
 def clip_vendor_text(value: object) -> str:
-    """``value`` read as text (``_text``), control characters escaped, cut to
+    """``value`` read as text (``text_of``), control characters escaped, cut to
     ``VENDOR_TEXT_CHARS`` (``…`` marks a cut): the only form vendor text is kept in.
 
     A 16 MB ``retMsg`` would otherwise be copied into the error, each log line and the
     history, and cost the shared event loop (and every other target) seconds to log."""
     if isinstance(value, str):
         value = value[: 2 * VENDOR_TEXT_CHARS]  # before any copy of the whole
-    text = _text(value)
+    text = text_of(value)
     if len(text) <= VENDOR_TEXT_CHARS and text.isprintable():
         return text  # the usual short message, as it came
     return clip(text, VENDOR_TEXT_CHARS)
@@ -269,20 +152,14 @@ def _ret_code(value: object) -> str:
     return clip_vendor_text(value)
 
 
-def _status(code: object) -> str:
-    """The status value of a loose ``status`` field: 0 and 1 in any numeric spelling."""
-    number = code if type(code) is int else _integer(code)
-    return _STATUS.get(number, UNKNOWN) if number is not None else UNKNOWN
-
-
 def _endpoint(raw: _Endpoint, mode: str, node: str) -> Endpoint:
     return Endpoint(
         mode=mode,
         node=node,
-        reg_ip=_text(raw.regIPAddress),
-        reg_port=_text(raw.regPort),
-        sip_ip=_text(raw.sipServiceIp),
-        sip_port=_text(raw.sipServicePort),
+        reg_ip=text_of(raw.regIPAddress),
+        reg_port=text_of(raw.regPort),
+        sip_ip=text_of(raw.sipServiceIp),
+        sip_port=text_of(raw.sipServicePort),
     )
 
 
@@ -358,7 +235,7 @@ def _columns(
 
 
 def _usual_columns(phones: list[_Phone]) -> _Columns:
-    """Each field is a str or an int here; ``str(x).strip()`` is what ``_text`` makes of it."""
+    """Each field is a str or an int here; ``str(x).strip()`` is what ``text_of`` makes of it."""
     raw = tuple(map(_NUMBER, phones))
     try:
         numbers = tuple(map(str.strip, raw))
@@ -374,10 +251,10 @@ def _usual_columns(phones: list[_Phone]) -> _Columns:
 
 def _loose_columns(phones: list[_LoosePhone]) -> _Columns:
     """Any JSON value in any field: each read to text (or an int code) the loose way."""
-    numbers = tuple(map(_text, map(_NUMBER, phones)))
-    ids = tuple(map(_identity, map(_text, map(_ID, phones))))
-    tenants = tuple(map(_text, map(_TENANT, phones)))
-    codes = tuple(map(_integer, map(_CODE, phones)))  # hashable; _status reads it alike
+    numbers = tuple(map(text_of, map(_NUMBER, phones)))
+    ids = tuple(map(_identity, map(text_of, map(_ID, phones))))
+    tenants = tuple(map(text_of, map(_TENANT, phones)))
+    codes = tuple(map(integer_of, map(_CODE, phones)))  # hashable; status_of reads it alike
     return _columns(ids, numbers, tenants, codes)
 
 
@@ -414,7 +291,7 @@ def parse_page(body: bytes) -> Page:
         return Page(ret_code, ret_msg, None, ())
     result = answer.result or _Result()
     total = result.total
-    total_value = None if total is None else _integer(total)
+    total_value = None if total is None else integer_of(total)
     if total is not None and (total_value is None or total_value < 0):
         raise InvalidResponse("result.total is not a non-negative integer")
     keys, numbers, tenants, codes = columns(result.phone or [])
@@ -432,10 +309,10 @@ def parse_token(body: bytes, now: float) -> Token:
     value = answer.AccessToken
     if not isinstance(value, str) or not value.strip():
         raise InvalidResponse("token response has no AccessToken")
-    expires = _integer(answer.Expires)
+    expires = integer_of(answer.Expires)
     if expires is None or expires <= 0:
         raise InvalidResponse("token response has no positive numeric Expires")
-    created = _integer(answer.CreateTime)
+    created = integer_of(answer.CreateTime)
     # Integer arithmetic: a CreateTime of hundreds of digits is a skewed clock, not a crash.
     start = created if created is not None and abs(created - math.floor(now)) <= 300 else now
     try:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from exporter.cec.errors import CecError
-from exporter.cec.parse import Token
+from exporter.cec.records import Token
 from exporter.cec.text import fields
 
 log = logging.getLogger(__name__)
