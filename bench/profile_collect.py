@@ -1,7 +1,7 @@
 """Profile collections with cProfile: where the exporter's CPU goes, function by function.
 
 The simulator runs in its own process (``cec-phone-exporter simulate``), so the
-profile holds only the client side: ``CecClient.collect`` on an asyncio loop in
+profile holds only the client side: ``CecClient.read_snapshot`` on an asyncio loop in
 this process, as the exporter runs it, after one warm-up collection (token,
 connections).
 
@@ -44,11 +44,11 @@ def client_for(url: str, concurrency: int, phones: int) -> CecClient:
 
 async def collections(client: CecClient, count: int, profile: cProfile.Profile) -> float:
     """Wall seconds of ``count`` profiled collections, after one that is not profiled."""
-    await client.collect()
+    await client.read_snapshot()
     started = time.perf_counter()
     profile.enable()
     for _ in range(count):
-        await client.collect()
+        await client.read_snapshot()
     profile.disable()
     await client.aclose()
     return time.perf_counter() - started

@@ -228,7 +228,7 @@ class TargetCollector:
         started = time.monotonic()
         reason: str | None = None
         try:
-            snapshot = await self.client.collect(deadline, trace)
+            snapshot = await self.client.read_snapshot(deadline, trace)
         except asyncio.CancelledError:
             if not self._closed:
                 raise

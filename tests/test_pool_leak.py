@@ -52,7 +52,7 @@ def client_for(sim: Simulator) -> CecClient:
 
 def pool_connections(client: CecClient) -> list[Any]:
     """The connections in the client's pool (httpcore2's own list; httpx2 has no handle)."""
-    return list(client._http._transport._pool.connections)  # type: ignore[attr-defined]
+    return list(client.transport.http._transport._pool.connections)  # type: ignore[attr-defined]
 
 
 async def cancelled_collections(client: CecClient, rng: random.Random) -> int:
@@ -66,10 +66,10 @@ async def cancelled_collections(client: CecClient, rng: random.Random) -> int:
         nonlocal cancelled
         try:
             if own_deadline:
-                await client.collect(Deadline(time.monotonic() + delay))
+                await client.read_snapshot(Deadline(time.monotonic() + delay))
             else:
                 async with asyncio.timeout(delay):
-                    await client.collect()
+                    await client.read_snapshot()
         except (TimeoutError, DeadlineExceeded):
             cancelled += 1
 
@@ -88,7 +88,7 @@ async def settled(sim: Simulator) -> None:
 
 async def timed_collect(client: CecClient, seconds: float) -> tuple[Snapshot, float]:
     started = time.monotonic()
-    snapshot = await client.collect(Deadline(started + seconds))
+    snapshot = await client.read_snapshot(Deadline(started + seconds))
     return snapshot, time.monotonic() - started
 
 
