@@ -25,8 +25,8 @@ import time
 from bench_collect import APP_KEY, APP_SECRET, PAGE_SIZE, free_port, process
 
 from exporter.cec import CecClient
-from exporter.config import parse_config
 from exporter.metrics import ApiMetrics
+from exporter.settings import parse_config
 
 
 def client_for(url: str, concurrency: int, phones: int) -> CecClient:

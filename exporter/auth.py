@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
-from exporter.webconfig import RateLimit
+from exporter.settings import RateLimit
 
 BCRYPT_MAX_PASSWORD_BYTES = 72
 """bcrypt reads no further (and bcrypt 5 raises): longer passwords are simply wrong, as

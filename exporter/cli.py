@@ -22,13 +22,19 @@ from prometheus_client.exposition import generate_latest
 from exporter import __version__
 from exporter.cec.target import Secret, TargetConfig
 from exporter.collect import Exporter
-from exporter.config import Config, ConfigError, load_config, summary
 from exporter.debug import debug_report_blocking
 from exporter.front import DEFAULT_MAX_CONNECTIONS, parse_listen, raise_open_files_limit
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
+from exporter.settings import (
+    Config,
+    ConfigError,
+    WebConfigFile,
+    load_config,
+    load_web_config,
+    summary,
+)
 from exporter.simulator import SimConfig, Simulator, parse_faults
 from exporter.web import DEFAULT_TELEMETRY_PATH, App, serve
-from exporter.webconfig import WebConfigFile, load_web_config
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])

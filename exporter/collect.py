@@ -37,8 +37,8 @@ from exporter.cec.text import ERROR_TEXT_CHARS, clip, fields
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.upstream import Upstream
 from exporter.changes import ChangeReport, ChangeTracker, change_families
-from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import ApiMetrics
+from exporter.settings import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -17,7 +17,7 @@ from exporter.cec.text import ERROR_TEXT_CHARS, REDACTED, clip, utc
 from exporter.cec.trace import CollectionTrace, RequestRecord
 from exporter.cec.upstream import group_rates
 from exporter.collect import Collection, Exporter, collection_budget
-from exporter.config import Config
+from exporter.settings import Config
 
 _IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
 

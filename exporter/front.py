@@ -35,7 +35,8 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
-from exporter.webconfig import WebConfigFile, client_sans
+from exporter.settings import WebConfigFile
+from exporter.settings.tls import client_sans
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
 from exporter.cec.upstream import budget_key
 from exporter.collect import CollectionSummary
-from exporter.config import Config
+from exporter.settings import Config
 
 SD_GROUP_LABEL = "__meta_cec_budget_group"
 

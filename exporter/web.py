@@ -6,7 +6,7 @@ stall the loop runs in threads: encoding (and gzipping) a large exposition, bcry
 checks (``exporter.auth``), and config reloads. ``/-/healthy`` and ``/-/ready``
 answer without authentication (they reveal nothing and Kubernetes probes need them);
 every other path needs it when users are set. ``exporter.front`` serves the app;
-``exporter.webconfig`` reads the web config.
+``exporter.settings`` reads the web config.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from exporter.front import (
     quiet_accept_errors,
 )
 from exporter.pages import landing_page, service_discovery
-from exporter.webconfig import WebConfig, WebConfigFile
+from exporter.settings import WebConfig, WebConfigFile
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,9 @@ import pytest
 import yaml
 
 from exporter.collect import Exporter
-from exporter.config import load_config
+from exporter.settings import WebConfig, WebConfigFile, load_config
 from exporter.simulator import SimConfig, Simulator
 from exporter.web import App, serve
-from exporter.webconfig import WebConfig, WebConfigFile
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ import trustme
 import yaml
 from conftest import run_cli
 
-from exporter.config import ConfigError, load_config
+from exporter.settings import ConfigError, load_config
 
 BAD_DIR = Path(__file__).resolve().parent / "configs" / "bad"
 BAD_FILES = sorted(BAD_DIR.glob("*.yaml"))

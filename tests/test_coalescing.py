@@ -22,8 +22,8 @@ from conftest import softphone_counts as counts
 from prometheus_client.exposition import generate_latest
 
 from exporter.collect import Collection, TargetCollector
-from exporter.config import load_config
 from exporter.metrics import ApiMetrics
+from exporter.settings import load_config
 from exporter.simulator import Fault, Simulator
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"

@@ -28,7 +28,7 @@ from conftest import REPO, RunningExporter, run_cli, target_entry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.build import REVISION_ENVVAR
-from exporter.config import _IDENTITY, _SETTINGS, _TOP_LEVEL
+from exporter.settings.targets import _IDENTITY, _SETTINGS, _TOP_LEVEL
 from exporter.simulator import Fault, Simulator
 
 README = REPO / "README.md"

@@ -27,8 +27,8 @@ from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import DeadlineExceeded
 from exporter.cec.upstream import Upstream
-from exporter.config import parse_config
 from exporter.metrics import ApiMetrics
+from exporter.settings import parse_config
 from exporter.simulator import Fault, Simulator
 
 CONCURRENCY = 2  # pages in flight per collection

@@ -20,7 +20,7 @@ from conftest import ServeProcess, parse_samples, sample, samples_named, target_
 
 from exporter.cec.upstream import Upstream
 from exporter.collect import Exporter
-from exporter.config import load_config
+from exporter.settings import load_config
 from exporter.simulator import Fault, SimConfig, Simulator
 
 RELOAD_OK = "cec_exporter_config_last_reload_successful"

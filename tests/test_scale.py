@@ -20,7 +20,7 @@ from conftest import RunningExporter, sample, target_entry
 from exporter.cec.errors import DeadlineExceeded
 from exporter.cec.ratelimit import RateLimiter
 from exporter.cec.upstream import group_rates
-from exporter.config import load_config
+from exporter.settings import load_config
 from exporter.simulator import Simulator
 
 

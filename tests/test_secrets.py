@@ -19,8 +19,8 @@ import pytest
 from conftest import ServeProcess, run_cli, sample, target_entry
 
 from exporter.cec.text import MAX_SECRETS, REDACTED, VENDOR_TEXT_CHARS, redact, register_secret
-from exporter.config import ConfigError, load_config
 from exporter.logs import setup_logging
+from exporter.settings import ConfigError, load_config
 from exporter.simulator import Fault, Simulator
 
 APP_SECRET = "APPSECRET-canary-7f3a"

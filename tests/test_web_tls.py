@@ -26,8 +26,8 @@ from prometheus_client.exposition import generate_latest
 
 from exporter import front
 from exporter.auth import RateLimiter
+from exporter.settings import RateLimit, WebConfigFile, load_web_config
 from exporter.simulator import Simulator
-from exporter.webconfig import RateLimit, WebConfigFile, load_web_config
 
 TESTDATA = Path(__file__).resolve().parent / "exporter_toolkit" / "testdata"
 Serve = Callable[[Path], RunningExporter]
@@ -358,7 +358,7 @@ def test_renewed_certificate_and_changed_password_apply_without_restart(
 
     # A broken file fails closed, as upstream: 500 on every path but health, one error
     # line however often it is seen, and the gauge at 0; fixing the file recovers.
-    caplog.set_level(logging.INFO, logger="exporter.webconfig")
+    caplog.set_level(logging.INFO, logger="exporter.settings.watch")
     good = web.read_text()
     web.write_text(tls + "basic_auth_users:\n  alice: not-a-hash\n")
     for _ in range(3):

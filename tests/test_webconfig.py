@@ -18,8 +18,9 @@ import bcrypt
 import pytest
 import trustme
 
-from exporter.config import ConfigError
-from exporter.webconfig import KEYS, WebConfig, load_web_config, parse_duration
+from exporter.settings import ConfigError
+from exporter.settings.readers import parse_duration
+from exporter.settings.webconfig import KEYS, WebConfig, load_web_config
 
 CORPUS = Path(__file__).resolve().parent / "exporter_toolkit"
 TESTDATA = CORPUS / "testdata"

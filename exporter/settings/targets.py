@@ -1,4 +1,4 @@
-"""Load the YAML config file into frozen, typed records.
+"""The config file: YAML into a frozen ``Config`` of ``TargetConfig`` records.
 
 Every error names its key path (``targets[1].page_size: must be 1..100, got 500``)
 so an operator can fix the file without reading code. Secrets are kept in a
@@ -13,15 +13,12 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
-from exporter import yamlfile
 from exporter.cec.target import Secret, TargetConfig
 from exporter.cec.upstream import DEFAULT_MAX_INFLIGHT_REQUESTS
+from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping
 
 _T = TypeVar("_T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -29,15 +26,6 @@ _TARGET_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
 # Everything from after a scheme-ish prefix ("http://", "http:/", "http//") up to
 # the last "@": the userinfo of a URL, however mistyped the rest is.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:?/+)?.*@", re.DOTALL)
-
-
-class ConfigError(Exception):
-    """A config problem, with the key path (or file) it concerns."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 class _FromEnv(str):
@@ -240,7 +228,7 @@ def expand_env(
         return done[id(node)]
     expanded: object
     if isinstance(node, dict):
-        expanded = {k: expand_env(v, _join(path, str(k)), environ, done) for k, v in node.items()}
+        expanded = {k: expand_env(v, join(path, str(k)), environ, done) for k, v in node.items()}
     elif isinstance(node, list):
         expanded = [expand_env(v, f"{path}[{i}]", environ, done) for i, v in enumerate(node)]
     if isinstance(node, (dict, list)):
@@ -259,74 +247,51 @@ def expand_env(
     return node
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _mapping(path: str, raw: object) -> dict[str, object]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(path or "(top level)", f"must be a mapping, got {type(raw).__name__}")
-    for key in raw:
-        if not isinstance(key, str):
-            raise ConfigError(path or "(top level)", f"keys must be strings, got {key!r}")
-    return raw
-
-
-def _reject_unknown(path: str, raw: Mapping[str, object], known: tuple[str, ...]) -> None:
-    for key in raw:
-        if key not in known:
-            raise ConfigError(_join(path, key), "unknown key")
-
-
 def _settings(path: str, raw: Mapping[str, object]) -> dict[str, Any]:
-    return {key: _SETTINGS[key](_join(path, key), raw[key]) for key in _SETTINGS if key in raw}
+    return {key: _SETTINGS[key](join(path, key), raw[key]) for key in _SETTINGS if key in raw}
 
 
 def _target(path: str, raw: object, defaults: Mapping[str, Any]) -> TargetConfig:
-    entry = _mapping(path, raw)
-    _reject_unknown(path, entry, _IDENTITY + tuple(_SETTINGS))
+    entry = mapping(path, raw, _IDENTITY + tuple(_SETTINGS), string_keys=True)
     for key in ("name", "base_url", "app_key"):
         if entry.get(key) is None:
-            raise ConfigError(_join(path, key), "is required")
+            raise ConfigError(join(path, key), "is required")
     has_inline = entry.get("app_secret") is not None
     has_file = entry.get("app_secret_file") is not None
     if has_inline == has_file:
         raise ConfigError(
-            _join(path, "app_secret"), "set exactly one of app_secret, app_secret_file"
+            join(path, "app_secret"), "set exactly one of app_secret, app_secret_file"
         )
     if has_file:
         secret = Secret(
-            file=_readable_file(_join(path, "app_secret_file"), entry["app_secret_file"])
+            file=_readable_file(join(path, "app_secret_file"), entry["app_secret_file"])
         )
         try:
             empty = not secret.read()
         except (OSError, UnicodeDecodeError):
             raise ConfigError(
-                _join(path, "app_secret_file"), f"cannot read {secret.file} as UTF-8 text"
+                join(path, "app_secret_file"), f"cannot read {secret.file} as UTF-8 text"
             ) from None
         if empty:
-            raise ConfigError(_join(path, "app_secret_file"), f"{secret.file} is empty")
+            raise ConfigError(join(path, "app_secret_file"), f"{secret.file} is empty")
     else:
-        secret = Secret(value=_string(_join(path, "app_secret"), entry["app_secret"]))
+        secret = Secret(value=_string(join(path, "app_secret"), entry["app_secret"]))
     tenant = entry.get("tenant_space_id")
     return TargetConfig(
-        name=_target_name(_join(path, "name"), entry["name"]),
-        base_url=_http_url(_join(path, "base_url"), entry["base_url"]),
-        app_key=_string(_join(path, "app_key"), entry["app_key"]),
+        name=_target_name(join(path, "name"), entry["name"]),
+        base_url=_http_url(join(path, "base_url"), entry["base_url"]),
+        app_key=_string(join(path, "app_key"), entry["app_key"]),
         app_secret=secret,
-        tenant_space_id=None if tenant is None else _string(_join(path, "tenant_space_id"), tenant),
+        tenant_space_id=None if tenant is None else _string(join(path, "tenant_space_id"), tenant),
         **{**defaults, **_settings(path, entry)},
     )
 
 
 def parse_config(raw: object, source: str = "", environ: Mapping[str, str] | None = None) -> Config:
     """Validate already-parsed YAML into a ``Config``; raises ``ConfigError``."""
-    data = _mapping("", expand_env(raw, "", os.environ if environ is None else environ))
-    _reject_unknown("", data, _TOP_LEVEL)
-    defaults_raw = _mapping("defaults", data.get("defaults"))
-    _reject_unknown("defaults", defaults_raw, tuple(_SETTINGS))
+    environ = os.environ if environ is None else environ
+    data = mapping("", expand_env(raw, "", environ), _TOP_LEVEL, string_keys=True)
+    defaults_raw = mapping("defaults", data.get("defaults"), tuple(_SETTINGS), string_keys=True)
     defaults = _settings("defaults", defaults_raw)
     targets_raw = data.get("targets")
     if not isinstance(targets_raw, list) or not targets_raw:
@@ -350,21 +315,7 @@ def parse_config(raw: object, source: str = "", environ: Mapping[str, str] | Non
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the config file at ``path``; raises ``ConfigError``."""
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(name, f"cannot read config file: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "config file is not UTF-8 text") from None
-    try:
-        raw = yamlfile.load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(name, f"{where}{problem}") from None
-    except RecursionError:
-        raise ConfigError(name, "nested too deeply") from None
+    raw = load_yaml_file(name, "config file")
     if raw is None:
         raise ConfigError(name, "config file is empty")
     try:
