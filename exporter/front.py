@@ -4,9 +4,8 @@ hypercorn (h11 and h2) parses and answers; it was chosen by measurement (README
 "Development"). Around it this module adds what a hostile client needs kept in check:
 open connections are capped and refused past the cap before anything is read or
 parsed; TLS runs per connection with the web config's current context (a renewed
-certificate applies to the next connection) and checks ``client_allowed_sans``; a
-request head is strict (no obs-fold, no bare LF) and at most 1 MiB (431); and the
-soft open-files limit is raised to the hard one at start, as Go does.
+certificate applies to the next connection) and checks ``client_allowed_sans``; and a
+request head is strict (no obs-fold, no bare LF) and at most 1 MiB (431).
 """
 
 from __future__ import annotations
@@ -57,31 +56,6 @@ FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
 GRACE_SECONDS = 3.0
 """At shutdown, how long answers in flight may take to finish."""
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard one, as Go's runtime does; the new soft limit.
-
-    systemd's default soft limit (1024) is a legacy of ``select()``; the event loop
-    uses epoll and needs a descriptor per connection.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            with open("/proc/sys/fs/nr_open", encoding="ascii") as nr_open:
-                wanted = int(nr_open.read())
-        except (OSError, ValueError):
-            return soft
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as err:
-            log.info("open files limit stays %d (cannot raise it to %d: %s)", soft, wanted, err)
-            return soft
-        log.info("open files limit raised from %d to %d", soft, wanted)
-        return wanted
-    return soft
 
 
 def connection_cap(wanted: int) -> int:
@@ -487,5 +461,4 @@ __all__ = [
     "connection_cap",
     "parse_listen",
     "quiet_accept_errors",
-    "raise_open_files_limit",
 ]
