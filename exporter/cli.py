@@ -23,7 +23,7 @@ from exporter import __version__
 from exporter.collect import Exporter
 from exporter.config import Config, ConfigError, Secret, TargetConfig, load_config, summary
 from exporter.debug import debug_report_blocking
-from exporter.front import DEFAULT_MAX_CONNECTIONS, parse_listen
+from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, parse_listen
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
 from exporter.runtime import raise_open_files_limit
 from exporter.simulator import SimConfig, Simulator, parse_faults

@@ -25,7 +25,7 @@ import yaml
 from conftest import ServeProcess, run_cli, sample, target_entry
 
 from exporter.config import ConfigError
-from exporter.front import HEAD_TIMEOUT_SECONDS as HEADER_READ_TIMEOUT_SECONDS
+from exporter.http.listener import HEAD_TIMEOUT_SECONDS as HEADER_READ_TIMEOUT_SECONDS
 from exporter.simulator import Simulator
 from exporter.web import MAX_REQUEST_BODY_BYTES
 from exporter.webconfig import load_web_config

@@ -1,18 +1,18 @@
-"""The front door: HTTP/1.1 and HTTP/2 by hypercorn, on the exporter's own event loop.
+"""The listener: accepts connections on the exporter's own event loop, for hypercorn to serve.
 
-hypercorn (h11 and h2) parses and answers; it was chosen by measurement (README
-"Development"). Around it this module adds what a hostile client needs kept in check:
-open connections are capped and refused past the cap before anything is read or
-parsed; TLS runs per connection with the web config's current context (a renewed
-certificate applies to the next connection) and checks ``client_allowed_sans``; and a
-request head is strict (no obs-fold, no bare LF) and at most 1 MiB (431).
+hypercorn (h11 and h2) parses and answers (``exporter.http._hypercorn`` holds every
+adjustment made to it); it was chosen by measurement (README "Development"). Around it
+this module adds what a hostile client needs kept in check: open connections are capped
+and refused past the cap before anything is read or parsed; TLS runs per connection with
+the web config's current context (a renewed certificate applies to the next connection)
+and checks ``client_allowed_sans``; a request head is at most 1 MiB (431) and must come
+within a deadline; an answer the client reads nothing of is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import resource
 import ssl
 import threading
@@ -21,19 +21,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import h2.events
-import h11
-from h11._receivebuffer import ReceiveBuffer
-from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from exporter.http._hypercorn import Connections
 from exporter.webconfig import WebConfigFile, client_sans
 
 log = logging.getLogger(__name__)
@@ -80,171 +70,6 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen address must be HOST:PORT or :PORT, got {value!r}")
     return host.removeprefix("[").removesuffix("]") or None, int(port)
-
-
-# --- strict HTTP/1.1 heads ------------------------------------------------------------
-
-
-_REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ (HTTP/[0-9]\.[0-9])")
-_HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
-_LENGTH = b"content-length"
-
-
-class _StrictBuffer(ReceiveBuffer):
-    """h11's receive buffer, refusing what RFC 9112 lets a server refuse.
-
-    h11 unfolds obs-fold, takes a bare LF as a line end, lets Transfer-Encoding
-    override a Content-Length, merges equal Content-Lengths (and a list of them) into
-    one, accepts chunked framing from HTTP/1.0, and serves any HTTP/x.y as 1.x; each
-    is a way to make two parsers on one path (a proxy and us) read one head
-    differently, so such a head gets 400 (505 for another major version).
-    """
-
-    def maybe_extract_lines(self) -> list[bytearray] | None:
-        size = len(self._data)
-        lines = super().maybe_extract_lines()
-        if lines:
-            taken = size - len(self._data)
-            # Every line and the blank one after them end in CRLF, or some end in LF.
-            if taken != sum(len(line) + 2 for line in lines) + 2:
-                raise h11.RemoteProtocolError("bare LF in a request head", 400)
-            if any(line[:1] in (bytearray(b" "), bytearray(b"\t")) for line in lines[1:]):
-                raise h11.RemoteProtocolError("obs-fold in a request head", 400)
-            fields = [bytes(line).partition(b":") for line in lines[1:]]
-            names = [name.lower() for name, _, _ in fields]
-            lengths = [
-                value.strip() for name, _, value in fields if name.lower() == b"content-length"
-            ]
-            if len(lengths) > 1 or any(not length.isdigit() for length in lengths):
-                raise h11.RemoteProtocolError("not exactly one Content-Length", 400)
-            if _LENGTH in names and b"transfer-encoding" in names:
-                # RFC 9112 6.1: a server may refuse the pair, the classic smuggling vector.
-                raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
-            # Trailers come through here too: only a request line has a version.
-            request = _REQUEST_LINE.fullmatch(lines[0])
-            if request is not None:
-                version = request.group(1)
-                if version not in _HTTP1:
-                    raise h11.RemoteProtocolError("HTTP version not supported", 505)
-                if version == b"HTTP/1.0" and b"transfer-encoding" in names:
-                    raise h11.RemoteProtocolError("Transfer-Encoding in HTTP/1.0", 400)
-        return lines
-
-
-async def _plain_http1(_request: h11.Request) -> None:
-    """Stands for hypercorn's h2c switch: the request stays an HTTP/1.1 one."""
-
-
-def _ignore_late_data(protocol: H2Protocol) -> None:
-    """Let ``protocol`` take body data for a stream already answered.
-
-    A client may still be sending a body when the answer has gone (an early 405 or
-    413): hypercorn looks the finished stream up for the data (it does so safely for
-    the stream's end only), and the KeyError ends the whole connection with a warning.
-    The data is acknowledged, so the connection's flow-control window stays open.
-    """
-    handle = protocol._handle_events
-
-    async def handle_events(events: list[h2.events.Event]) -> None:
-        for event in events:  # one by one: an earlier event may open the stream
-            if (
-                isinstance(event, h2.events.DataReceived)
-                and event.stream_id not in protocol.streams
-            ):
-                protocol.connection.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id
-                )
-            else:
-                await handle([event])
-        await protocol._flush()  # the acknowledgements too
-
-    protocol._handle_events = handle_events  # type: ignore[method-assign]
-
-
-class _Connection(TCPServer):
-    """hypercorn's connection, with the strict buffer in its HTTP/1.1 parser.
-
-    Once the client has closed, the idle timer is stopped and the connection closes
-    after the last answer: hypercorn would otherwise hold the socket open until the
-    keep-alive timeout, and a connect-and-close flood would pile up descriptors.
-    """
-
-    async def _read_data(self) -> None:
-        await super()._read_data()
-        await self.idle_task.stop()
-
-    async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, RawData):
-            await self._write(event.data)
-            return
-        # An answer done, the connection would idle until the keep-alive timeout even
-        # when the client has half-closed and no request of its is left: close it now.
-        if isinstance(event, Updated) and event.idle and self._client_done():
-            event = Closed()
-        await super().protocol_send(event)
-
-    async def _write(self, data: bytes) -> None:
-        """hypercorn's write, with a deadline on the client's progress in reading."""
-        transport = self.writer.transport
-        if transport.is_closing():  # dropped: asyncio warns of writes to a lost socket
-            return
-        async with self.send_lock:
-            self.writer.write(data)
-            drained = asyncio.ensure_future(self.writer.drain())
-            drained.add_done_callback(lambda done: done.cancelled() or done.exception())
-            left = transport.get_write_buffer_size()
-            while not (await asyncio.wait({drained}, timeout=WRITE_STALL_SECONDS))[0]:
-                if transport.get_write_buffer_size() >= left:
-                    log.debug("client read nothing for %.0fs: dropped", WRITE_STALL_SECONDS)
-                    transport.abort()
-                    break
-                left = transport.get_write_buffer_size()
-            try:
-                await drained
-            except (ConnectionError, RuntimeError):
-                pass
-            else:
-                return
-        await self.protocol.handle(Closed())
-
-    def _client_done(self) -> bool:
-        """Whether the client has sent its last byte and every request in it was taken."""
-        if not self.reader.at_eof():
-            return False
-        inner = self._wrapper.protocol
-        if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
-            return not inner.connection.trailing_data[0]  # pipelined requests still to answer
-        return True
-
-    @property
-    def protocol(self) -> ProtocolWrapper:
-        return self._wrapper
-
-    @protocol.setter
-    def protocol(self, wrapper: ProtocolWrapper) -> None:
-        inner = wrapper.protocol
-        if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
-            inner.connection._receive_buffer = _StrictBuffer()
-            # No HTTP/2 in clear text (h2c upgrade or prior knowledge), as Go's net/http:
-            # HTTP/2 is for TLS connections that chose it by ALPN.
-            inner._check_protocol = _plain_http1  # type: ignore[method-assign,assignment]
-        elif isinstance(inner, H2Protocol):
-            _ignore_late_data(inner)
-        self._wrapper = wrapper
-
-
-def hypercorn_config() -> HypercornConfig:
-    """hypercorn's settings: our limits, no ``Server`` header, no logs of its own above debug."""
-    config = HypercornConfig()
-    config.include_server_header = False
-    config.h11_max_incomplete_size = HEAD_LIMIT_BYTES
-    config.h2_max_header_list_size = HEAD_LIMIT_BYTES
-    config.keep_alive_timeout = HEAD_TIMEOUT_SECONDS
-    config.accesslog = None
-    quiet = logging.getLogger("hypercorn.error")
-    quiet.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-    config.errorlog = quiet
-    return config
 
 
 @dataclass(frozen=True)
@@ -310,10 +135,13 @@ class FrontDoor:
     max_connections: int
     open: int = 0
     tls: bool = False
-    _config: HypercornConfig = field(default_factory=hypercorn_config)
-    _context: WorkerContext = field(default_factory=lambda: WorkerContext(None))
+    _http: Connections = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _servers: list[asyncio.Server] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The limits are read now, not at import, so that a test can shorten them.
+        self._http = Connections(_BodyDrained(self.app), HEAD_LIMIT_BYTES, HEAD_TIMEOUT_SECONDS)
 
     def _protocol(self) -> asyncio.Protocol:
         if self.open >= self.max_connections:
@@ -336,16 +164,7 @@ class FrontDoor:
         try:
             if self.tls and not await self._handshake(writer):
                 return
-            loop = asyncio.get_running_loop()
-            await _Connection(
-                ASGIWrapper(_BodyDrained(self.app)),
-                loop,
-                self._config,
-                self._context,
-                {},
-                reader,
-                writer,
-            )
+            await self._http.serve(reader, writer, WRITE_STALL_SECONDS)
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)
         except Exception as err:  # noqa: BLE001  # hypercorn's, on input it did not expect
@@ -380,7 +199,7 @@ class FrontDoor:
         """Stop accepting, close idle connections, let answers in flight finish (briefly)."""
         for server in self._servers:
             server.close()
-        await self._context.terminated.set()
+        await self._http.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=GRACE_SECONDS)
         for server in self._servers:
