@@ -23,8 +23,9 @@ from exporter import __version__
 from exporter.cec.target import Secret, TargetConfig
 from exporter.collect import Exporter
 from exporter.debug import debug_report_blocking
-from exporter.front import DEFAULT_MAX_CONNECTIONS, parse_listen, raise_open_files_limit
+from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, parse_listen
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
+from exporter.runtime import raise_open_files_limit
 from exporter.settings import (
     Config,
     ConfigError,

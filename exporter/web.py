@@ -5,7 +5,7 @@ coroutine awaiting its collections, not a thread waiting for them. Work that cou
 stall the loop runs in threads: encoding (and gzipping) a large exposition, bcrypt
 checks (``exporter.auth``), and config reloads. ``/-/healthy`` and ``/-/ready``
 answer without authentication (they reveal nothing and Kubernetes probes need them);
-every other path needs it when users are set. ``exporter.front`` serves the app;
+every other path needs it when users are set. ``exporter.http.listener`` serves the app;
 ``exporter.settings`` reads the web config.
 """
 
@@ -28,7 +28,7 @@ from exporter import __version__
 from exporter.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
 from exporter.collect import Exporter, Families
 from exporter.debug import debug_report
-from exporter.front import (
+from exporter.http.listener import (
     DEFAULT_MAX_CONNECTIONS,
     FrontDoor,
     Server,

@@ -26,8 +26,8 @@ import psutil
 import pytest
 from conftest import RunningExporter, ServeProcess, basic_auth, sample, target_entry
 
-from exporter import front as front_module
-from exporter.front import parse_listen
+from exporter.http import listener
+from exporter.http.listener import parse_listen
 from exporter.simulator import Simulator
 
 Start = Callable[..., ServeProcess]
@@ -396,7 +396,7 @@ def test_a_client_that_reads_nothing_is_dropped(
     reads nothing used to hold its connection, and the unsent answer in memory, for good:
     twenty of them took 200 MiB. An answer the client takes no byte of for
     WRITE_STALL_SECONDS (shortened here) is dropped with its connection."""
-    monkeypatch.setattr(front_module, "WRITE_STALL_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(listener, "WRITE_STALL_SECONDS", 1.0, raising=False)
     sim = simulator(phones=50_000)
     config = write_config(targets=[target_entry(sim, "big", per_phone_metrics=True)])
     server = exporter_server(config)

@@ -24,8 +24,8 @@ import trustme
 from conftest import RunningExporter, run_cli, sample, target_entry
 from prometheus_client.exposition import generate_latest
 
-from exporter import front
 from exporter.auth import RateLimiter
+from exporter.http import listener
 from exporter.settings import RateLimit, WebConfigFile, load_web_config
 from exporter.simulator import Simulator
 
@@ -407,7 +407,7 @@ def test_kept_alive_connections_are_bounded(
     serve_web: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kept-alive connection has the head deadline to send its next request, whole."""
-    monkeypatch.setattr(front, "HEAD_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(listener, "HEAD_TIMEOUT_SECONDS", 1.0)
     empty = tmp_path / "web.yml"
     empty.write_text("")
     server = serve_web(empty)

@@ -1,0 +1,1 @@
+"""HTTP: the ASGI app, its guards and pages, and the listener that serves it."""
