@@ -1,7 +1,9 @@
 """Reading the README and docs/*.md: fenced blocks, sections, tables, headings and links.
 
-Used by tests/test_docs.py (the commands run) and tests/test_docs_tables.py (the
-tables match the code).
+Used by tests/test_docs.py (the commands run) and
+tests/test_docs_tables.py (the tables match the code), and by tests that hold one
+doc to its subject (test_webconfig.py: security.md lists every web config key;
+test_ops_deploy.py: deployment.md mounts the secret where the image reads it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ README = REPO / "README.md"
 DOCS_DIR = REPO / "docs"
 # Every Markdown file that documents the exporter: the README first, then docs/ by name.
 DOCS = (README, *sorted(DOCS_DIR.glob("*.md")))
+
+METRICS_DOC = DOCS_DIR / "metrics.md"
+CONFIGURATION_DOC = DOCS_DIR / "configuration.md"
+DEPLOYMENT_DOC = DOCS_DIR / "deployment.md"
+SECURITY_DOC = DOCS_DIR / "security.md"
 
 _FENCE = re.compile(r"^(\s*)```(.*)$")
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from docs_common import DOCS, README, REPO, Block, code_blocks
+from docs_common import DOCS, DOCS_DIR, README, REPO, Block, code_blocks
 
 SHELL_TIMEOUT = 120
 # Left out of the copy a shell block runs in: bulky or machine-specific.
@@ -72,6 +72,7 @@ def run_shell(script: str, where: str, cwd: Path, env: dict[str, str]) -> None:
 
 def test_the_docs_have_runnable_blocks() -> None:
     assert any(b.doc == README for b in SHELL_BLOCKS), "no ```sh test block in README.md"
+    assert any(b.doc.parent == DOCS_DIR for b in SHELL_BLOCKS), "no ```sh test block in docs/"
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b.where for b in SHELL_BLOCKS])

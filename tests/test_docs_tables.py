@@ -1,11 +1,11 @@
 """The docs' tables match the code, in both directions.
 
-- The metric tables (README, "What it exports") match a live ``/metrics`` of an exporter
-  against the simulator (names, types, label sets), and every metric any doc names exists.
-- The HTTP endpoints table (README, "HTTP endpoints") lists paths that answer.
-- The config tables (README, "Configuration") match the keys the
+- The metric tables (docs/metrics.md) match a live ``/metrics`` of an exporter against
+  the simulator (names, types, label sets), and every metric any doc names exists.
+- The HTTP endpoints table (docs/configuration.md) lists paths that answer.
+- The config tables (docs/configuration.md, "The config file") match the keys the
   config loader accepts; ``config.example.yaml`` shows every key.
-- The command-line tables (README, "Command line") match each
+- The command-line tables (docs/configuration.md, "Command line") match each
   command's ``--help`` (options and environment variables), and every option or
   ``CEC_EXPORTER_*`` variable any doc names exists.
 
@@ -22,19 +22,19 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, RunningExporter, run_cli, target_entry
-from docs_common import DOCS, README, section, tables_with, ticked
+from docs_common import CONFIGURATION_DOC, DOCS, METRICS_DOC, section, tables_with, ticked
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.build import REVISION_ENVVAR
 from exporter.config import _IDENTITY, _SETTINGS, _TOP_LEVEL
 from exporter.simulator import Fault, Simulator
 
-CONFIG_SECTION = "Configuration"
+CONFIG_SECTION = "The config file"
 CLI_SECTION = "Command line"
 ENDPOINTS_SECTION = "HTTP endpoints"
 
 
-# --- metrics: README.md against a live /metrics ---------------------------------------
+# --- metrics: docs/metrics.md against a live /metrics ---------------------------------------
 
 # Standard collectors, documented as a family ("the standard process_* metrics").
 _STANDARD = ("process_", "python_")
@@ -84,13 +84,13 @@ def live_metrics(
 
 
 def documented_metrics() -> dict[str, tuple[str, frozenset[str]]]:
-    """{metric: (type, label names)} from the metric tables of README.md."""
+    """{metric: (type, label names)} from the metric tables of docs/metrics.md."""
     documented: dict[str, tuple[str, frozenset[str]]] = {}
-    rows = tables_with(section(README, "What it exports"), "metric", "labels")
-    assert rows, "README.md has no table with metric and labels columns"
+    rows = tables_with(METRICS_DOC.read_text(encoding="utf-8"), "metric", "labels")
+    assert rows, "docs/metrics.md has no table with metric and labels columns"
     for row in rows:
         names = ticked(row["metric"])
-        assert len(names) == 1, f"README.md: a metric row without one `name`: {row}"
+        assert len(names) == 1, f"docs/metrics.md: a metric row without one `name`: {row}"
         cell = re.sub(r"\([^)]*\)", "", row["labels"])  # value lists like (`a`, `b`)
         labels = {c.strip().strip("`") for c in cell.split(",")}
         labels -= {"", "—", "-", "none"}
@@ -104,12 +104,12 @@ def test_metric_tables_match_live_metrics(
 ) -> None:
     documented = documented_metrics()
     problems = [
-        f"{name} is on /metrics but not in README.md (labels: {sorted(labels)})"
+        f"{name} is on /metrics but not in docs/metrics.md (labels: {sorted(labels)})"
         for name, (_, labels) in live_metrics.items()
         if name not in documented
     ]
     problems += [
-        f"README.md lists {name} but /metrics has no such metric"
+        f"docs/metrics.md lists {name} but /metrics has no such metric"
         for name in documented
         if name not in live_metrics
     ]
@@ -117,11 +117,11 @@ def test_metric_tables_match_live_metrics(
         (doc_type, doc_labels), (live_type, live_labels) = documented[name], live_metrics[name]
         if doc_labels != live_labels:
             problems.append(
-                f"{name}: README.md labels {sorted(doc_labels)}, "
+                f"{name}: docs/metrics.md labels {sorted(doc_labels)}, "
                 f"/metrics labels {sorted(live_labels)}"
             )
         if doc_type != live_type:
-            problems.append(f"{name}: README.md type {doc_type!r}, /metrics {live_type!r}")
+            problems.append(f"{name}: docs/metrics.md type {doc_type!r}, /metrics {live_type!r}")
     assert not problems, "\n".join(problems)
 
 
@@ -145,8 +145,8 @@ def test_every_metric_the_docs_name_exists(
 
 def test_every_documented_endpoint_answers(live_exporter: tuple[RunningExporter, str]) -> None:
     server, _ = live_exporter
-    rows = tables_with(section(README, ENDPOINTS_SECTION), "path")
-    assert rows, "README.md's HTTP endpoints section has no table with a path column"
+    rows = tables_with(section(CONFIGURATION_DOC, ENDPOINTS_SECTION), "path")
+    assert rows, "docs/configuration.md's HTTP endpoints section has no table with a path column"
     problems = []
     for row in rows:
         method = "POST" if "POST" in " ".join(row.values()) else "GET"
@@ -158,13 +158,13 @@ def test_every_documented_endpoint_answers(live_exporter: tuple[RunningExporter,
     assert not problems, "\n".join(problems)
 
 
-# --- config: README.md against the loader -----------------------------------------
+# --- config: docs/configuration.md against the loader -----------------------------------------
 
 
 def test_config_tables_match_the_loader() -> None:
     documented = {
         key
-        for row in tables_with(section(README, CONFIG_SECTION), "key")
+        for row in tables_with(section(CONFIGURATION_DOC, CONFIG_SECTION), "key")
         for key in ticked(row["key"])
     }
     accepted = set(_SETTINGS) | set(_IDENTITY) | set(_TOP_LEVEL)
@@ -187,7 +187,7 @@ def test_config_example_shows_every_key() -> None:
     assert not missing, f"config.example.yaml does not show: {', '.join(missing)}"
 
 
-# --- command line: README.md against --help ---------------------------------------
+# --- command line: docs/configuration.md against --help ---------------------------------------
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def helps() -> dict[str, list[HelpOption]]:
 
 
 def cli_section() -> str:
-    return section(README, CLI_SECTION)
+    return section(CONFIGURATION_DOC, CLI_SECTION)
 
 
 def test_command_table_matches_help(helps: dict[str, list[HelpOption]]) -> None:
@@ -282,7 +282,9 @@ def test_every_option_the_docs_name_exists(helps: dict[str, list[HelpOption]]) -
         for alias in sorted(aliases)
         if alias.startswith("--") and alias not in section_text
     ]
-    named = {("README.md", flag) for flag in re.findall(r"--[a-z][\w.-]*[a-z]", section_text)}
+    named = {
+        ("configuration.md", flag) for flag in re.findall(r"--[a-z][\w.-]*[a-z]", section_text)
+    }
     for doc in DOCS:
         for span in cli_invocations(doc):
             after = span.split("cec-phone-exporter", 1)[1]
