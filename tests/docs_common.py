@@ -1,6 +1,6 @@
 """Reading the README and docs/*.md: fenced blocks, sections, tables, headings and links.
 
-Used by tests/test_docs.py (the commands run) and
+Used by tests/test_docs.py (the commands run, the links resolve) and
 tests/test_docs_tables.py (the tables match the code), and by tests that hold one
 doc to its subject (test_webconfig.py: security.md lists every web config key;
 test_ops_deploy.py: deployment.md mounts the secret where the image reads it).

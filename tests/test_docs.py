@@ -1,9 +1,13 @@
-"""The README and docs/ are a promise: their commands run.
+"""The README and docs/ are a promise: their commands run and their links lead somewhere.
 
 - Every fenced block whose info string is ``sh test`` (in README.md and every docs/*.md)
   runs, in a fresh copy of the repository with ``.venv`` being this test's
   installation, and must succeed; so does the "Validate with" command in
   ``config.example.yaml``.
+- Every relative link and ``#anchor`` in README.md and docs/*.md resolves: the file
+  exists in the repository, and the anchor is a heading of that file as GitHub
+  names it. The README links every doc, leads with its two commands (the demo, the
+  tests) and stays short.
 
 Their tables (metrics, config keys, command line) are checked against the code by
 tests/test_docs_tables.py. When one of these fails, the message names the missing
@@ -20,9 +24,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from docs_common import DOCS, DOCS_DIR, README, REPO, Block, code_blocks
+from docs_common import DOCS, DOCS_DIR, README, REPO, Block, anchors, code_blocks, links
 
 SHELL_TIMEOUT = 120
+README_MAX_LINES = 300
+# The README's two set-up commands, word for word; CI (.ci/run) runs the second.
+DEMO_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q . && .venv/bin/cec-phone-exporter demo"
+)
+TEST_COMMAND = "bash scripts/test.sh"
 # Left out of the copy a shell block runs in: bulky or machine-specific.
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".ruff_cache", ".pytest_cache"
@@ -142,3 +152,62 @@ def test_docs_run_python_from_the_venv() -> None:
                     f"{doc.relative_to(REPO)}:{number}: `{match[0]}`: use .venv/bin/python"
                 )
     assert not problems, "\n".join(problems)
+
+
+# --- (c) the links resolve, the README stays short -------------------------------------------
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def test_every_relative_link_and_anchor_resolves() -> None:
+    """Links between the docs name a file of the repository and, after '#', one of its headings."""
+    problems = []
+    for doc in DOCS:
+        where = doc.relative_to(REPO)
+        for line, target in links(doc):
+            if _SCHEME.match(target):
+                continue  # http(s), mailto: the web, not this repository
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.is_relative_to(REPO):
+                problems.append(f"{where}:{line}: {target} leads out of the repository")
+            elif not file.exists():
+                problems.append(f"{where}:{line}: {target}: no such file or folder")
+            elif anchor and file.suffix != ".md":
+                problems.append(
+                    f"{where}:{line}: {target}: an anchor into a file that is not Markdown"
+                )
+            elif anchor and anchor not in anchors(file):
+                problems.append(
+                    f"{where}:{line}: {target}: {file.relative_to(REPO)} has no heading #{anchor}"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_the_readme_links_every_doc() -> None:
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve()
+        for _, target in links(README)
+        if not _SCHEME.match(target)
+    }
+    missing = [str(doc.relative_to(REPO)) for doc in DOCS[1:] if doc not in linked]
+    assert not missing, f"README.md links none of: {', '.join(missing)}"
+
+
+def test_the_readme_is_short() -> None:
+    count = len(README.read_text(encoding="utf-8").splitlines())
+    assert count <= README_MAX_LINES, (
+        f"README.md has {count} lines (at most {README_MAX_LINES}): move a topic to docs/"
+    )
+
+
+def test_the_readme_leads_with_its_two_commands() -> None:
+    """One command installs and runs the demo, one installs and runs the tests, as CI does."""
+    plain = [b.body for b in code_blocks(README) if b.info == "sh"]
+    assert plain[:2] == [DEMO_COMMAND, TEST_COMMAND], plain[:2]
+    ci = [
+        line.strip()
+        for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ci[-1] == TEST_COMMAND, f".ci/run ends with {ci[-1]!r}, not the README's test command"
