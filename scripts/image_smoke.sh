@@ -276,7 +276,7 @@ targets:
     app_secret_file: /config/app_secret
 EOF
   printf 'smoke-secret' >"$cfg/app_secret"
-  # What the README asks of mounted files: readable by the image's uid 10001.
+  # What docs/deployment.md asks of mounted files: readable by the image's uid 10001.
   chown -R 10001:10001 "$cfg"
   chmod 0500 "$cfg" && chmod 0400 "$cfg/cec.yml" "$cfg/app_secret"
   start "$sim" --network none --no-healthcheck "$IMAGE" simulate --listen 127.0.0.1:9878 --phones 120 \
@@ -291,7 +291,7 @@ EOF
     fail "serve: no cec_up{target=\"smoke\"} 1"
     show_logs
   fi
-  # The failure the README warns about: a root-owned 0600 secret.
+  # The failure docs/deployment.md warns about: a root-owned 0600 secret.
   chown 0:0 "$cfg/app_secret" && chmod 0600 "$cfg/app_secret"
   rc=0
   out=$(podman run --rm --network none --no-healthcheck -v "$cfg:/config:ro" -e CEC_EXPORTER_CONFIG=/config/cec.yml \

@@ -84,7 +84,7 @@ def _ret_code_cases() -> list[Case]:
 
 def _http_cases() -> list[Case]:
     cases: list[Case] = []
-    # Not retried: the README names exactly 429, 500, 502, 503 and 504 as retried.
+    # Not retried: docs/scaling.md names exactly 429, 500, 502, 503 and 504 as retried.
     for status, page in ((400, 0), (403, 1), (404, 0), (404, 1), (501, 1)):
         cases.append(
             Case(

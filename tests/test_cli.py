@@ -29,7 +29,7 @@ UNUSABLE_LISTEN = "127.0.0.1:1"
 
 
 def expected_envvar(command: str, option: str) -> str:
-    """The rule as the README states it, written out independently of exporter.cli."""
+    """The rule as docs/configuration.md states it, written independently of exporter.cli."""
     if option == "listen" and command in ("serve", "demo"):
         return "CEC_EXPORTER_LISTEN"
     if option in SHARED:

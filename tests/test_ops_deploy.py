@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from docs_common import DEPLOYMENT_DOC
 from ops_common import (
     COMPOSE,
     DOCKERFILE,
@@ -85,8 +86,8 @@ def test_image_defaults_the_secret_path_the_example_config_reads() -> None:
     assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)} \\$", text, re.M)
     example = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
     assert "app_secret_file: ${CEC_APP_SECRET_FILE}" in example
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f'"$PWD/secrets/cec_app_secret:{SECRET_PATH}:ro"' in readme
+    deployment = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    assert f'"$PWD/secrets/cec_app_secret:{SECRET_PATH}:ro"' in deployment
 
 
 # ---------------------------------------------------------------- Dockerfile

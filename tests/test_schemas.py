@@ -253,7 +253,7 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 
 
 def with_release_label(tmp_path: Path, release: str = "monitoring") -> Path:
-    """deploy/kubernetes with the README's one-line change: the release label uncommented."""
+    """deploy/kubernetes with docs/deployment.md's one-line change: the release label."""
     copy_dir = tmp_path / "kubernetes"
     shutil.copytree(K8S, copy_dir)
     text = (copy_dir / "kustomization.yaml").read_text(encoding="utf-8")
@@ -310,7 +310,7 @@ def test_release_label_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("folder", [K8S, K8S / "sharded"], ids=["base", "sharded"])
 def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> None:
-    """The README's step: your registry's name and tag in the one `images:` line."""
+    """docs/deployment.md's step: your registry's name and tag in the one `images:` line."""
     copy_dir = tmp_path / "kubernetes"
     shutil.copytree(K8S, copy_dir)
     target = copy_dir / folder.relative_to(K8S) / "kustomization.yaml"

@@ -3,7 +3,7 @@
 ``tests/exporter_toolkit/`` is upstream's test corpus (see its README for source and
 licence). Every file gets upstream's verdict, except the three that Python's ``ssl``
 cannot serve with upstream's meaning, which are refused with a clear error instead
-(README "Security" lists them).
+(docs/security.md lists them).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
+from docs_common import SECURITY_DOC, section
 
 from exporter.settings import ConfigError
 from exporter.settings.readers import parse_duration
@@ -306,10 +307,9 @@ def test_rate_limit_keys(tmp_path: Path) -> None:
     assert (limited.rate_limit.interval_seconds, limited.rate_limit.burst) == (0.25, 5)
 
 
-def test_readme_lists_every_key_of_the_format() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    security = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in security.splitlines() if line.startswith("| `")]
+def test_security_doc_lists_every_key_of_the_format() -> None:
+    web_config = section(SECURITY_DOC, "The web config file")
+    rows = [line for line in web_config.splitlines() if line.startswith("| `")]
     documented = {key for row in rows for key in re.findall(r"`([a-z_0-9.]+)`", row.split("|")[1])}
     accepted = {
         f"{section}.{key}" if section else key for section, keys in KEYS.items() for key in keys
