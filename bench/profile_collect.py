@@ -25,7 +25,7 @@ import time
 from bench_collect import APP_KEY, APP_SECRET, PAGE_SIZE, free_port, process
 
 from exporter.cec import CecClient
-from exporter.metrics import ApiMetrics
+from exporter.scrape.api_metrics import ApiMetrics
 from exporter.settings import parse_config
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -20,22 +18,24 @@ import click
 from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
-from exporter.cec.target import Secret, TargetConfig
-from exporter.collect import Exporter
-from exporter.debug import debug_report_blocking
+from exporter.http import App, serve
+from exporter.http.app import DEFAULT_TELEMETRY_PATH
+from exporter.http.debug import debug_report_blocking
 from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, parse_listen
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
-from exporter.runtime import raise_open_files_limit
+from exporter.runtime import on_signals, raise_open_files_limit
+from exporter.scrape import Exporter
 from exporter.settings import (
     Config,
     ConfigError,
+    Secret,
+    TargetConfig,
     WebConfigFile,
     load_config,
     load_web_config,
     summary,
 )
 from exporter.simulator import SimConfig, Simulator, parse_faults
-from exporter.web import DEFAULT_TELEMETRY_PATH, App, serve
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -189,16 +189,7 @@ def run_server(
         exporter.close()
         _fail(str(err))
 
-    def stop(_signum: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    def reload(_signum: int, _frame: object) -> None:
-        threading.Thread(target=exporter.reload, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, reload)
+    on_signals(stop=server.shutdown, reload=exporter.reload)
     scheme = "https" if app.web_config.tls else "http"
     urls = [
         f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{telemetry_path}"
@@ -368,11 +359,7 @@ def simulate(
     simulator.set_faults(faults)
     click.echo(f"CEC simulator listening on {simulator.url} ({phones} phones, {mode} mode)")
 
-    def stop(_signum: int, _frame: object) -> None:
-        threading.Thread(target=simulator.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_signals(stop=simulator.stop)
     simulator.serve_forever()
 
 
@@ -411,11 +398,11 @@ def scrape(
             reports = [debug_report_blocking(exporter, n) for n in names]
             click.echo("\n".join(text for text, _ in reports), nl=False)
             sys.exit(0 if all(up for _, up in reports) else 1)
-        registry, collections = exporter.scrape(target)
-        click.echo(generate_latest(registry).decode(), nl=False)
+        scraped = exporter.scrape_from_thread(target)
+        click.echo(generate_latest(scraped.registry).decode(), nl=False)
     finally:
         exporter.close()
-    sys.exit(0 if collections and all(c.up for c in collections) else 1)
+    sys.exit(0 if scraped.collections and all(c.up for c in scraped.collections) else 1)
 
 
 def envvar_rule(command: str, option: str) -> str:

@@ -2,10 +2,52 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import signal
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class LoopThread:
+    """An asyncio event loop in a daemon thread; other threads submit coroutines to it.
+
+    Every collection and every HTTP answer runs on this one loop, so a slow target
+    holds up nothing but its own coroutines.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cec-io", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait for its result (raises TimeoutError past
+        ``timeout``, CancelledError if the loop cancels it)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def on_signals(stop: Callable[[], object], reload: Callable[[], object] | None = None) -> None:
+    """Call ``stop`` on SIGTERM or SIGINT and ``reload`` (if any) on SIGHUP, each in a thread
+    of its own (a signal handler must not block, and both may wait for the loop)."""
+
+    def handler(action: Callable[[], object]) -> Callable[[int, object], None]:
+        return lambda _signum, _frame: threading.Thread(target=action, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler(stop))
+    signal.signal(signal.SIGINT, handler(stop))
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, handler(reload))
 
 
 def raise_open_files_limit() -> int:

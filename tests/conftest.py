@@ -20,10 +20,10 @@ import httpx2
 import pytest
 import yaml
 
-from exporter.collect import Exporter
+from exporter.http import App, serve
+from exporter.scrape import Exporter
 from exporter.settings import WebConfig, WebConfigFile, load_config
 from exporter.simulator import SimConfig, Simulator
-from exporter.web import App, serve
 
 REPO = Path(__file__).resolve().parent.parent
 

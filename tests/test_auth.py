@@ -10,7 +10,7 @@ import base64
 
 import bcrypt
 
-from exporter.auth import BasicAuth, FairQueue, VerdictCache
+from exporter.http.auth import BasicAuth, FairQueue, VerdictCache
 
 COST = 6
 

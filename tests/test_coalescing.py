@@ -21,8 +21,8 @@ from conftest import RunningExporter, sample, samples_named, target_entry
 from conftest import softphone_counts as counts
 from prometheus_client.exposition import generate_latest
 
-from exporter.collect import Collection, TargetCollector
-from exporter.metrics import ApiMetrics
+from exporter.scrape import Collection, TargetCollector
+from exporter.scrape.api_metrics import ApiMetrics
 from exporter.settings import load_config
 from exporter.simulator import Fault, Simulator
 
@@ -121,7 +121,7 @@ def test_a_short_deadline_never_fails_a_longer_one_and_one_collection_serves_bot
 
 def failures(metrics: ApiMetrics) -> dict[str, float]:
     """Non-zero ``cec_collection_failures_total`` by reason."""
-    (family,) = (f for f in metrics.collect() if f.name == "cec_collection_failures")
+    (family,) = (f for f in metrics.families() if f.name == "cec_collection_failures")
     return {s.labels["reason"]: s.value for s in family.samples if s.value}
 
 
@@ -143,11 +143,11 @@ def test_a_scrape_joining_just_after_the_deadline_fired_gets_a_collection_of_its
         loop = asyncio.get_running_loop()
         base, start = loop.time(), time.monotonic()
         joined: list[asyncio.Future[Collection | None]] = []
-        a = asyncio.ensure_future(collector.get(start + 0.3))
+        a = asyncio.ensure_future(collector.collect(start + 0.3))
         loop.call_at(base + 0.2, time.sleep, 0.3)  # the loop is busy from 0.2 s to 0.5 s
         loop.call_at(  # due after A's deadline (0.3 s), run in the same turn of the loop
             base + 0.35,
-            lambda: joined.append(asyncio.ensure_future(collector.get(time.monotonic() + 10))),
+            lambda: joined.append(asyncio.ensure_future(collector.collect(time.monotonic() + 10))),
         )
         first = await a
         await asyncio.sleep(0.4)
@@ -177,8 +177,8 @@ def test_a_loop_that_answers_late_still_gives_cec_up_0_for_every_target(
     assert sample(running.metrics(), "cec_up", target="a") == 1
     running.exporter.loop.call_soon_threadsafe(time.sleep, 3)  # a stuck loop
     started = time.monotonic()
-    registry, _ = running.exporter.scrape(None, 1.0)
-    text = generate_latest(registry).decode()
+    scraped = running.exporter.scrape_from_thread(None, 1.0)
+    text = generate_latest(scraped.registry).decode()
     assert time.monotonic() - started < 2.5
     assert sample(text, "cec_up", target="a") == 0
     assert sample(text, "cec_up", target="b") == 0

@@ -18,7 +18,7 @@ import yaml
 from conftest import RunningExporter, ServeProcess, basic_auth, run_cli, sample, target_entry
 
 from exporter.cec.text import clip
-from exporter.collect import HISTORY
+from exporter.scrape.target import HISTORY
 from exporter.simulator import Fault, Simulator
 
 SCRIPT = "<script>alert(1)</script>"

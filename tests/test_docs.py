@@ -224,9 +224,6 @@ _DOC_REFERENCE = re.compile(
 # Not read for references: tooling, caches, upstream corpora with docs of their own.
 _NOT_SCANNED = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 _UPSTREAM = ("tests/exporter_toolkit", "tests/schemas")
-# exporter/ docstrings still name README sections that moved to docs/ (issue 22): the
-# modules are being moved meanwhile, and their docstrings are updated with them.
-_NOT_YET = ("exporter",)
 
 
 def referring_files() -> list[Path]:
@@ -237,7 +234,7 @@ def referring_files() -> list[Path]:
             not path.is_file()
             or _NOT_SCANNED & set(relative.parts)
             or any(part.endswith(".egg-info") for part in relative.parts)
-            or str(relative).startswith((*_UPSTREAM, *_NOT_YET))
+            or str(relative).startswith(_UPSTREAM)
         ):
             continue
         files.append(path)

@@ -141,11 +141,11 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def assert_one_warning(caplog: pytest.LogCaptureFixture, target: str, cause: str) -> None:
-    """Exactly one warning, from exporter.collect, naming the target and the cause."""
+    """Exactly one warning, from exporter.scrape.target, naming the target and the cause."""
     found = warnings(caplog)
     assert len(found) == 1, [r.getMessage() for r in found]
     record = found[0]
-    assert record.name == "exporter.collect"
+    assert record.name == "exporter.scrape.target"
     assert record.levelno == logging.WARNING
     message = log_line(record)
     assert f" target={target} " in message

@@ -27,7 +27,7 @@ from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import DeadlineExceeded
 from exporter.cec.upstream import Upstream
-from exporter.metrics import ApiMetrics
+from exporter.scrape.api_metrics import ApiMetrics
 from exporter.settings import parse_config
 from exporter.simulator import Fault, Simulator
 

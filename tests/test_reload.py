@@ -19,7 +19,7 @@ import yaml
 from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
 
 from exporter.cec.upstream import Upstream
-from exporter.collect import Exporter
+from exporter.scrape import Exporter
 from exporter.settings import load_config
 from exporter.simulator import Fault, SimConfig, Simulator
 
@@ -345,7 +345,7 @@ def test_closing_the_exporter_while_a_scrape_waits_ends_both_promptly(
     answered = threading.Event()
 
     def scrape() -> None:
-        exporter.collect(["sim"], scrape_timeout=20)
+        exporter.scrape_from_thread("sim", scrape_timeout=20)
         answered.set()
 
     scraper = threading.Thread(target=scrape, daemon=True)

@@ -24,10 +24,10 @@ import trustme
 import yaml
 from conftest import ServeProcess, run_cli, sample, target_entry
 
+from exporter.http.app import MAX_REQUEST_BODY_BYTES
 from exporter.http.listener import HEAD_TIMEOUT_SECONDS as HEADER_READ_TIMEOUT_SECONDS
 from exporter.settings import ConfigError, load_web_config
 from exporter.simulator import Simulator
-from exporter.web import MAX_REQUEST_BODY_BYTES
 
 
 def basic(user: str, password: str) -> dict[str, str]:

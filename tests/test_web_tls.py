@@ -24,8 +24,8 @@ import trustme
 from conftest import RunningExporter, run_cli, sample, target_entry
 from prometheus_client.exposition import generate_latest
 
-from exporter.auth import RateLimiter
 from exporter.http import listener
+from exporter.http.auth import RateLimiter
 from exporter.settings import RateLimit, WebConfigFile, load_web_config
 from exporter.simulator import Simulator
 
@@ -372,10 +372,10 @@ def test_renewed_certificate_and_changed_password_apply_without_restart(
     assert "basic_auth_users.alice" in errors[0].getMessage()
     assert "not-a-hash" not in errors[0].getMessage()
     gauge = "cec_exporter_web_config_last_reload_successful"
-    assert sample(generate_latest(server.exporter.own_metrics()).decode(), gauge) == 0
+    assert sample(generate_latest(server.exporter.registry).decode(), gauge) == 0
     web.write_text(good)
     wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 200)
-    assert sample(generate_latest(server.exporter.own_metrics()).decode(), gauge) == 1
+    assert sample(generate_latest(server.exporter.registry).decode(), gauge) == 1
     # A missing file fails closed too.
     web.unlink()
     wait_for(lambda: get(server, ctx, "/", Authorization=basic("alice", "second")) == 500)

@@ -1,7 +1,7 @@
 """The listener: accepts connections on the exporter's own event loop, for hypercorn to serve.
 
 hypercorn (h11 and h2) parses and answers (``exporter.http._hypercorn`` holds every
-adjustment made to it); it was chosen by measurement (README "Development"). Around it
+adjustment made to it); it was chosen by measurement (docs/development.md, "HTTP server"). Around it
 this module adds what a hostile client needs kept in check: open connections are capped
 and refused past the cap before anything is read or parsed; TLS runs per connection with
 the web config's current context (a renewed certificate applies to the next connection)
@@ -17,9 +17,9 @@ import resource
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -28,6 +28,7 @@ from exporter.settings import WebConfigFile
 from exporter.settings.tls import client_sans
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 HEAD_LIMIT_BYTES = 1 << 20
 """A request head (request line and every header) is at most this long, or 431."""
@@ -234,12 +235,7 @@ class Server:
     """The front door as the CLI and the tests drive it: bound at creation, serving on the
     exporter's loop until ``shutdown``."""
 
-    def __init__(
-        self,
-        door: FrontDoor,
-        run: Callable[[Coroutine[Any, Any, None]], None],
-        addresses: Sequence[tuple[str, int]],
-    ) -> None:
+    def __init__(self, door: FrontDoor, run: _Runner, addresses: Sequence[tuple[str, int]]) -> None:
         self.door = door
         self._run = run
         self.addresses = list(addresses)
@@ -272,6 +268,42 @@ class Server:
         self.shutdown()
 
 
+class _Runner(Protocol):
+    """Runs a coroutine on the exporter's loop from another thread (``LoopThread.run``)."""
+
+    def __call__(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T: ...
+
+
+def open_server(
+    app: ASGIFramework,
+    web: WebConfigFile,
+    listen: str | Sequence[str],
+    max_connections: int,
+    run: _Runner,
+) -> Server:
+    """Listen on every address (HTTPS when the web config has TLS), serving ``app`` on the
+    loop ``run`` reaches from now on; raises OSError or ValueError before serving anything."""
+    addresses = [listen] if isinstance(listen, str) else list(listen)
+    for address in addresses:
+        parse_listen(address)
+    # Fixed for the server's life: the listener speaks HTTPS or it does not.
+    tls = web.current().tls is not None
+    door = FrontDoor(app, web, connection_cap(max_connections), tls=tls)
+
+    async def start() -> list[tuple[str, int]]:
+        quiet_accept_errors(asyncio.get_running_loop())
+        bound: list[tuple[str, int]] = []
+        try:
+            for address in addresses:
+                bound += await door.listen(address)
+        except BaseException:
+            await door.close()
+            raise
+        return bound
+
+    return Server(door, run, run(start()))
+
+
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "HEAD_LIMIT_BYTES",
@@ -279,6 +311,7 @@ __all__ = [
     "FrontDoor",
     "Server",
     "connection_cap",
+    "open_server",
     "parse_listen",
     "quiet_accept_errors",
 ]

@@ -1,5 +1,4 @@
-"""Per-target change counters: ``cec_softphone_status_changes_total`` and
-``cec_softphone_allocation_changes_total`` (SPEC section 6, "Changes").
+"""Per-target change counters: phones whose status moved, phones added or removed.
 
 A ``ChangeTracker`` lives with its target's collector: a reload that changes the
 target, or a restart, starts a new one, whose first success is the baseline. Only
@@ -9,10 +8,8 @@ baseline), once each (cached answers and coalesced scrapes share one observation
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-
-from prometheus_client.core import CounterMetricFamily
 
 from exporter.cec.snapshot import (
     ALLOCATION_CHANGES,
@@ -111,23 +108,3 @@ def _examples(before: _Phones, after: _Phones) -> Iterator[str]:
         shown += 1
         if shown == EXAMPLES:
             return
-
-
-def change_families(reports: Iterable[tuple[str, ChangeReport]]) -> Iterator[CounterMetricFamily]:
-    """The two counter families for (target, report) pairs."""
-    status = CounterMetricFamily(
-        "cec_softphone_status_changes",
-        "Softphones whose status moved between two successful collections.",
-        labels=["target", "tenant_id", "from", "to"],
-    )
-    allocation = CounterMetricFamily(
-        "cec_softphone_allocation_changes",
-        "Softphones added or removed between two successful collections.",
-        labels=["target", "tenant_id", "change"],
-    )
-    for target, report in reports:
-        for (tenant, was, now), n in sorted(report.status_totals.items()):
-            status.add_metric([target, tenant, was, now], n)
-        for (tenant, change), n in sorted(report.allocation_totals.items()):
-            allocation.add_metric([target, tenant, change], n)
-    yield from (f for f in (status, allocation) if f.samples)

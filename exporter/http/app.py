@@ -1,12 +1,11 @@
-"""HTTP endpoints, basic auth and rate limit: an ASGI app served on the exporter's loop.
+"""The HTTP endpoints as an ASGI app, guarded by the web config, on the exporter's loop.
 
 Requests are answered on the event loop the collections run on, so a scrape is a
 coroutine awaiting its collections, not a thread waiting for them. Work that could
 stall the loop runs in threads: encoding (and gzipping) a large exposition, bcrypt
-checks (``exporter.auth``), and config reloads. ``/-/healthy`` and ``/-/ready``
-answer without authentication (they reveal nothing and Kubernetes probes need them);
-every other path needs it when users are set. ``exporter.http.listener`` serves the app;
-``exporter.settings`` reads the web config.
+checks (``http.auth``), and config reloads. ``/-/healthy`` and ``/-/ready`` answer
+without authentication (they reveal nothing and Kubernetes probes need them); every
+other path needs it when users are set. ``http.listener`` serves the app.
 """
 
 from __future__ import annotations
@@ -25,18 +24,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
-from exporter.collect import Exporter, Families
-from exporter.debug import debug_report
-from exporter.http.listener import (
-    DEFAULT_MAX_CONNECTIONS,
-    FrontDoor,
-    Server,
-    connection_cap,
-    parse_listen,
-    quiet_accept_errors,
-)
-from exporter.pages import landing_page, service_discovery
+from exporter.http.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
+from exporter.http.debug import debug_report
+from exporter.http.discovery import service_discovery
+from exporter.http.landing import landing_page
+from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, Server, open_server
+from exporter.scrape import Exporter
+from exporter.scrape.families import Families
 from exporter.settings import WebConfig, WebConfigFile
 
 log = logging.getLogger(__name__)
@@ -50,6 +44,7 @@ _SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[["Request"], Awaitable["Response"]]
 
 
 def gzip_accepted(accept_encoding: str) -> bool:
@@ -158,6 +153,16 @@ class App:
         self._front = self._guard(self.web.current(), None)
         self._reload = reload or exporter.reload
         self.telemetry_path = telemetry_path
+        self._routes: dict[str, tuple[tuple[str, ...], Handler]] = {
+            telemetry_path: (("GET", "HEAD"), self._metrics),
+            "/probe": (("GET", "HEAD"), self._probe),
+            "/": (("GET", "HEAD"), self._landing),
+            "/sd": (("GET", "HEAD"), self._sd),
+            "/-/healthy": (("GET", "HEAD"), self._healthy),
+            "/-/ready": (("GET", "HEAD"), self._ready),
+            "/-/reload": (("POST", "PUT"), self._reload_endpoint),
+        }
+        """path -> (methods allowed, handler): built once."""
         exporter.registry.register(Families(lambda: [web_config_gauge(self.web)]))
 
     @property
@@ -237,16 +242,7 @@ class App:
             return Response(400, b"Bad Content-Length\n")
         if int(length) > MAX_REQUEST_BODY_BYTES:
             return Response(413, b"Request too large\n")
-        routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
-            self.telemetry_path: (("GET", "HEAD"), self._metrics),
-            "/probe": (("GET", "HEAD"), self._probe),
-            "/": (("GET", "HEAD"), self._landing),
-            "/sd": (("GET", "HEAD"), self._sd),
-            "/-/healthy": (("GET", "HEAD"), self._healthy),
-            "/-/ready": (("GET", "HEAD"), self._ready),
-            "/-/reload": (("POST", "PUT"), self._reload_endpoint),
-        }
-        route = routes.get(path)
+        route = self._routes.get(path)
         if route is None:
             return Response(404, b"Not found\n")
         methods, handler = route
@@ -273,15 +269,15 @@ class App:
 
     async def _metrics(self, request: Request) -> Response:
         # node_exporter's collect[] filter: `collect[]=exporter` gives the exporter's own
-        # metrics without collecting any target (sharded replicas, see README).
+        # metrics without collecting any target (sharded replicas: docs/scaling.md).
         wanted = request.query.get("collect[]")
         if wanted is None:
-            registry, _ = await self.exporter.ascrape(None, request.scrape_timeout)
-            return await self._encode(request, registry)
+            scrape = await self.exporter.scrape(None, request.scrape_timeout)
+            return await self._encode(request, scrape.registry)
         if set(wanted) != {"exporter"}:
             message = b"collect[] accepts only exporter (the exporter's own metrics)\n"
             return Response(400, message)
-        return await self._encode(request, self.exporter.own_metrics())
+        return await self._encode(request, self.exporter.registry)
 
     async def _probe(self, request: Request) -> Response:
         names = request.query.get("target", [])
@@ -292,8 +288,8 @@ class App:
         if request.query.get("debug", [""])[-1].lower() in ("true", "1"):
             report, _ = await debug_report(self.exporter, names[0], request.scrape_timeout)
             return Response(200, report.encode())
-        registry, _ = await self.exporter.ascrape(names[0], request.scrape_timeout)
-        return await self._encode(request, registry)
+        scrape = await self.exporter.scrape(names[0], request.scrape_timeout)
+        return await self._encode(request, scrape.registry)
 
     async def _landing(self, request: Request) -> Response:
         page = landing_page(__version__, self.exporter.recent())
@@ -319,28 +315,10 @@ class App:
 def serve(
     app: App, listen: str | Sequence[str], max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> Server:
-    """Listen on every address (HTTPS when the web config has TLS), serving on the
+    """Listen on every address (HTTPS when the web config has TLS), serving ``app`` on the
     exporter's loop from now on; raises OSError or ValueError before serving anything."""
-    addresses = [listen] if isinstance(listen, str) else list(listen)
-    for address in addresses:
-        parse_listen(address)
-    # Fixed for the server's life: the listener speaks HTTPS or it does not.
-    tls = app.web_config.tls is not None
     asgi = cast(ASGIFramework, app)  # hypercorn's scope types are TypedDicts of these dicts
-    door = FrontDoor(asgi, app.web, connection_cap(max_connections), tls=tls)
-
-    async def start() -> list[tuple[str, int]]:
-        quiet_accept_errors(asyncio.get_running_loop())
-        bound: list[tuple[str, int]] = []
-        try:
-            for address in addresses:
-                bound += await door.listen(address)
-        except BaseException:
-            await door.close()
-            raise
-        return bound
-
-    return Server(door, app.exporter.run, app.exporter.run(start()))
+    return open_server(asgi, app.web, listen, max_connections, app.exporter.run)
 
 
 __all__ = ["App", "Request", "Response", "serve"]

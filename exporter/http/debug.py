@@ -12,11 +12,12 @@ from dataclasses import fields
 
 from prometheus_client.exposition import generate_latest
 
-from exporter.cec.target import TargetConfig
+from exporter.cec import CollectionTrace, TargetConfig
 from exporter.cec.text import ERROR_TEXT_CHARS, REDACTED, clip, utc
-from exporter.cec.trace import CollectionTrace, RequestRecord
+from exporter.cec.trace import RequestRecord
 from exporter.cec.upstream import group_rates
-from exporter.collect import Collection, Exporter, collection_budget
+from exporter.scrape import Collection, Exporter
+from exporter.scrape.exporter import LOOP_GRACE_SECONDS
 from exporter.settings import Config
 
 _IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
@@ -102,16 +103,17 @@ async def debug_report(
     target = exporter.config.target(name)
     if target is None:
         raise KeyError(name)
-    budget = collection_budget(scrape_timeout, target.timeout_seconds)
-    registry, collections = await exporter.ascrape(name, scrape_timeout)
-    metrics = generate_latest(registry).decode()
+    scrape = await exporter.scrape(name, scrape_timeout)
+    metrics = generate_latest(scrape.registry).decode()
     lines = [f"Debug probe of target {name!r}"]
     up = False
-    if collections:
-        collection = collections[0]
+    if scrape.collections:
+        collection = scrape.collections[0]
         up = collection.up
+        given = scrape.deadlines[name] - scrape.started
+        header = scrape_timeout or "none"
         lines.append(f"Started: {utc(collection.started_wall)}")
-        lines.append(f"Deadline: {budget:.2f}s (scrape timeout header: {scrape_timeout or 'none'})")
+        lines.append(f"Deadline: {given:.2f}s (scrape timeout header: {header})")
         lines.append(f"Result: {describe_result(collection)}")
         if collection.age > 0:
             lines.append(
@@ -136,5 +138,5 @@ async def debug_report(
 def debug_report_blocking(exporter: Exporter, name: str) -> tuple[str, bool]:
     """``debug_report`` from outside the loop (``scrape --debug``)."""
     target = exporter.config.target(name)
-    timeout = (target.timeout_seconds if target else 0) + 1.0
+    timeout = (target.timeout_seconds if target else 0) + LOOP_GRACE_SECONDS
     return exporter.run(debug_report(exporter, name), timeout)

@@ -123,7 +123,7 @@ class ApiMetrics:
         with self._lock:
             self._token_expiry[target] = expires_at
 
-    def collect(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Metric]:
         """Fresh families with the current values."""
         requests = CounterMetricFamily(
             "cec_api_requests",

@@ -1,23 +1,17 @@
-"""The landing page and the HTTP service-discovery answer.
+"""The landing page, ``/``: per target, its recent collections and its debug probe.
 
-The landing page shows, per target, its recent collections and a link to its debug
-probe, as blackbox_exporter's "Recent Probes" does; every target name and vendor
-message is HTML-escaped. ``/sd`` answers Prometheus's ``http_sd_configs``.
+As blackbox_exporter's "Recent Probes"; every target name and vendor message is
+HTML-escaped.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
-from exporter.cec.upstream import budget_key
-from exporter.collect import CollectionSummary
-from exporter.settings import Config
-
-SD_GROUP_LABEL = "__meta_cec_budget_group"
+from exporter.scrape import CollectionSummary
 
 _STYLE = (
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
@@ -68,17 +62,3 @@ def landing_page(version: str, recent: Mapping[str, Sequence[CollectionSummary]]
             parts.append("<p>No collection yet.</p>")
     parts.append("</body></html>")
     return "".join(parts)
-
-
-def service_discovery(config: Config) -> bytes:
-    """``/sd``: one target group per vendor budget (base_url + app_key), in config order.
-
-    Each group's ``__meta_cec_budget_group`` (the name of its first target, never the
-    app key) lets a sharded setup keep one app's accounts on one replica, so a
-    ``requests_per_second`` budget is not multiplied by the number of replicas.
-    """
-    groups: dict[tuple[str, str], list[str]] = {}
-    for target in config.targets:
-        groups.setdefault(budget_key(target), []).append(target.name)
-    answer = [{"targets": names, "labels": {SD_GROUP_LABEL: names[0]}} for names in groups.values()]
-    return json.dumps(answer, indent=1).encode() + b"\n"
