@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.simulator import SimConfig, Simulator, model
-from exporter.simulator.roster import ACTIONS, Change, Roster
+from exporter.simulator.edits import ACTIONS, Change, PhoneEdits
 
 TOKEN = "/apigovernance/api/oauth/tokenByAkSk"
 QUERY = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
@@ -136,14 +136,14 @@ def test_a_bad_change_is_400_and_changes_nothing(
     response = client.post("/_sim/phones", json=change)
     assert response.status_code == 400
     assert words in response.json()["error"]
-    assert sim.config.roster == Roster()
+    assert sim.config.edits == PhoneEdits()
     assert sim.config.phones == 120
 
 
 def test_the_roster_is_steered_only_through_its_endpoint(
     sim: Simulator, client: httpx2.Client
 ) -> None:
-    response = client.patch("/_sim/config", json={"roster": {}})
+    response = client.patch("/_sim/config", json={"edits": {}})
     assert response.status_code == 400
     assert "/_sim/phones" in response.json()["error"]
     sim.update(mode="legacy")
@@ -152,7 +152,7 @@ def test_the_roster_is_steered_only_through_its_endpoint(
     sim.change_phones("remove", 3)
     assert len(records(client, sim)) == 117 == sim.expected().counts[("", "unknown")]
     assert client.delete("/_sim/phones").json() == {"phones": [], "total": 117}
-    assert sim.config.roster == Roster()
+    assert sim.config.edits == PhoneEdits()
     assert [r["phoneNum"] for r in records(client, sim)][:2] == ["88880000", "88880001"]
 
 
@@ -164,10 +164,10 @@ def test_the_roster_is_steered_only_through_its_endpoint(
 def test_listed_indices_skip_exactly_the_removed_ones(
     removed: set[int], start: int, count: int
 ) -> None:
-    roster = Roster(removed=tuple(sorted(removed)))
+    edits = PhoneEdits(removed=tuple(sorted(removed)))
     listed = [i for i in range(200) if i not in removed]
-    assert list(roster.indices(start, start + count)) == listed[start : start + count]
-    assert roster.index(start) == listed[start]
+    assert list(edits.indices(start, start + count)) == listed[start : start + count]
+    assert edits.index(start) == listed[start]
 
 
 def page(config: SimConfig, offset: int, limit: int) -> list[dict[str, Any]]:

@@ -3,9 +3,9 @@
 import json
 from collections.abc import Callable
 
+from exporter.simulator.edits import Change
 from exporter.simulator.faults import parse_faults
 from exporter.simulator.reply import Reply, json_reply
-from exporter.simulator.roster import Change
 from exporter.simulator.state import SimState
 
 PREFIX = "/_sim/"
@@ -84,7 +84,7 @@ def _post_phones(state: SimState, data: object) -> Reply:
 
 
 def _delete_phones(state: SimState, data: object) -> Reply:
-    state.reset_roster()
+    state.reset_edits()
     return json_reply({"phones": [], "total": state.config.phones})
 
 

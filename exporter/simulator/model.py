@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from exporter.simulator.roster import Change, Phones, Roster
+from exporter.simulator.edits import Change, PhoneEdits, Phones
 
 MODES = ("single", "pool", "legacy")
 FIRST_PHONE_NUMBER = 88880000
@@ -29,7 +29,7 @@ LEGACY_REG_IP = "10.162.98.43"
 LEGACY_REG_PORT = "5060"
 
 Endpoint = tuple[str, str, str, str, str, str]
-NO_EDITS = Roster()
+NO_EDITS = PhoneEdits()
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SimConfig:
     id_period: int = 0
     """0: every phone has its own ``id``; N: ids repeat every N records (a "Configuration ID"
     shared by phones in different ``partdbId`` partitions), phone numbers stay distinct."""
-    roster: Roster = NO_EDITS
+    edits: PhoneEdits = NO_EDITS
     """Phones removed, or with another status, tenant or number (``steer`` edits it)."""
     set_cookie: bool = False
     """Answer every queryPhone with ``Set-Cookie: session=<X-TenantSpaceID or ->``, as a
@@ -151,8 +151,8 @@ def with_changes(config: SimConfig, changes: dict[str, object]) -> SimConfig:
     unknown = sorted(set(changes) - set(_FIELD_TYPES))
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
-    if "roster" in changes:
-        raise ValueError("roster: change the phone list with POST /_sim/phones")
+    if "edits" in changes:
+        raise ValueError("edits: change the phone list with POST /_sim/phones")
     coerced = {name: _coerce(name, value) for name, value in changes.items()}
     new = dataclasses.replace(config, **coerced)  # type: ignore[arg-type]
     validate(new)
@@ -183,32 +183,32 @@ def _number(config: SimConfig, value: int) -> int | str:
 
 
 def base_number(config: SimConfig, i: int) -> str:
-    """The phone number of phone ``i`` as the config alone makes it (no roster)."""
+    """The phone number of phone ``i`` as the config alone makes it (no edits)."""
     return str(FIRST_PHONE_NUMBER + (i // config.tenants if config.shared_numbers else i))
 
 
 def base_phone(config: SimConfig, i: int) -> tuple[str, str, str]:
-    """(phoneNum, tenantId, status) of phone ``i`` as the config alone makes it (no roster)."""
+    """(phoneNum, tenantId, status) of phone ``i`` as the config alone makes it (no edits)."""
     return base_number(config, i), f"tenant-{i % config.tenants}", status_of(config, i)
 
 
 def phone_record(config: SimConfig, i: int) -> dict[str, object]:
-    """The wire record of phone ``i`` in the config's mode, with the roster's edits."""
-    roster = config.roster
+    """The wire record of phone ``i`` in the config's mode, with the config's edits."""
+    edits = config.edits
     record: dict[str, object] = {
-        "phoneNum": roster.number_map.get(i) or base_number(config, i),
+        "phoneNum": edits.number_map.get(i) or base_number(config, i),
         "password": f"{config.password_prefix}{i:06d}",
     }
     if config.mode == "legacy":
         return record
     record["id"] = _number(config, (i % config.id_period if config.id_period else i) + 1)
-    status = roster.status_map.get(i) or status_of(config, i)
+    status = edits.status_map.get(i) or status_of(config, i)
     if status != "unknown":
         record["status"] = _number(config, 0 if status == "registered" else 1)
     elif i % 2:  # half the unknowns carry an out-of-range code, half omit the field
         record["status"] = _number(config, 7)
     record["remark"] = ""
-    record["tenantId"] = roster.tenant_map.get(i) or f"tenant-{i % config.tenants}"
+    record["tenantId"] = edits.tenant_map.get(i) or f"tenant-{i % config.tenants}"
     record["partdbId"] = f"p{i // config.id_period + 1}" if config.id_period else "p1"
     return record
 
@@ -242,11 +242,11 @@ def page_result(
     this page's last one. ``no_total`` leaves ``total`` out (any field may be missing).
     """
     start = max(0, offset + shift)
-    indices = list(config.roster.indices(start, min(start + limit, config.phones)))
+    indices = list(config.edits.indices(start, min(start + limit, config.phones)))
     if short:
         indices = indices[: max(0, len(indices) - short)]
     if duplicate and offset < config.phones:
-        indices.insert(0, config.roster.index(max(offset - limit, 0)))
+        indices.insert(0, config.edits.index(max(offset - limit, 0)))
     total = _number(config, config.phones + total_shift)
     phones = [phone_record(config, i) for i in indices]
     result: dict[str, object] = {} if no_total else {"total": total}
@@ -270,11 +270,11 @@ def page_result(
 def expected(config: SimConfig) -> Expected:
     """Ground truth for ``config``; O(phones) once per distinct config, then cached.
 
-    With a roster, the count over every index up to the last listed phone, less the
+    With edits, the count over every index up to the last listed phone, less the
     removed ones and moved by the edited ones (O(edits)).
     """
-    roster = config.roster
-    span = roster.index(config.phones - 1) + 1 if config.phones else 0
+    edits = config.edits
+    span = edits.index(config.phones - 1) + 1 if config.phones else 0
     _total, counts, endpoints = _expected_cached(
         config.mode,
         span,
@@ -286,8 +286,8 @@ def expected(config: SimConfig) -> Expected:
     )
     tally = dict(counts)
     if config.mode != "legacy":
-        phones = Phones(config.phones, roster, lambda i: base_phone(config, i))
-        edited = {i for i, _ in (*roster.statuses, *roster.tenants) if i < span} - phones.removed
+        phones = Phones(config.phones, edits, lambda i: base_phone(config, i))
+        edited = {i for i, _ in (*edits.statuses, *edits.tenants) if i < span} - phones.removed
         for i in (*(i for i in phones.removed if i < span), *edited):
             _, tenant, status = base_phone(config, i)
             tally[(tenant, status)] -= 1
@@ -301,9 +301,9 @@ def expected(config: SimConfig) -> Expected:
     return Expected(total=config.phones, counts=counts_now, endpoints=list(endpoints))
 
 
-def reset_roster(config: SimConfig) -> SimConfig:
+def reset_edits(config: SimConfig) -> SimConfig:
     """``config`` without phone-list edits (``phones`` unchanged)."""
-    return dataclasses.replace(config, roster=NO_EDITS)
+    return dataclasses.replace(config, edits=NO_EDITS)
 
 
 def steer(config: SimConfig, change: Change) -> tuple[SimConfig, list[dict[str, object]]]:
@@ -312,9 +312,9 @@ def steer(config: SimConfig, change: Change) -> tuple[SimConfig, list[dict[str, 
         raise ValueError(f"{change.action}: legacy records have no status or tenant")
     if change.action == "add" and config.phones + change.count > MAX_PHONES:
         raise ValueError(f"add: at most {MAX_PHONES} phones")
-    phones = Phones(config.phones, config.roster, lambda i: base_phone(config, i))
+    phones = Phones(config.phones, config.edits, lambda i: base_phone(config, i))
     touched = phones.apply(change)
-    return dataclasses.replace(config, phones=phones.phones, roster=phones.roster()), touched
+    return dataclasses.replace(config, phones=phones.phones, edits=phones.edits()), touched
 
 
 @lru_cache(maxsize=16)
@@ -373,7 +373,7 @@ __all__ = [
     "expected",
     "page_result",
     "phone_record",
-    "reset_roster",
+    "reset_edits",
     "status_of",
     "steer",
     "validate",

@@ -4,10 +4,10 @@ import ssl
 import threading
 from types import TracebackType
 
+from exporter.simulator.edits import Change
 from exporter.simulator.faults import Fault
 from exporter.simulator.handler import SimHTTPServer
 from exporter.simulator.model import Expected, SimConfig
-from exporter.simulator.roster import Change
 from exporter.simulator.state import SimState
 
 

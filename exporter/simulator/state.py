@@ -3,17 +3,17 @@
 import random
 import threading
 
+from exporter.simulator.edits import Change
 from exporter.simulator.faults import FaultBook
 from exporter.simulator.model import (
     Expected,
     SimConfig,
     expected,
-    reset_roster,
+    reset_edits,
     steer,
     validate,
     with_changes,
 )
-from exporter.simulator.roster import Change
 from exporter.simulator.stats import Stats
 from exporter.simulator.tokens import TokenStore
 
@@ -48,10 +48,10 @@ class SimState:
             self._config, touched = steer(self._config, change)
             return touched
 
-    def reset_roster(self) -> None:
+    def reset_edits(self) -> None:
         """Undo every phone-list edit: the config's ``phones`` are listed as generated."""
         with self._lock:
-            self._config = reset_roster(self._config)
+            self._config = reset_edits(self._config)
 
     def expected(self) -> Expected:
         """Ground truth for the current config."""

@@ -1,7 +1,7 @@
 """Edits to the simulated phone list: phones suspended, re-registered, removed, added, moved.
 
 Phones stay a pure function of the config: record ``i`` is generated as before, and a
-``Roster`` (part of the config) says which indices are gone and which carry another
+``PhoneEdits`` (part of the config) says which indices are gone and which carry another
 status, tenant or number. Edits are few (a test's or a dry run's worth), so they are
 plain sorted tuples; the listed phones are the first ``phones`` indices not removed.
 """
@@ -19,7 +19,7 @@ _Pairs = tuple[tuple[int, str], ...]
 
 
 @dataclass(frozen=True)
-class Roster:
+class PhoneEdits:
     """Which phone indices are removed, and which have another status, tenant or number."""
 
     removed: tuple[int, ...] = ()
@@ -113,16 +113,16 @@ Base = Callable[[int], tuple[str, str, str]]
 
 
 class Phones:
-    """The listed phones of one config, with its roster's edits; applies a ``Change``."""
+    """The listed phones of one config, with its edits; applies a ``Change``."""
 
-    def __init__(self, phones: int, roster: Roster, base: Base) -> None:
+    def __init__(self, phones: int, edits: PhoneEdits, base: Base) -> None:
         self.phones = phones
-        self._roster = roster
+        self._made = edits
         self._base = base
-        self.removed = set(roster.removed)
-        self.statuses = dict(roster.status_map)
-        self.tenants = dict(roster.tenant_map)
-        self.numbers = dict(roster.number_map)
+        self.removed = set(edits.removed)
+        self.statuses = dict(edits.status_map)
+        self.tenants = dict(edits.tenant_map)
+        self.numbers = dict(edits.number_map)
 
     def state(self, i: int) -> dict[str, str]:
         """Phone ``i`` as the API lists it: phone_num, tenant_id, status."""
@@ -136,7 +136,7 @@ class Phones:
     def pick(self, count: int, tenant: str | None, status: str | None) -> list[int]:
         """The first ``count`` listed phones of ``tenant`` (any) with ``status`` (any)."""
         picked: list[int] = []
-        for i in self._roster.indices(0, self.phones):
+        for i in self._made.indices(0, self.phones):
             state = self.state(i)
             if tenant in (None, state["tenant_id"]) and status in (None, state["status"]):
                 picked.append(i)
@@ -149,7 +149,7 @@ class Phones:
         """Make ``change``; returns each phone touched, ``before`` and ``after`` (None: absent)."""
         if change.action == "add":
             first, self.phones = self.phones, self.phones + change.count
-            added = list(self._roster.indices(first, self.phones))
+            added = list(self._made.indices(first, self.phones))
             for i in added:
                 if change.tenant is not None:
                     self.tenants[i] = change.tenant
@@ -164,16 +164,16 @@ class Phones:
             self.removed.update(gone)
             self.phones -= len(gone)
             return touched
-        edits = self._edits(change)
-        before = [self.state(i) for i, _ in edits]
-        for i, value in edits:
+        steered = self._steered(change)
+        before = [self.state(i) for i, _ in steered]
+        for i, value in steered:
             (self.tenants if change.action == "move" else self.statuses)[i] = value
         return [
             {"before": was, "after": self.state(i)}
-            for was, (i, _) in zip(before, edits, strict=True)
+            for was, (i, _) in zip(before, steered, strict=True)
         ]
 
-    def _edits(self, change: Change) -> list[tuple[int, str]]:
+    def _steered(self, change: Change) -> list[tuple[int, str]]:
         """(index, new status or tenant) of a suspend, register, flap or move."""
         count, tenant = change.count, change.tenant
         if change.action == "move":
@@ -182,9 +182,9 @@ class Phones:
         up = [] if change.action == "suspend" else self.pick(count, tenant, "suspended")
         return [(i, "suspended") for i in down] + [(i, "registered") for i in up]
 
-    def roster(self) -> Roster:
-        """The edits made so far, as a config's roster."""
-        return Roster(
+    def edits(self) -> PhoneEdits:
+        """The edits made so far, as a config holds them."""
+        return PhoneEdits(
             tuple(sorted(self.removed)),
             _pairs(self.statuses),
             _pairs(self.tenants),
@@ -192,4 +192,4 @@ class Phones:
         )
 
 
-__all__ = ["ACTIONS", "Base", "Change", "Phones", "Roster"]
+__all__ = ["ACTIONS", "Base", "Change", "PhoneEdits", "Phones"]
