@@ -161,30 +161,21 @@ class CecClient:
         token = self._report(await self.tokens.get(fetch, self.target.name))
         run.trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
         payload = self._query_payload(offset)
-        try:
+
+        async def send(token: Token) -> Page:
+            headers = self._query_headers(token)
             return await self.transport.post(
-                run,
-                tries.count,
-                QUERY_API,
-                QUERY_PATH,
-                self._query_headers(token),
-                payload,
-                self._check_ret_code,
+                run, tries.count, QUERY_API, QUERY_PATH, headers, payload, self._check_ret_code
             )
+
+        try:
+            return await send(token)
         except HttpStatusError as err:
             if err.status_code != 401:
                 raise
         token = self._report(await self.tokens.renew(token, fetch))
         tries.count += 1  # the same page sent again: its next try
-        return await self.transport.post(
-            run,
-            tries.count,
-            QUERY_API,
-            QUERY_PATH,
-            self._query_headers(token),
-            payload,
-            self._check_ret_code,
-        )
+        return await send(token)
 
     async def query_page(self, run: CollectionRun, offset: int) -> Page:
         """One page, with 429/5xx and network failures retried with backoff.
