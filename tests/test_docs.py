@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunningExporter, run_cli, target_entry
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO, RunningExporter, run_cli, target_entry
 
 from exporter.build import REVISION_ENVVAR
 from exporter.config import _IDENTITY, _SETTINGS, _TOP_LEVEL

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import ServeProcess, run_cli, sample, target_entry
+from support import run_cli, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter import logs
 from exporter.cec.parse import VENDOR_TEXT_MAX_CHARS

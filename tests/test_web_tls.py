@@ -7,7 +7,6 @@ verifying the server's name). Servers run in process on loopback.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import shutil
@@ -21,8 +20,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
-from conftest import RunningExporter, run_cli, sample, target_entry
 from prometheus_client.exposition import generate_latest
+from support import RunningExporter, basic_auth, run_cli, sample, target_entry
 
 from exporter import front
 from exporter.auth import RateLimiter
@@ -254,7 +253,7 @@ def test_one_tls_handshake_serves_many_requests(
 
 
 def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return basic_auth(user, password)["Authorization"]
 
 
 def test_unknown_user_costs_what_a_wrong_password_costs(serve_web: Serve, tmp_path: Path) -> None:
