@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx2
 import psutil
 import yaml
-from support import EXPORTER, free_port, wait_http
+from support import APP_KEY, APP_SECRET, EXPORTER, free_port, wait_http
 
 T = TypeVar("T")
 _LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/")
@@ -184,6 +184,13 @@ def serve_config(config: dict[str, Any], workdir: Path, *args: str, **kwargs: An
     path = workdir / f"config-{time.monotonic_ns()}.yml"
     path.write_text(yaml.safe_dump(config))
     return ServeProcess.on_free_port("serve", "--config", str(path), *args, **kwargs)
+
+
+def simulate(phones: int, latency_ms: float, *args: str) -> ServeProcess:
+    """``cec-phone-exporter simulate`` of the bench app on a free port, quiet (not started)."""
+    flags = ("--phones", str(phones), "--latency-ms", str(latency_ms), "--log-level", "error")
+    app = ("--app-key", APP_KEY, "--app-secret", APP_SECRET)
+    return ServeProcess.on_free_port("simulate", *flags, *app, *args, ready="/_sim/state")
 
 
 class Peaks:
