@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx2
 import psutil
 import yaml
-from support import APP_KEY, APP_SECRET, EXPORTER, free_port, wait_http
+from support import APP_KEY, APP_SECRET, EXPORTER, free_port, port_of, wait_http
 
 T = TypeVar("T")
 _LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/")
@@ -66,7 +66,7 @@ class ServeProcess:
         self._reader.start()
 
     @classmethod
-    def on_free_port(cls, command: str, *args: str, **kwargs: Any) -> ServeProcess:
+    def on_free_port(cls, command: str, *args: str, **kwargs: Any) -> Self:
         """``COMMAND --listen 127.0.0.1:PORT ARGS``: its URL is known before it starts, so it
         need not log its listening line (``--log-level error``)."""
         port = free_port()
@@ -89,7 +89,7 @@ class ServeProcess:
 
     @property
     def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
+        return port_of(self.url)
 
     def _wait(self, found: Callable[[], T | None], failure: str, timeout: float) -> T:
         """``found()`` once it is not None; AssertionError after ``timeout`` or once it exited."""
@@ -126,7 +126,7 @@ class ServeProcess:
         failure = f"fewer than {n} lines match {pattern!r}"
         self._wait(lambda: True if self.count(pattern) >= n else None, failure, timeout)
 
-    def start(self, client: httpx2.Client | None = None, timeout: float = 20) -> ServeProcess:
+    def start(self, client: httpx2.Client | None = None, timeout: float = 20) -> Self:
         """Wait for the listening line (unless the URL is known), then for ``ready`` to answer."""
         if not self.url:
             match = self.wait_for_line(_LISTENING, timeout)
@@ -152,7 +152,7 @@ class ServeProcess:
         self._reader.join(timeout=5)
         return self.output
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:
