@@ -43,6 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_of(url: str) -> int:
+    """The port of a ``scheme://host:port`` URL: for raw sockets to a server under test."""
+    return int(url.rsplit(":", 1)[1])
+
+
 def wait_http(
     url: str,
     client: httpx2.Client | None = None,
@@ -125,6 +130,10 @@ class RunningExporter:
     exporter: Exporter
     url: str
     client: httpx2.Client
+
+    @property
+    def port(self) -> int:
+        return port_of(self.url)
 
     def get(self, path: str, **kwargs: Any) -> httpx2.Response:
         return self.client.get(self.url + path, **kwargs)

@@ -386,7 +386,7 @@ def test_a_client_that_reads_nothing_is_dropped(
     sim = simulator(phones=50_000)
     config = write_config(targets=[target_entry(sim, "big", per_phone_metrics=True)])
     server = exporter_server(config)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     with socket.socket() as conn:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         conn.settimeout(30)

@@ -348,7 +348,7 @@ def test_hostile_and_mistaken_requests(
     sim = simulator(phones=10)
     config = write_config(targets=[target_entry(sim, "sim")])
     server = serve_process("--config", str(config), "--log-level", "debug").start()
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
 
     # A client that connects and sends nothing: the rest below is served meanwhile.
     idle = socket.create_connection(("127.0.0.1", port))
