@@ -15,7 +15,8 @@ every account:
 
 Usage::
 
-    python bench/bench_accounts.py [--accounts 200 --phones 500 --latency-ms 20 --rate 100]
+    .venv/bin/python bench/bench_accounts.py [--accounts 200 --phones 500 --latency-ms 20 \\
+        --rate 100]
 """
 
 from __future__ import annotations

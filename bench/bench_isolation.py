@@ -12,7 +12,7 @@ Runs simulators in this process and one ``cec-phone-exporter serve`` process per
 
 Usage::
 
-    python bench/bench_isolation.py [--scrapes 5 --ret-msg-bytes 16000000 --phones 50000]
+    .venv/bin/python bench/bench_isolation.py [--scrapes 5 --ret-msg-bytes 16000000 --phones 50000]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ the thresholds, a scrape answered after its deadline, or a secret leaked.
 
 Usage::
 
-    python bench/soak.py [--scrapes 3000] [--phones 1000]
+    .venv/bin/python bench/soak.py [--scrapes 3000] [--phones 1000]
 """
 
 from __future__ import annotations
