@@ -73,7 +73,7 @@ class Exporter(ServeProcess):
         return cls.on_free_port("serve", *flags, program=(*limit, program)).start(timeout=30)
 
     def rss_mib(self) -> float:
-        return self.ps.memory_info().rss / MIB
+        return float(self.ps.memory_info().rss) / MIB
 
     def loud_lines(self) -> int:
         return self.count(r"level=(error|warning)|Traceback")
