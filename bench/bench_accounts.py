@@ -1,7 +1,7 @@
 """Benchmark many accounts on one exporter: 200 CEC accounts of 500 phones on one endpoint.
 
 Runs the simulator and one ``cec-phone-exporter serve`` in their own processes on
-loopback (the helpers are bench_collect.py's) and measures, for ``/metrics`` over
+loopback (the helpers are tests/support.py's) and measures, for ``/metrics`` over
 every account:
 
 * scrape wall time (cold: tokens and connections; warm: median of ``--runs``);
@@ -15,54 +15,26 @@ every account:
 
 Usage::
 
-    python bench/bench_accounts.py [--accounts 200 --phones 500 --latency-ms 20 --rate 100]
+    .venv/bin/python bench/bench_accounts.py [--accounts 200 --phones 500 --latency-ms 20 \\
+        --rate 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _path  # noqa: F401  (tests/ on sys.path)
 import httpx2
-import psutil
-import yaml
-from bench_collect import APP_KEY, APP_SECRET, Sim, cpu_seconds, free_port, process, value
+from support import APP_KEY, APP_SECRET, MIB, samples_named, scrape, value
+from support_procs import Peaks, SimControl, load, machine, serve_config, simulate
 
 SCRAPE_TIMEOUT = 120.0
-
-
-class FdSampler:
-    """Samples a process's open file descriptors in a thread; keeps the peak."""
-
-    def __init__(self, proc: psutil.Process) -> None:
-        self.proc = proc
-        self.peak = proc.num_fds()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            try:
-                self.peak = max(self.peak, self.proc.num_fds())
-            except psutil.Error:
-                return
-
-    def __enter__(self) -> FdSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def accounts_config(sim_url: str, accounts: int, phones: int, **defaults: Any) -> dict[str, Any]:
@@ -80,39 +52,16 @@ def accounts_config(sim_url: str, accounts: int, phones: int, **defaults: Any) -
     }
 
 
-@contextmanager
-def serve(config: dict[str, Any], workdir: Path) -> Iterator[tuple[psutil.Process, str]]:
-    path = workdir / f"config-{time.monotonic_ns()}.yml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--log-level", "error"]
-    with process(args, url + "/-/healthy") as proc:
-        yield psutil.Process(proc.pid), url
-
-
-def scrape(http: httpx2.Client, url: str, accounts: int) -> float:
+def scrape_all(http: httpx2.Client, url: str, accounts: int) -> float:
     """Seconds for one ``GET /metrics``; fails unless every account is up."""
-    started = time.perf_counter()
-    response = http.get(
-        url + "/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": str(SCRAPE_TIMEOUT)}
-    )
-    seconds = time.perf_counter() - started
-    response.raise_for_status()
-    up = response.text.count("\ncec_up{") + response.text.startswith("cec_up{")
-    down = [
-        line
-        for line in response.text.splitlines()
-        if line.startswith("cec_up{") and line.endswith(" 0.0")
-    ]
-    if up != accounts or down:
-        raise SystemExit(f"{len(down)} of {up} accounts down (want {accounts} up): {down[:3]}")
+    seconds, text = scrape(http, url + "/metrics", SCRAPE_TIMEOUT)
+    ups = samples_named(text, "cec_up")
+    down = [labels["target"] for labels, up in ups if up != 1.0]
+    if len(ups) != accounts or down:
+        raise SystemExit(
+            f"{len(down)} of {len(ups)} accounts down (want {accounts} up): {down[:3]}"
+        )
     return seconds
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def main() -> None:
@@ -131,24 +80,16 @@ def main() -> None:
     args = parser.parse_args()
 
     pages = -(-args.phones // 100)
-    print(
-        f"{platform.node()} {platform.processor() or platform.machine()}, "
-        f"{psutil.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"load average before: {load()}"
-    )
-    sim_port = free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    sim_args = [
-        "simulate", "--listen", f"127.0.0.1:{sim_port}", "--phones", str(args.phones),
-        "--latency-ms", str(args.latency_ms), "--app-key", APP_KEY, "--app-secret", APP_SECRET,
-    ]  # fmt: skip
+    print(machine())
+    print(f"load average before: {load()}")
     rows: list[tuple[str, str]] = []
     with (
-        process(sim_args, sim_url + "/_sim/state"),
+        simulate(args.phones, args.latency_ms) as sim_process,
         tempfile.TemporaryDirectory() as tmp,
         httpx2.Client(timeout=SCRAPE_TIMEOUT + 10) as http,
     ):
-        sim = Sim(sim_url)
+        sim_url = sim_process.url
+        sim = SimControl(sim_url)
         workdir = Path(tmp)
         # Phase 1: every account, no rate limit.
         config = accounts_config(
@@ -158,15 +99,16 @@ def main() -> None:
             max_concurrency=args.concurrency,
         )
         config["max_inflight_requests"] = args.inflight
-        with serve(config, workdir) as (proc, url):
-            fds_idle = proc.num_fds()
+        with serve_config(config, workdir, "--log-level", "error") as exporter:
+            url = exporter.url
+            fds_idle = exporter.ps.num_fds()
             sim.reset_stats()
-            with FdSampler(proc) as fds:
-                cold = scrape(http, url, args.accounts)
+            with Peaks(exporter.ps, every=0.005) as peaks:
+                cold = scrape_all(http, url, args.accounts)
                 cold_stats = sim.stats()
-                cpu_before = cpu_seconds(proc)
-                warm = [scrape(http, url, args.accounts) for _ in range(args.runs)]
-                cpu = (cpu_seconds(proc) - cpu_before) / args.runs
+                cpu_before = exporter.cpu_seconds()
+                warm = [scrape_all(http, url, args.accounts) for _ in range(args.runs)]
+                cpu = (exporter.cpu_seconds() - cpu_before) / args.runs
             stats = sim.stats()
             own = http.get(url + "/metrics?collect[]=exporter").text
         requests = args.accounts * pages
@@ -182,7 +124,7 @@ def main() -> None:
             ("scrape wall, cold (tokens, connections)", f"{cold * 1000:.0f} ms"),
             ("scrape wall, warm", f"{warm_ms:.0f} ms  median of {args.runs}"),
             ("exporter CPU per warm scrape", f"{cpu * 1000:.0f} ms  ({per_page_us:.0f} us/page)"),
-            ("exporter open fds, idle / peak", f"{fds_idle} / {fds.peak}"),
+            ("exporter open fds, idle / peak", f"{fds_idle} / {peaks.fds}"),
             ("upstream queryPhone in flight, peak", f"{stats['in_flight_max']}"),
             ("upstream connections open at once, peak", f"{stats['connections_open_max']}"),
             ("upstream connections opened, all scrapes", f"{stats['connections']}"),
@@ -193,10 +135,10 @@ def main() -> None:
         config = accounts_config(
             sim_url, args.rate_accounts, args.phones, requests_per_second=args.rate
         )
-        with serve(config, workdir) as (proc, url):
-            scrape(http, url, args.rate_accounts)  # tokens and connections
+        with serve_config(config, workdir, "--log-level", "error") as exporter:
+            scrape_all(http, exporter.url, args.rate_accounts)  # tokens and connections
             sim.reset_stats()
-            seconds = scrape(http, url, args.rate_accounts)
+            seconds = scrape_all(http, exporter.url, args.rate_accounts)
             stats = sim.stats()
         sent = int(stats["query_requests"]) + int(stats["token_requests"])
         rows += [
@@ -214,8 +156,7 @@ def main() -> None:
 
 def probe(http: httpx2.Client, url: str, target: str, timeout: float) -> tuple[bool, float]:
     """``/probe`` one target: (up, its cec_collection_duration_seconds)."""
-    headers = {"X-Prometheus-Scrape-Timeout-Seconds": str(timeout)}
-    text = http.get(f"{url}/probe?target={target}", headers=headers).text
+    _, text = scrape(http, f"{url}/probe?target={target}", timeout)
     up = value(text, "cec_up") == 1.0
     return up, value(text, "cec_collection_duration_seconds") or 0.0
 
@@ -237,7 +178,8 @@ def fair_budget(
         ],
     }
     small_pages = -(-phones // 100)
-    with serve(config, workdir) as (_, url):
+    with serve_config(config, workdir, "--log-level", "error") as exporter:
+        url = exporter.url
         probe(http, url, "small", 30)  # token and connections
         alone = [probe(http, url, "small", 30) for _ in range(3)]
         busy_result: list[tuple[bool, float]] = []
@@ -266,7 +208,7 @@ def fair_budget(
 
 def proc_rss_mib(own_metrics: str) -> float:
     rss = value(own_metrics, "process_resident_memory_bytes")
-    return (rss or 0.0) / (1024 * 1024)
+    return (rss or 0.0) / MIB
 
 
 if __name__ == "__main__":

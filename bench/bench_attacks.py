@@ -22,14 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
-import platform
 import re
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,10 +36,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import _path  # noqa: F401  (tests/ on sys.path)
 import bcrypt
 import httpx2
-import psutil
 import yaml
+from support import MIB, basic_auth, target_entry
+from support_procs import Peaks, ServeProcess, load, machine
 
 from exporter.simulator import SimConfig, Simulator
 
@@ -51,11 +49,6 @@ USER, PASSWORD = "prometheus", "scrape-password"
 LATE_USERS, LATE_PASSWORD = [f"grafana-{i}" for i in range(5)], "first-login"
 COST = 10
 SOFT, HARD = 1024, 20000
-
-
-def auth(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
 
 
 @dataclass
@@ -68,56 +61,22 @@ class Result:
     note: str = ""
 
 
-class Exporter:
+class Exporter(ServeProcess):
     """The exporter under attack, in a child process with systemd's default limits."""
 
-    def __init__(self, program: list[str], config: Path, web: Path) -> None:
-        port = free_port()
+    @classmethod
+    def launch(cls, program: str, config: Path, web: Path) -> Exporter:
+        """``program serve`` on a free port under ``prlimit``, started."""
         prlimit = shutil.which("prlimit")
         limit = [prlimit, f"--nofile={SOFT}:{HARD}"] if prlimit else []
-        command = [*limit, *program, "serve", "--config", str(config)]
-        command += ["--web-config", str(web), "--listen", f"127.0.0.1:{port}"]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not any("listening on" in line for line in self.lines):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("exporter did not start:\n" + "\n".join(self.lines))
-            time.sleep(0.1)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
+        flags = ("--config", str(config), "--web-config", str(web))
+        return cls.on_free_port("serve", *flags, program=(*limit, program)).start(timeout=30)
 
     def rss_mib(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+        return float(self.ps.memory_info().rss) / MIB
 
     def loud_lines(self) -> int:
-        return sum(1 for line in self.lines if re.search(r"level=(error|warning)|Traceback", line))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return self.count(r"level=(error|warning)|Traceback")
 
 
 def scrape(exporter: Exporter, path: str = "/metrics", timeout: float = 15) -> str:
@@ -126,7 +85,7 @@ def scrape(exporter: Exporter, path: str = "/metrics", timeout: float = 15) -> s
     try:
         response = httpx2.get(
             exporter.url + path,
-            headers={**auth(USER, PASSWORD), "X-Prometheus-Scrape-Timeout-Seconds": "10"},
+            headers={**basic_auth(USER, PASSWORD), "X-Prometheus-Scrape-Timeout-Seconds": "10"},
             timeout=timeout,
         )
         status = str(response.status_code)
@@ -139,31 +98,17 @@ def scrape(exporter: Exporter, path: str = "/metrics", timeout: float = 15) -> s
 def measured(exporter: Exporter, attack: str, results: list[Result]) -> Iterator[list[str]]:
     """Measure the exporter while the body attacks: peak threads and RSS (sampled every
     0.1 s), CPU share; the body appends its scrape line, then an optional note."""
-    rss, cpu, wall = exporter.rss_mib(), exporter.cpu(), time.monotonic()
-    peak = {"threads": exporter.ps.num_threads(), "rss": rss}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.1):
-            with suppress(psutil.Error):
-                peak["threads"] = max(peak["threads"], exporter.ps.num_threads())
-                peak["rss"] = max(peak["rss"], exporter.rss_mib())
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    rss, cpu, wall = exporter.rss_mib(), exporter.cpu_seconds(), time.monotonic()
     box: list[str] = []
-    try:
+    with Peaks(exporter.ps) as peaks:
         yield box
-    finally:
-        stop.set()
-        sampler.join()
     results.append(
         Result(
             attack,
             box[0] if box else "-",
-            int(peak["threads"]),
-            peak["rss"] - rss,
-            (exporter.cpu() - cpu) / (time.monotonic() - wall),
+            peaks.threads,
+            peaks.rss / MIB - rss,
+            (exporter.cpu_seconds() - cpu) / (time.monotonic() - wall),
             box[1] if len(box) > 1 else "",
         )
     )
@@ -255,7 +200,9 @@ def guesses(exporter: Exporter, results: list[Result], clients: int = 32) -> Non
             while not stop.is_set():
                 k += 1
                 with suppress(httpx2.HTTPError):
-                    client.get(exporter.url + "/metrics", headers=auth(USER, f"wrong-{i}-{k}"))
+                    client.get(
+                        exporter.url + "/metrics", headers=basic_auth(USER, f"wrong-{i}-{k}")
+                    )
 
     with measured(exporter, f"guesses: {clients} clients, wrong passwords", results) as box:
         threads = [threading.Thread(target=guess, args=(i,)) for i in range(clients)]
@@ -267,7 +214,7 @@ def guesses(exporter: Exporter, results: list[Result], clients: int = 32) -> Non
             started = time.monotonic()
             try:
                 response = httpx2.get(
-                    exporter.url + "/-/ready", headers=auth(user, LATE_PASSWORD), timeout=30
+                    exporter.url + "/-/ready", headers=basic_auth(user, LATE_PASSWORD), timeout=30
                 )
                 status = str(response.status_code)
             except httpx2.HTTPError as err:
@@ -323,7 +270,7 @@ def large(exporter: Exporter, results: list[Result]) -> None:
     def probe_latencies(stop: threading.Event, out: list[float]) -> None:
         while not stop.is_set():
             started = time.monotonic()
-            httpx2.get(exporter.url + "/probe?target=small", headers=auth(USER, PASSWORD))
+            httpx2.get(exporter.url + "/probe?target=small", headers=basic_auth(USER, PASSWORD))
             out.append(time.monotonic() - started)
 
     scrape(exporter, timeout=60)  # the big collection, cached from now on
@@ -343,13 +290,11 @@ def large(exporter: Exporter, results: list[Result]) -> None:
 
 
 def setup(where: Path, sim: Simulator, big: Simulator) -> tuple[Path, Path]:
+    big_settings = {"cache_ttl_seconds": 3600, "max_pages": 1000, "timeout_seconds": 60}
     targets = [
-        {"name": "small", "base_url": sim.url, "app_key": sim.config.app_key,
-         "app_secret": sim.config.app_secret},
-        {"name": "big", "base_url": big.url, "app_key": big.config.app_key,
-         "app_secret": big.config.app_secret, "per_phone_metrics": True,
-         "cache_ttl_seconds": 3600, "max_pages": 1000, "timeout_seconds": 60},
-    ]  # fmt: skip
+        target_entry(sim, "small"),
+        target_entry(big, "big", per_phone_metrics=True, **big_settings),
+    ]
     config = where / "config.yml"
     config.write_text(yaml.safe_dump({"targets": targets}))
     users = {
@@ -385,10 +330,10 @@ def main() -> None:
     sim = Simulator(SimConfig(phones=300)).start()
     big = Simulator(SimConfig(phones=50_000, tenants=20)).start()
     results: list[Result] = []
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load()
     with tempfile.TemporaryDirectory() as where:
         config, web = setup(Path(where), sim, big)
-        exporter = Exporter([args.exporter], config, web)
+        exporter = Exporter.launch(args.exporter, config, web)
         try:
             scrape(exporter)  # warm-up: token, connections, the first login cached
             with measured(exporter, "idle (baseline)", results) as box:
@@ -404,7 +349,7 @@ def main() -> None:
             sim.stop()
             big.stop()
     print(f"exporter: {args.exporter}; limits soft {SOFT} / hard {HARD}; bcrypt cost {COST}")
-    print(f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}; load {load}")
+    print(f"machine: {machine()}; load average {load_before} -> {load()}")
     head = f"{'attack':44} {'credentialed scrape':22} {'threads':>7} {'RSS +MiB':>9} {'CPU':>5}"
     print(f"{head}  note")
     for r in results:

@@ -22,11 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,124 +31,45 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import _path  # noqa: F401  (tests/ on sys.path)
 import httpx2
 import psutil
-import yaml
+from support import APP_KEY, APP_SECRET, MIB, PAGE_SIZE, scrape, total, value
+from support_procs import (
+    ServeProcess,
+    SimControl,
+    cpu_seconds,
+    load,
+    machine,
+    serve_config,
+    simulate,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-APP_KEY, APP_SECRET = "bench-app-key", "bench-app-secret"
 TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
 QUERY_PATH = "/apiaccess/CC-Management/v2/mobileAgent/queryPhone"
-PAGE_SIZE = 100
-MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            httpx2.get(url, timeout=1.0)
-            return
-        except httpx2.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def process(args: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m exporter ARGS`` until the block ends; wait until ``ready_url`` answers."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(ready_url)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Sim:
-    """The simulator process, steered through its control endpoints."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx2.Client(base_url=url, timeout=10)
-
-    def configure(self, **changes: Any) -> None:
-        self.http.patch("/_sim/config", json=changes).raise_for_status()
-
-    def steer(self, action: str, count: int) -> None:
-        """Change the phone list (``POST /_sim/phones``)."""
-        self.http.post("/_sim/phones", json={"action": action, "count": count}).raise_for_status()
-
-    def churn(self, phones: int) -> int:
-        """Flap, remove and add ``phones`` each; returns the changes the exporter must count."""
-        for action in ("remove", "add", "flap"):  # flap last: none it touches is removed
-            self.steer(action, phones)
-        return 4 * phones  # flap: 2 status changes a phone; remove and add: 1 each
-
-    def reset_phones(self) -> None:
-        self.http.delete("/_sim/phones").raise_for_status()
-
-    def faults(self, faults: list[dict[str, Any]]) -> None:
-        self.http.put("/_sim/faults", json=faults).raise_for_status()
-
-    def reset_stats(self) -> None:
-        self.http.post("/_sim/reset-stats").raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        response = self.http.get("/_sim/state")
-        response.raise_for_status()
-        stats: dict[str, Any] = response.json()["stats"]
-        return stats
 
 
 @dataclass
 class Exporter:
     """An exporter process and a client to scrape it."""
 
-    proc: psutil.Process
-    url: str
+    process: ServeProcess
     http: httpx2.Client
+
+    @property
+    def url(self) -> str:
+        return self.process.url
 
     def scrape(self, timeout_header: float | None = None) -> tuple[float, str]:
         """(seconds, body) of one ``GET /metrics``."""
-        headers = {}
-        if timeout_header is not None:
-            headers["X-Prometheus-Scrape-Timeout-Seconds"] = str(timeout_header)
-        started = time.perf_counter()
-        response = self.http.get(self.url + "/metrics", headers=headers)
-        seconds = time.perf_counter() - started
-        response.raise_for_status()
-        return seconds, response.text
+        return scrape(self.http, self.url + "/metrics", timeout_header)
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc)
+        return self.process.cpu_seconds()
 
     def peak_rss(self) -> int:
-        """VmHWM (peak resident set) in bytes; falls back to current RSS off Linux."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return int(self.proc.memory_info().rss)
+        return self.process.peak_rss()
 
 
 @contextlib.contextmanager
@@ -171,25 +88,11 @@ def exporter(
             {"name": "bench", "base_url": sim_url, "app_key": APP_KEY, "app_secret": APP_SECRET}
         ],
     }
-    path = workdir / f"config-{concurrency}-{time.monotonic_ns()}.yml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}", "--log-level", "error"]
-    with process(args, url + "/-/healthy") as proc, httpx2.Client(timeout=timeout + 60) as http:
-        yield Exporter(psutil.Process(proc.pid), url, http)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    """User + system CPU seconds of ``proc`` (all its threads) so far."""
-    times = proc.cpu_times()
-    return float(times.user + times.system)
-
-
-def total(text: str, name: str) -> float:
-    """The sum of every sample called exactly ``name`` in exposition ``text``."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{"))  # fmt: skip
+    with (
+        serve_config(config, workdir, "--log-level", "error") as process,
+        httpx2.Client(timeout=timeout + 60) as http,
+    ):
+        yield Exporter(process, http)
 
 
 def counted_changes(text: str) -> float:
@@ -197,14 +100,6 @@ def counted_changes(text: str) -> float:
     return total(text, "cec_softphone_status_changes_total") + total(
         text, "cec_softphone_allocation_changes_total"
     )
-
-
-def value(text: str, name: str) -> float | None:
-    """The first sample called exactly ``name`` (with any labels) in exposition ``text``."""
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in " {":
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def sequential_baseline(sim_url: str) -> tuple[float, float, int]:
@@ -222,13 +117,13 @@ def sequential_baseline(sim_url: str) -> tuple[float, float, int]:
             headers={"X-Token-Expire": "600"},
         ).json()["AccessToken"]
         headers = {"Authorization": f"Bearer {token}", "X-APP-Key": APP_KEY}
-        offset, total = 0, None
-        while total is None or offset < total:
+        offset, announced = 0, None
+        while announced is None or offset < announced:
             body = http.post(
                 QUERY_PATH, json={"offset": offset, "limit": PAGE_SIZE}, headers=headers
             ).json()
             result = body["result"]
-            total = int(result["total"]) if total is None else total
+            announced = int(result["total"]) if announced is None else announced
             for phone in result["phone"]:
                 counts[(phone.get("tenantId", ""), phone.get("status"))] += 1
             offset += PAGE_SIZE
@@ -287,25 +182,6 @@ class BareClient:
         self.loop.close()
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{model}, nproc {usable}, Python {platform.python_version()} "
-        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
-    )
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 @dataclass
 class Figures:
     """Everything one run measures."""
@@ -330,7 +206,12 @@ class Figures:
 
 
 def measure_scrapes(
-    exp: Exporter, sim: Sim, sim_ps: psutil.Process, bare: BareClient, runs: int, fig: Figures
+    exp: Exporter,
+    sim: SimControl,
+    sim_ps: psutil.Process,
+    bare: BareClient,
+    runs: int,
+    fig: Figures,
 ) -> None:
     """Timed scrapes, each followed by one bare-client collection of the same pages.
 
@@ -353,7 +234,7 @@ def measure_scrapes(
         fig.bare_cpu += bare.collection()
 
 
-def measure_fan_in(exp: Exporter, sim: Sim, scrapers: int, fig: Figures) -> None:
+def measure_fan_in(exp: Exporter, sim: SimControl, scrapers: int, fig: Figures) -> None:
     """``scrapers`` simultaneous scrapes, cache off: what they cost upstream."""
     sim.reset_stats()
     barrier = threading.Barrier(scrapers)
@@ -374,7 +255,7 @@ def measure_fan_in(exp: Exporter, sim: Sim, scrapers: int, fig: Figures) -> None
     fig.fan_in_all_up = len(ups) == scrapers and all(u == 1.0 for u in ups)
 
 
-def measure_hang(exp: Exporter, sim: Sim, page: int, fig: Figures) -> None:
+def measure_hang(exp: Exporter, sim: SimControl, page: int, fig: Figures) -> None:
     """One page hangs; Prometheus allows 3 s."""
     sim.faults([{"kind": "hang", "pages": [page], "value": 30}])
     try:
@@ -385,7 +266,7 @@ def measure_hang(exp: Exporter, sim: Sim, page: int, fig: Figures) -> None:
 
 
 def measure_rss(
-    sim: Sim, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
+    sim: SimControl, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
 ) -> None:
     """Peak RSS of a fresh exporter per size, after three scrapes (no latency needed)."""
     sim.configure(latency_ms=0.0)
@@ -400,7 +281,7 @@ def measure_rss(
 
 
 def measure_churn(
-    sim: Sim, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
+    sim: SimControl, sizes: tuple[int, ...], concurrency: int, workdir: Path, fig: Figures
 ) -> None:
     """Peak RSS of a fresh exporter per size while it counts changes.
 
@@ -424,7 +305,7 @@ def measure_churn(
 
 
 def measure_million(
-    sim: Sim, sim_ps: psutil.Process, opts: argparse.Namespace, workdir: Path, fig: Figures
+    sim: SimControl, sim_ps: psutil.Process, opts: argparse.Namespace, workdir: Path, fig: Figures
 ) -> None:
     """One scrape of ``--million`` phones (simulator latency 0): wall, CPU, peak RSS growth.
 
@@ -540,19 +421,9 @@ def main() -> int:
     fig = Figures()
     started, load_before = time.time(), load()
 
-    sim_port = free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    sim_args = [
-        "simulate",
-        *("--listen", f"127.0.0.1:{sim_port}", "--phones", str(opts.phones)),
-        *("--latency-ms", str(opts.latency_ms), "--app-key", APP_KEY, "--app-secret", APP_SECRET),
-        *("--log-level", "error"),
-    ]
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        process(sim_args, sim_url + "/_sim/state") as sim_proc,
-    ):
-        workdir, sim, sim_ps = Path(tmp), Sim(sim_url), psutil.Process(sim_proc.pid)
+    with tempfile.TemporaryDirectory() as tmp, simulate(opts.phones, opts.latency_ms) as sim_proc:
+        workdir, sim_url, sim_ps = Path(tmp), sim_proc.url, sim_proc.ps
+        sim = SimControl(sim_url)
         bare = BareClient(sim_url, opts.phones, opts.concurrency)
         with exporter(sim_url, opts.concurrency, workdir, opts.phones) as exp:
             measure_scrapes(exp, sim, sim_ps, bare, opts.runs, fig)

@@ -1,7 +1,7 @@
 """Benchmark how little one target costs another: huge vendor text, per-phone history.
 
 Runs simulators in this process and one ``cec-phone-exporter serve`` process per figure
-(logging at info, to a file) on loopback, and prints:
+(logging at info, its output kept) on loopback, and prints:
 
 * a healthy target's collection time (250 phones, simulator latency 100 ms) alone, and
   beside a target whose vendor answers every page with a 16 MB ``retMsg``: the median
@@ -12,15 +12,13 @@ Runs simulators in this process and one ``cec-phone-exporter serve`` process per
 
 Usage::
 
-    python bench/bench_isolation.py [--scrapes 5 --ret-msg-bytes 16000000 --phones 50000]
+    .venv/bin/python bench/bench_isolation.py [--scrapes 5 --ret-msg-bytes 16000000 --phones 50000]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _path  # noqa: F401  (tests/ on sys.path)
 import httpx2
-import psutil
-import yaml
-from bench_collect import MIB, REPO, free_port, load, machine, value, wait_http
+from support import MIB, sample, scrape, target_entry
+from support_procs import ServeProcess, load, machine, serve_config
 
 from exporter.simulator import Fault, SimConfig, Simulator
 
@@ -40,54 +38,26 @@ SCRAPE_TIMEOUT = 1.5
 
 @dataclass
 class Served:
-    """A ``serve`` process, a client to scrape it, and the file its log goes to."""
+    """A ``serve`` process, logging at info, and a client to scrape it."""
 
-    proc: psutil.Process
-    url: str
+    process: ServeProcess
     http: httpx2.Client
-    log: Path
 
     def metrics(self, timeout_header: float | None = None) -> str:
-        headers = {}
-        if timeout_header is not None:
-            headers["X-Prometheus-Scrape-Timeout-Seconds"] = str(timeout_header)
-        response = self.http.get(self.url + "/metrics", headers=headers)
-        response.raise_for_status()
-        return response.text
+        return scrape(self.http, self.process.url + "/metrics", timeout_header)[1]
 
     def rss(self) -> int:
-        return int(self.proc.memory_info().rss)
+        return int(self.process.ps.memory_info().rss)
+
+    def log_bytes(self) -> int:
+        return len(self.process.output.encode())
 
 
 @contextmanager
 def served(targets: list[dict[str, Any]], workdir: Path) -> Iterator[Served]:
-    """A fresh exporter for ``targets``, logging at info to a file of its own."""
-    config = workdir / f"config-{free_port()}.yml"
-    config.write_text(yaml.safe_dump({"targets": targets}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = config.with_suffix(".log")
-    args = ["serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_http(url + "/-/healthy")
-        with httpx2.Client(timeout=120) as http:
-            yield Served(psutil.Process(proc.pid), url, http, log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def entry(sim: Simulator, name: str, **settings: Any) -> dict[str, Any]:
-    config = sim.config
-    target = {"name": name, "base_url": sim.url, "app_key": config.app_key}
-    return {**target, "app_secret": config.app_secret, **settings}
+    """A fresh exporter for ``targets``, logging at info (its output kept)."""
+    with serve_config({"targets": targets}, workdir) as process, httpx2.Client(timeout=120) as http:
+        yield Served(process, http)
 
 
 @dataclass
@@ -103,28 +73,28 @@ class Beside:
 def healthy_beside(targets: list[dict[str, Any]], scrapes: int, workdir: Path) -> Beside:
     with served(targets, workdir) as exp:
         exp.metrics(SCRAPE_TIMEOUT)  # warm: tokens, connections
-        rss, log = exp.rss(), exp.log.stat().st_size
+        rss, log = exp.rss(), exp.log_bytes()
         durations, up = [], 0
         for _ in range(scrapes):
             text = exp.metrics(SCRAPE_TIMEOUT)
-            up += value(text, 'cec_up{target="healthy"}') == 1
-            duration = value(text, 'cec_collection_duration_seconds{target="healthy"}')
+            up += sample(text, "cec_up", target="healthy") == 1
+            duration = sample(text, "cec_collection_duration_seconds", target="healthy")
             durations.append(duration if duration is not None else float("nan"))
         return Beside(
             durations,
             up,
-            (exp.log.stat().st_size - log) / scrapes,
+            (exp.log_bytes() - log) / scrapes,
             (exp.rss() - rss) / scrapes,
         )
 
 
 def history_rss(sim: Simulator, workdir: Path) -> list[int]:
     """RSS after each of ten scrapes of one per-phone target."""
-    target = entry(sim, "big", per_phone_metrics=True, timeout_seconds=120)
+    target = target_entry(sim, "big", per_phone_metrics=True, timeout_seconds=120)
     with served([target], workdir) as exp:
         rss = []
         for _ in range(10):
-            assert value(exp.metrics(), 'cec_up{target="big"}') == 1, "the big target failed"
+            assert sample(exp.metrics(), "cec_up", target="big") == 1, "the big target failed"
             rss.append(exp.rss())
         return rss
 
@@ -143,8 +113,8 @@ def main() -> int:
         huge = stack.enter_context(Simulator(SimConfig(phones=10)))
         huge.set_faults([Fault("huge_ret_msg", value=opts.ret_msg_bytes)])
         big = stack.enter_context(Simulator(SimConfig(phones=opts.phones, tenants=5)))
-        alone = healthy_beside([entry(healthy, "healthy")], opts.scrapes, workdir)
-        pair = [entry(huge, "huge"), entry(healthy, "healthy")]
+        alone = healthy_beside([target_entry(healthy, "healthy")], opts.scrapes, workdir)
+        pair = [target_entry(huge, "huge"), target_entry(healthy, "healthy")]
         beside = healthy_beside(pair, opts.scrapes, workdir)
         rss = history_rss(big, workdir)
     median_alone = statistics.median(alone.durations)

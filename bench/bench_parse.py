@@ -23,11 +23,13 @@ import sys
 import time
 from collections.abc import Callable
 
+import _path  # noqa: F401  (tests/ on sys.path)
+from support import PAGE_SIZE
+
 from exporter.cec.parse import parse_page
 from exporter.cec.snapshot import SnapshotBuilder
 from exporter.simulator.model import SimConfig, page_result
 
-PAGE_SIZE = 100
 SHAPES = {
     "single, numbers as numbers": {"mode": "single"},
     "single, numbers as strings": {"mode": "single", "numbers_as_strings": True},

@@ -22,7 +22,9 @@ import pstats
 import sys
 import time
 
-from bench_collect import APP_KEY, APP_SECRET, PAGE_SIZE, free_port, process
+import _path  # noqa: F401  (tests/ on sys.path)
+from support import APP_KEY, APP_SECRET, PAGE_SIZE
+from support_procs import simulate
 
 from exporter.cec import CecClient
 from exporter.scrape.api_metrics import ApiMetrics
@@ -64,17 +66,9 @@ def main() -> int:
     parser.add_argument("--sort", default="tottime", help="a pstats sort key")
     parser.add_argument("--out", help="also write the raw profile here (for snakeviz etc.)")
     opts = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    sim_args = [
-        "simulate",
-        *("--listen", f"127.0.0.1:{port}", "--phones", str(opts.phones)),
-        *("--latency-ms", str(opts.latency_ms), "--app-key", APP_KEY, "--app-secret", APP_SECRET),
-        *("--log-level", "error"),
-    ]
     profile = cProfile.Profile(time.process_time)  # CPU: waiting and preemption are no cost
-    with process(sim_args, url + "/_sim/state"):
-        client = client_for(url, opts.concurrency, opts.phones)
+    with simulate(opts.phones, opts.latency_ms) as sim:
+        client = client_for(sim.url, opts.concurrency, opts.phones)
         cpu_before = time.process_time()
         wall = asyncio.run(collections(client, opts.collections, profile))
         cpu = time.process_time() - cpu_before

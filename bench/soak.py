@@ -13,17 +13,13 @@ the thresholds, a scrape answered after its deadline, or a secret leaked.
 
 Usage::
 
-    python bench/soak.py [--scrapes 3000] [--phones 1000]
+    .venv/bin/python bench/soak.py [--scrapes 3000] [--phones 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,21 +28,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _path  # noqa: F401  (tests/ on sys.path)
 import httpx2
 import psutil
-import yaml
+from support import MIB, parse_samples, sample, scrape
+from support_procs import serve_config
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from exporter.simulator import Fault, SimConfig, Simulator  # noqa: E402
+from exporter.simulator import Fault, SimConfig, Simulator
 
 APP_KEY, APP_SECRET = "soak-app-key", "soak-app-secret-canary"
 PASSWORD_PREFIX = "SIPPW-canary-"
 SCRAPE_TIMEOUT = 2.0  # seconds, sent as X-Prometheus-Scrape-Timeout-Seconds
 CONCURRENCY = 4  # max_concurrency of the target
-MIB = 1024 * 1024
-UP = re.compile(r'^cec_up\{target="soak"\} (\S+)$', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -92,12 +85,6 @@ PHASES = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def phases_forever() -> Iterator[Phase]:
     while True:
         yield from PHASES
@@ -117,47 +104,6 @@ def usage(proc: psutil.Process) -> Usage:
     return Usage(proc.memory_info().rss, proc.num_fds(), proc.num_threads())
 
 
-@contextlib.contextmanager
-def exporter_process(config: Path, port: int, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--log-level",
-                "info",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx2.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
-                        break
-                except httpx2.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the exporter did not start; see {log_file}")
-                time.sleep(0.1)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 class Soak:
     """The scrape loop against one exporter process, steering the simulator between scrapes."""
 
@@ -166,18 +112,13 @@ class Soak:
         self.client = client
         self.results: Counter[str] = Counter()  # "phase: up|down" -> scrapes
         self.late: list[float] = []  # seconds of the answers that came after the deadline
-        self.headers = {"X-Prometheus-Scrape-Timeout-Seconds": str(SCRAPE_TIMEOUT)}
 
     def scrape(self) -> bool:
         """One scrape; True when the target was up."""
-        started = time.monotonic()
-        response = self.client.get("/metrics", headers=self.headers)
-        elapsed = time.monotonic() - started
+        elapsed, text = scrape(self.client, "/metrics", SCRAPE_TIMEOUT)
         if elapsed > SCRAPE_TIMEOUT:
             self.late.append(elapsed)
-        response.raise_for_status()
-        match = UP.search(response.text)
-        return match is not None and float(match[1]) == 1.0
+        return sample(text, "cec_up", target="soak") == 1.0
 
     def phase(self, phase: Phase, limit: int, record: bool = True) -> int:
         """Hold ``phase`` for its scrapes (at most ``limit``); returns how many ran."""
@@ -211,8 +152,7 @@ def pages_in_flight(soak: Soak) -> int:
     return int(soak.sim.stats()["in_flight_max"])  # type: ignore[call-overload]
 
 
-def write_config(work: Path, sim: Simulator) -> Path:
-    config = work / "config.yml"
+def soak_config(sim: Simulator) -> dict[str, object]:
     target = {
         "name": "soak",
         "base_url": sim.url,
@@ -222,8 +162,7 @@ def write_config(work: Path, sim: Simulator) -> Path:
         "max_concurrency": CONCURRENCY,
         "max_response_bytes": MIB,
     }
-    config.write_text(yaml.safe_dump({"targets": [target]}))
-    return config
+    return {"targets": [target]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,15 +170,11 @@ def run(args: argparse.Namespace) -> int:
         SimConfig(phones=args.phones, tenants=4, app_key=APP_KEY, app_secret=APP_SECRET)
     ).start()
     work = Path(tempfile.mkdtemp(prefix="cec-soak-"))
-    port = free_port()
-    log_file = work / "exporter.log"
+    exporter = serve_config(soak_config(sim), work, "--log-level", "info", ready="/-/ready")
     phases = phases_forever()
     try:
-        with (
-            exporter_process(write_config(work, sim), port, log_file) as proc,
-            httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
-        ):
-            ps = psutil.Process(proc.pid)
+        with exporter, httpx2.Client(base_url=exporter.url, timeout=30) as client:
+            ps = exporter.ps
             soak = Soak(sim, client)
             # Warm-up: one full cycle of every fault, so every code path has run once.
             warmup = sum(soak.phase(phase, len(PHASES) * 100) for phase in PHASES)
@@ -265,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             final = client.get("/metrics").text
     finally:
         sim.stop()
+        log_file = work / "exporter.log"  # for reading after the run
+        log_file.write_text(exporter.output + "\n")
 
     print(f"end      {end_usage}")
     rss_growth = (end_usage.rss - start_usage.rss) / MIB
@@ -345,23 +282,16 @@ def check_log(log_file: Path, sim: Simulator, failed_scrapes: int) -> tuple[int,
 
 
 def print_api_outcomes(text: str) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
-
+    kinds = ("requests", "http_errors", "ret_code_failures")
+    counters = {f"cec_api_{kind}_total" for kind in kinds}
     rows: list[tuple[str, float]] = []
-    for family in text_string_to_metric_families(text):
-        if family.name not in (
-            "cec_api_requests",
-            "cec_api_http_errors",
-            "cec_api_ret_code_failures",
-        ):
-            continue
-        for s in family.samples:
-            if s.name.endswith("_total") and s.value:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "target")
-                rows.append((f"{s.name}{{{labels}}}", s.value))
+    for (name, labels), found in parse_samples(text).items():
+        if name in counters and found:
+            shown = ",".join(f"{k}={v}" for k, v in sorted(labels) if k != "target")
+            rows.append((f"{name}{{{shown}}}", found))
     print("API requests (cumulative, whole run including warm-up):")
-    for name, value in rows:
-        print(f"  {name:75s} {value:8.0f}")
+    for name, found in rows:
+        print(f"  {name:75s} {found:8.0f}")
 
 
 def main() -> None:

@@ -28,10 +28,7 @@ import contextlib
 import json
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +36,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from support import free_port
+from support_procs import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "cec-softphones.json"
@@ -223,14 +223,6 @@ def grafana_variable_values(
 # --------------------------------------------------------------- Prometheus
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (racy, as such helpers are)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def api_get(
     base_url: str,
     path: str,
@@ -278,14 +270,7 @@ def query_range(
     return result
 
 
-@dataclass
-class PrometheusProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+PrometheusProcess = ServeProcess  # running_prometheus() yields one
 
 
 @contextlib.contextmanager
@@ -313,45 +298,20 @@ def running_prometheus(
     storage = storage or workdir / "data"
     storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = workdir / "prometheus.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                exe,
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={storage}",
-                *extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    prom = PrometheusProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    flags = [f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
+    flags += [f"--storage.tsdb.path={storage}", *extra_args]
+    prom = PrometheusProcess(*flags, **_settings(exe, port, workdir))
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
-            try:
-                with urllib.request.urlopen(prom.url + "/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready after {ready_timeout}s:\n{prom.log()}")
-            time.sleep(0.2)
-        yield prom
+        yield prom.start(timeout=ready_timeout)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        prom.stop()
+
+
+def _settings(exe: str, port: int, workdir: Path) -> dict[str, Any]:
+    """ServeProcess settings of a Prometheus-family server: its program, port and session."""
+    url = f"http://127.0.0.1:{port}"
+    place = {"cwd": workdir, "new_session": True}
+    return {"program": (exe,), "command": (), "url": url, "ready": "/-/ready", **place}
 
 
 def backfill_openmetrics(
@@ -377,14 +337,8 @@ def backfill_openmetrics(
 # ------------------------------------------------------------- Alertmanager
 
 
-@dataclass
-class AlertmanagerProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+class AlertmanagerProcess(ServeProcess):
+    """An Alertmanager in a subprocess, as running_alertmanager() yields it."""
 
     def alerts(self, **filters: str) -> list[dict[str, Any]]:
         """`GET /api/v2/alerts` (label matchers as `filter=name="value"`)."""
@@ -425,43 +379,10 @@ def running_alertmanager(
     storage = workdir / "am-data"
     storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = workdir / "alertmanager.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                exe,
-                f"--config.file={config}",
-                f"--storage.path={storage}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-                *extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    am = AlertmanagerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    flags = [f"--config.file={config}", f"--storage.path={storage}"]
+    flags += [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", *extra_args]
+    am = AlertmanagerProcess(*flags, **_settings(exe, port, workdir))
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {proc.returncode}:\n{am.log()}")
-            try:
-                with urllib.request.urlopen(am.url + "/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"alertmanager not ready after {ready_timeout}s:\n{am.log()}")
-            time.sleep(0.2)
-        yield am
+        yield am.start(timeout=ready_timeout)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        am.stop()

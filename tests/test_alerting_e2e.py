@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from conftest import RunningExporter, target_entry
+from support import RunningExporter, target_entry
 
 from exporter.simulator import Fault, Simulator
 

@@ -6,9 +6,9 @@ Real bcrypt, on a real event loop; ``FairQueue.checks`` counts the bcrypt checks
 from __future__ import annotations
 
 import asyncio
-import base64
 
 import bcrypt
+from support import basic_auth
 
 from exporter.http.auth import BasicAuth, FairQueue, VerdictCache
 
@@ -16,7 +16,7 @@ COST = 6
 
 
 def header(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return basic_auth(user, password)["Authorization"]
 
 
 def hashed(password: str) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trustme
 import yaml
-from conftest import run_cli
+from support import run_cli
 
 from exporter.settings import ConfigError, load_config
 

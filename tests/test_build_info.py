@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, samples_named, target_entry
+from support import REPO, run_cli, samples_named, target_entry
 
 from exporter.simulator import Simulator
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
 from hypothesis import given
 from hypothesis import strategies as st
+from support import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
 
 from exporter.cec.records import Page
 from exporter.cec.snapshot import Roster, SnapshotBuilder, compare

@@ -14,7 +14,8 @@ import click
 import httpx2
 import pytest
 from click.testing import CliRunner
-from conftest import ServeProcess, sample
+from support import sample
+from support_procs import ServeProcess
 
 from exporter.cli import cli
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import RunningExporter, sample, samples_named, target_entry
-from conftest import softphone_counts as counts
 from prometheus_client.exposition import generate_latest
+from support import RunningExporter, sample, samples_named, target_entry
+from support import softphone_counts as counts
 
 from exporter.scrape import Collection, TargetCollector
 from exporter.scrape.api_metrics import ApiMetrics

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, expected_counts, sample, target_entry
-from conftest import softphone_counts as counts
+from support import RunningExporter, expected_counts, sample, target_entry
+from support import softphone_counts as counts
 
 from exporter.cec.parse import parse_page
 from exporter.cec.records import Status

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import RunningExporter, log_line, run_cli, sample, samples_named, target_entry
-from conftest import softphone_counts as counts
+from support import RunningExporter, log_line, run_cli, sample, samples_named, target_entry
+from support import softphone_counts as counts
 
 from exporter.simulator import Fault, Simulator
 

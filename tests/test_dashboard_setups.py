@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ServeProcess, target_entry
+from support import target_entry
+from support_procs import ServeProcess
 from test_alerting_e2e import require_tool, wait_for
 from test_sharding import NAMES, PROBE, SHARDED, shipped_config, start_replicas
 

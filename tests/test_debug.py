@@ -15,7 +15,8 @@ import bcrypt
 import httpx2
 import pytest
 import yaml
-from conftest import RunningExporter, ServeProcess, basic_auth, run_cli, sample, target_entry
+from support import RunningExporter, basic_auth, run_cli, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter.cec.text import clip
 from exporter.scrape.target import HISTORY

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunningExporter, run_cli, target_entry
 from docs_common import CONFIGURATION_DOC, DOCS, METRICS_DOC, section, tables_with, ticked
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO, RunningExporter, run_cli, target_entry
 
 from exporter.build import REVISION_ENVVAR
 from exporter.settings.targets import _IDENTITY, _SETTINGS, _TOP_LEVEL

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import expected_counts, run_cli, sample, samples_named, target_entry
-from conftest import softphone_counts as counts
+from support import expected_counts, run_cli, sample, samples_named, target_entry
+from support import softphone_counts as counts
 
 from exporter import __version__
 from exporter.simulator import Fault

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningExporter, sample, samples_named, target_entry
 from fault_cases import REASONS
+from support import RunningExporter, sample, samples_named, target_entry
 
 from exporter.simulator import Simulator
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -19,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
+from support import (
     RunningExporter,
     expected_counts,
+    free_port,
     log_line,
     sample,
     samples_named,
     target_entry,
 )
-from conftest import softphone_counts as counts
-from fault_cases import CASES, REASONS, SCRAPE_TIMEOUT, Case, Q, T
+from support import softphone_counts as counts
 
 from exporter.simulator import Fault, SimConfig, Simulator
 
@@ -253,19 +253,13 @@ def test_failed_collections_do_not_use_up_the_connection_pool(
 # --- the network: refused, unresolvable, untrusted -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_connection_refused_then_the_api_comes_up(
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    port = _free_port()  # closed: nothing listens there yet
+    port = free_port()  # closed: nothing listens there yet
     entry = {
         "name": "sim",
         "base_url": f"http://127.0.0.1:{port}",

@@ -13,7 +13,6 @@ import gzip
 import re
 import resource
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import bcrypt
 import httpx2
-import psutil
 import pytest
-from conftest import RunningExporter, ServeProcess, basic_auth, sample, target_entry
+from support import RunningExporter, basic_auth, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter.http import listener
 from exporter.http.listener import parse_listen
@@ -48,10 +47,6 @@ def front(
         ).start()
 
     return start
-
-
-def port_of(server: ServeProcess) -> int:
-    return int(server.url.rsplit(":", 1)[1])
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
@@ -114,7 +109,7 @@ AMBIGUOUS = {
 
 def test_ambiguous_requests_get_400_and_only_a_debug_line(front: Start) -> None:
     server = front()
-    port = port_of(server)
+    port = server.port
     for name, data in AMBIGUOUS.items():
         answer = exchange(port, data)
         assert statuses(answer) == [400], (name, answer[:200])
@@ -132,7 +127,7 @@ def test_ambiguous_requests_get_400_and_only_a_debug_line(front: Start) -> None:
 
 def test_request_heads_are_capped_at_one_mebibyte(front: Start) -> None:
     server = front()
-    port = port_of(server)
+    port = server.port
     line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
     under = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n" + line * 120 + b"\r\n"  # ~0.92 MiB
     over = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n" + line * 140 + b"\r\n"  # ~1.07 MiB
@@ -145,7 +140,7 @@ def test_request_heads_are_capped_at_one_mebibyte(front: Start) -> None:
 
 def test_no_server_header_names_the_runtime(front: Start) -> None:
     server = front()
-    answer = exchange(port_of(server), b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = exchange(server.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert b"\r\nserver:" not in head, head
     assert b"python" not in head
@@ -156,8 +151,8 @@ def test_header_bombs_cost_little_memory(front: Start) -> None:
     """Heads under the old caps (99 lines of 65,000 bytes: 6.4 MB) that never end were
     held whole, in every connection's thread."""
     server = front()
-    port = port_of(server)
-    process = psutil.Process(server.proc.pid)
+    port = server.port
+    process = server.ps
     before = process.memory_info().rss
     line = b"X-Bomb: " + b"b" * 64990 + b"\r\n"
     peak = before
@@ -198,8 +193,8 @@ def kept_alive(port: int, n: int) -> Iterator[list[socket.socket]]:
 
 def test_kept_alive_connections_hold_no_thread_each(front: Start) -> None:
     server = front()
-    process = psutil.Process(server.proc.pid)
-    with kept_alive(port_of(server), 150):
+    process = server.ps
+    with kept_alive(server.port, 150):
         assert process.num_threads() < 30, process.num_threads()
         response = httpx2.get(server.url + "/metrics", timeout=10)
         assert sample(response.text, "cec_up", target="sim") == 1.0
@@ -207,7 +202,7 @@ def test_kept_alive_connections_hold_no_thread_each(front: Start) -> None:
 
 def test_open_connections_are_capped_and_refused_cheaply(front: Start) -> None:
     server = front("--web.max-connections", "20")
-    port = port_of(server)
+    port = server.port
     time.sleep(0.5)  # the start-up probe's connection is closed by now
     with kept_alive(port, 20):
         # Past the cap: accepted and closed at once, nothing parsed, nothing answered.
@@ -226,30 +221,21 @@ LOW_LIMIT = (
 
 
 def test_soft_open_files_limit_is_raised_to_the_hard_one(
-    simulator: Callable[..., Simulator], write_config: Callable[..., Path]
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
 ) -> None:
     """systemd's default soft limit (1024) is a legacy of select(): Go raises it, so do we."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < 4096:
         pytest.skip("this machine's hard open-files limit is below 4096")
     config = write_config(targets=[target_entry(simulator(phones=1), "sim")])
-    command = ["serve", "--config", str(config), "--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LOW_LIMIT, *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert any("listening on" in line for line in proc.stdout)
-        limits = Path(f"/proc/{proc.pid}/limits").read_text()
-        found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
-        assert found is not None
-        assert (int(found.group(1)), int(found.group(2))) == (4096, 4096)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    server = serve_process("--config", str(config), program=(sys.executable, "-c", LOW_LIMIT))
+    server.wait_for_line("listening on")
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
+    assert found is not None
+    assert (int(found.group(1)), int(found.group(2))) == (4096, 4096)
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -257,7 +243,7 @@ def test_soft_open_files_limit_is_raised_to_the_hard_one(
 
 def test_exposition_is_gzipped_when_asked(front: Start) -> None:
     server = front()
-    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -316,7 +302,7 @@ def test_listen_addresses_as_prometheus_exporters_spell_them() -> None:
 def test_no_http2_in_clear_text(front: Start) -> None:
     """HTTP/2 is for TLS connections that chose it (ALPN), as with Go's net/http."""
     server = front()
-    port = port_of(server)
+    port = server.port
     upgrade = exchange(
         port,
         b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
@@ -340,7 +326,7 @@ def test_an_unread_request_body_does_not_hold_the_connection_forever(front: Star
     reading them used to leave the connection stuck for good (no timeout, counted against
     the cap even after the client left), so a few small requests locked every scrape out."""
     server = front("--web.max-connections", "4")
-    port = port_of(server)
+    port = server.port
     time.sleep(0.5)  # the start-up probe's connection is closed by now
     for _ in range(4):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
@@ -361,7 +347,7 @@ def test_a_client_done_sending_is_answered_and_let_go(front: Start) -> None:
     checkers). Its connection, and its place under the cap, used to be held for the whole
     keep-alive timeout (10 s) after the last answer, when nothing more could come."""
     server = front()
-    port = port_of(server)
+    port = server.port
     started = time.monotonic()
     answer = exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 3, timeout=15)
     assert statuses(answer) == [200, 200, 200]  # every pipelined request is still answered
@@ -376,7 +362,7 @@ def test_authorization_headers_of_any_bytes_are_a_401_at_most(front: Start, tmp_
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
     server = front("--web-config", str(web))
-    port = port_of(server)
+    port = server.port
     head = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
     right = base64.b64encode(b"alice:right")
     for value in (b"Basic \xff\xfe", b"Basic \xc3\xa9", b"Basic " + right + b"\xff", b"\xff"):
@@ -400,7 +386,7 @@ def test_a_client_that_reads_nothing_is_dropped(
     sim = simulator(phones=50_000)
     config = write_config(targets=[target_entry(sim, "big", per_phone_metrics=True)])
     server = exporter_server(config)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
     with socket.socket() as conn:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         conn.settimeout(30)

@@ -22,11 +22,11 @@ from typing import Any
 
 import h11
 import pytest
-from conftest import RunningExporter, target_entry
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
+from support import RunningExporter, target_entry
 
 from exporter.http import _hypercorn
 from exporter.http._hypercorn import (

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
-import psutil
-from conftest import RunningExporter, ServeProcess, sample, target_entry
+from support import RunningExporter, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter.simulator import Fault, Simulator
 
@@ -59,7 +59,7 @@ def test_a_huge_ret_msg_on_one_target_neither_downs_another_nor_bloats_memory_or
     huge.set_faults([Fault("huge_ret_msg", value=HUGE_RET_MSG)])
     entries = [target_entry(huge, "a"), target_entry(healthy, "b")]
     server = serve_process("--config", str(write_config(targets=entries))).start()
-    process = psutil.Process(server.proc.pid)
+    process = server.ps
     rss: list[int] = []
     with httpx2.Client(timeout=30) as client:
         for _ in range(SCRAPES):
@@ -98,7 +98,7 @@ def test_history_keeps_summaries_so_memory_stays_flat_over_ten_per_phone_scrapes
     sim = simulator(phones=PER_PHONE_PHONES, tenants=5)
     entry = target_entry(sim, "big", per_phone_metrics=True, timeout_seconds=60)
     server = serve_process("--config", str(write_config(targets=[entry]))).start()
-    process = psutil.Process(server.proc.pid)
+    process = server.ps
     rss: list[int] = []
     with httpx2.Client(timeout=120) as client:
         for _ in range(HISTORY):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support import REPO
 
 PACKAGE = REPO / "exporter"
 MAX_MODULE_LINES = 450

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServeProcess, run_cli, target_entry
+from support import run_cli, target_entry
+from support_procs import ServeProcess
 
 from exporter.simulator import Fault, Simulator
 

@@ -16,7 +16,8 @@ import httpx2
 import pytest
 import trustme
 import yaml
-from conftest import ServeProcess, parse_samples, sample, samples_named, target_entry
+from support import parse_samples, sample, samples_named, target_entry
+from support_procs import ServeProcess
 
 from exporter.cec.upstream import Upstream
 from exporter.scrape import Exporter

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningExporter, sample, target_entry
+from support import RunningExporter, sample, target_entry
 
 from exporter.cec.errors import DeadlineExceeded
 from exporter.cec.ratelimit import RateLimiter

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import ServeProcess, run_cli, sample, target_entry
+from support import run_cli, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter.cec.text import MAX_SECRETS, REDACTED, VENDOR_TEXT_CHARS, redact, register_secret
 from exporter.logs import setup_logging

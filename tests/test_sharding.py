@@ -22,7 +22,8 @@ from typing import Any
 import bcrypt
 import httpx2
 import yaml
-from conftest import ServeProcess, basic_auth, samples_named, target_entry
+from support import basic_auth, samples_named, target_entry
+from support_procs import ServeProcess
 from test_alerting_e2e import require_tool, wait_for
 
 from exporter.simulator import Simulator

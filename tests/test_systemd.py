@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ServeProcess
+from support import REPO
+from support_procs import ServeProcess
 
 UNIT = REPO / "deploy" / "systemd" / "cec-phone-exporter.service"
 ANALYZE = shutil.which("systemd-analyze")

@@ -22,17 +22,13 @@ import httpx2
 import pytest
 import trustme
 import yaml
-from conftest import ServeProcess, run_cli, sample, target_entry
+from support import basic_auth, run_cli, sample, target_entry
+from support_procs import ServeProcess
 
 from exporter.http.app import MAX_REQUEST_BODY_BYTES
 from exporter.http.listener import HEAD_TIMEOUT_SECONDS as HEADER_READ_TIMEOUT_SECONDS
 from exporter.settings import ConfigError, load_web_config
 from exporter.simulator import Simulator
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
 
 
 def query_requests(sim: Simulator) -> int:
@@ -171,12 +167,12 @@ def test_basic_auth(
     other = bcrypt.hashpw(b"bob-pw", bcrypt.gensalt(rounds=4)).decode()
     web = write_yaml(tmp_path / "web.yml", {"basic_auth_users": {"alice": hashed, "bob": other}})
     server = serve_process("--config", str(config), "--web-config", str(web)).start()
-    good = basic("alice", "right-horse")
+    good = basic_auth("alice", "right-horse")
     refusals = {
         "none": {},
-        "wrong password": basic("alice", "wrong-horse"),
-        "other user's password": basic("bob", "right-horse"),
-        "unknown user": basic("mallory", "right-horse"),
+        "wrong password": basic_auth("alice", "wrong-horse"),
+        "other user's password": basic_auth("bob", "right-horse"),
+        "unknown user": basic_auth("mallory", "right-horse"),
         "not base64": {"Authorization": "Basic %%%"},
         "no colon": {"Authorization": "Basic " + base64.b64encode(b"alice").decode()},
         "bearer": {"Authorization": "Bearer right-horse"},
@@ -199,14 +195,14 @@ def test_basic_auth(
         assert query_requests(sim) == before  # refused scrapes reach nothing upstream
         for path in ("/-/healthy", "/-/ready"):
             assert client.get(server.url + path).status_code == 200
-            assert client.get(server.url + path, headers=basic("x", "y")).status_code == 200
+            assert client.get(server.url + path, headers=basic_auth("x", "y")).status_code == 200
         expected = {"/metrics": 200, "/probe?target=sim": 200, "/": 200, "/no-such-page": 404}
         for path, status in expected.items():
             assert client.get(server.url + path, headers=good).status_code == status, path
         metrics = client.get(server.url + "/metrics", headers=good).text
         assert sample(metrics, "cec_up", target="sim") == 1.0
         assert client.post(server.url + "/-/reload", headers=good).status_code == 200
-        assert client.get(server.url + "/", headers=basic("bob", "bob-pw")).status_code == 200
+        assert client.get(server.url + "/", headers=basic_auth("bob", "bob-pw")).status_code == 200
     output = server.stop()
     assert "Traceback" not in output
     assert "right-horse" not in output
@@ -351,7 +347,7 @@ def test_hostile_and_mistaken_requests(
     sim = simulator(phones=10)
     config = write_config(targets=[target_entry(sim, "sim")])
     server = serve_process("--config", str(config), "--log-level", "debug").start()
-    port = int(server.url.rsplit(":", 1)[1])
+    port = server.port
 
     # A client that connects and sends nothing: the rest below is served meanwhile.
     idle = socket.create_connection(("127.0.0.1", port))

@@ -7,7 +7,6 @@ verifying the server's name). Servers run in process on loopback.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import shutil
@@ -21,8 +20,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
-from conftest import RunningExporter, run_cli, sample, target_entry
 from prometheus_client.exposition import generate_latest
+from support import RunningExporter, basic_auth, run_cli, sample, target_entry
 
 from exporter.http import listener
 from exporter.http.auth import RateLimiter
@@ -91,15 +90,11 @@ def client(pki: dict[str, Path] | None, cert: str | None = None) -> ssl.SSLConte
     return ctx
 
 
-def port(server: RunningExporter) -> int:
-    return int(server.url.rsplit(":", 1)[1])
-
-
 def get(
     server: RunningExporter, ctx: ssl.SSLContext, path: str = "/-/healthy", **headers: str
 ) -> int | str:
     """The status of one request on a new TLS connection, or "refused"."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port(server), context=ctx, timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
     try:
         conn.request("GET", path, headers=headers)
         return conn.getresponse().status
@@ -174,7 +169,7 @@ def tls12_client(*ciphers: str) -> ssl.SSLContext:
 
 def negotiated(server: RunningExporter, ctx: ssl.SSLContext) -> str | None:
     """The cipher suite a handshake settles on, or None when it fails."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port(server), context=ctx, timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
     try:
         conn.request("GET", "/-/healthy")
         conn.getresponse().read()
@@ -228,7 +223,7 @@ def test_one_tls_handshake_serves_many_requests(
     serve_web: Serve, pki: dict[str, Path], tmp_path: Path
 ) -> None:
     server = serve_web(web_yml(tmp_path, pki))
-    conn = http.client.HTTPSConnection("127.0.0.1", port(server), context=client(pki), timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=client(pki), timeout=10)
     conn.connect()
     first_socket = conn.sock
     bodies = []
@@ -254,7 +249,7 @@ def test_one_tls_handshake_serves_many_requests(
 
 
 def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return basic_auth(user, password)["Authorization"]
 
 
 def test_unknown_user_costs_what_a_wrong_password_costs(serve_web: Serve, tmp_path: Path) -> None:
@@ -334,7 +329,7 @@ def test_renewed_certificate_and_changed_password_apply_without_restart(
         ca.configure_trust(ctx)
 
     def served_cert() -> bytes:
-        conn = http.client.HTTPSConnection("127.0.0.1", port(server), context=ctx, timeout=10)
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
         conn.connect()
         assert isinstance(conn.sock, ssl.SSLSocket)
         der = conn.sock.getpeercert(binary_form=True)
@@ -421,7 +416,7 @@ def test_kept_alive_connections_are_bounded(
             data += chunk
         return data
 
-    with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
         time.sleep(0.5)  # idle, within the deadline: the connection is still served
@@ -430,7 +425,7 @@ def test_kept_alive_connections_are_bounded(
         idle_since = time.monotonic()
         assert conn.recv(4096) == b""  # closed once idle for the deadline
         assert 0.8 < time.monotonic() - idle_since < 4
-    with socket.create_connection(("127.0.0.1", port(server)), timeout=10) as conn:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
@@ -460,7 +455,7 @@ def h2_get(server: RunningExporter, ctx: ssl.SSLContext, path: str) -> tuple[str
 
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     with (
-        socket.create_connection(("127.0.0.1", port(server)), timeout=10) as raw,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
     ):
         chosen = conn.selected_alpn_protocol()
@@ -506,7 +501,7 @@ def test_http2_body_data_after_the_answer_is_ignored(
     head = [(":scheme", "https"), (":authority", "x"), (":path", "/-/healthy")]
     statuses: dict[int, int] = {}
     with (
-        socket.create_connection(("127.0.0.1", port(server)), timeout=10) as raw,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
     ):
         h2c = h2.connection.H2Connection()
