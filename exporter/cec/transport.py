@@ -144,85 +144,71 @@ class Transport:
 
         ``attempt`` is which try of a page this is, for the log. Waiting for the rate
         budget and the in-flight cap (until ``run``'s deadline at most) comes first and
-        is no request of its own.
+        is no request of its own. Then exactly one outcome is reported to the observer,
+        whatever happens, including cancellation by the deadline (reported as a timeout)
+        and abandonment because a sibling page failed (``cancelled``).
         """
         async with self._upstream.admit(self.target, run.deadline.at) as waited:
-            return await self._send(run, attempt, api, path, headers, payload, read, waited)
-
-    async def _send(
-        self,
-        run: CollectionRun,
-        attempt: int,
-        api: str,
-        path: str,
-        headers: dict[str, str],
-        payload: dict[str, Any],
-        read: Callable[[bytes], _T],
-        waited: float,
-    ) -> _T:
-        """The exchange itself; reports exactly one outcome to the observer, whatever
-        happens, including cancellation by the deadline (reported as a timeout) and
-        abandonment because a sibling page failed (``cancelled``)."""
-        started = time.monotonic()
-        outcome, status, ret_code, ret_msg = "timeout", None, None, None
-        try:
-            async with self.http.stream(
-                "POST",
-                self._urls[path],
-                headers=headers,
-                json=payload,
-                timeout=self.target.timeout_seconds,
-            ) as response:
-                status = response.status_code
-                if status != 200:
-                    outcome = "http_error"
-                    raise HttpStatusError(
-                        status,
-                        retry_after_seconds(response.headers.get("Retry-After"), time.time()),
-                    )
-                body = await self._read_capped(response)
-            result = read(body)
-            outcome = "success"
-            return result
-        except RetCodeError as err:
-            outcome = "ret_code_error"
-            ret_code, ret_msg = self._redact(err.ret_code), self._redact(err.ret_msg)
-            raise RetCodeError(ret_code, ret_msg) from None
-        except InvalidResponse as err:  # may quote the body: vendor text
-            outcome = err.outcome
-            raise InvalidResponse(self._redact(str(err))) from None
-        except httpx2.HTTPError as err:
-            failure = _transport_error(err)
-            outcome = failure.outcome
-            raise failure from None
-        except CecError as err:
-            outcome = err.outcome
-            raise
-        except Exception:
-            outcome = "invalid_response"  # a body our parser choked on: still counted once
-            raise
-        except asyncio.CancelledError:
-            if run.abandoned:
-                outcome = "cancelled"  # sent, then given up: a sibling page had failed
-            raise
-        finally:
-            seconds = time.monotonic() - started
-            self._observer.request_done(api, outcome, seconds, status, ret_code)
-            if api == QUERY_API and outcome == "success":
-                ret_code = "0"  # it passed the retCode check
-            record = RequestRecord(
-                at=max(0.0, run.trace.elapsed() - seconds),
-                api=api,
-                offset=int(payload["offset"]) if "offset" in payload else None,
-                attempt=attempt,
-                outcome=outcome,
-                seconds=seconds,
-                status=status,
-                ret_code=None if ret_code is None else clip(ret_code, RET_CODE_CHARS),
-                ret_msg=None if ret_msg is None else clip(ret_msg, TRACE_TEXT_CHARS),
-                waited=waited,
-            )
-            self._record(run, record)
+            started = time.monotonic()
+            outcome, status, ret_code, ret_msg = "timeout", None, None, None
+            try:
+                async with self.http.stream(
+                    "POST",
+                    self._urls[path],
+                    headers=headers,
+                    json=payload,
+                    timeout=self.target.timeout_seconds,
+                ) as response:
+                    status = response.status_code
+                    if status != 200:
+                        outcome = "http_error"
+                        raise HttpStatusError(
+                            status,
+                            retry_after_seconds(response.headers.get("Retry-After"), time.time()),
+                        )
+                    body = await self._read_capped(response)
+                result = read(body)
+                outcome = "success"
+                return result
+            except RetCodeError as err:
+                outcome = "ret_code_error"
+                ret_code, ret_msg = self._redact(err.ret_code), self._redact(err.ret_msg)
+                raise RetCodeError(ret_code, ret_msg) from None
+            except InvalidResponse as err:  # may quote the body: vendor text
+                outcome = err.outcome
+                raise InvalidResponse(self._redact(str(err))) from None
+            except httpx2.HTTPError as err:
+                failure = _transport_error(err)
+                outcome = failure.outcome
+                raise failure from None
+            except CecError as err:
+                outcome = err.outcome
+                raise
+            except Exception:
+                outcome = "invalid_response"  # a body our parser choked on: still counted once
+                raise
+            except asyncio.CancelledError:
+                if run.abandoned:
+                    outcome = "cancelled"  # sent, then given up: a sibling page had failed
+                raise
+            finally:
+                seconds = time.monotonic() - started
+                self._observer.request_done(api, outcome, seconds, status, ret_code)
+                if api == QUERY_API and outcome == "success":
+                    ret_code = "0"  # it passed the retCode check
+                record = RequestRecord(
+                    at=max(0.0, run.trace.elapsed() - seconds),
+                    api=api,
+                    offset=int(payload["offset"]) if "offset" in payload else None,
+                    attempt=attempt,
+                    outcome=outcome,
+                    seconds=seconds,
+                    status=status,
+                    ret_code=None if ret_code is None else clip(ret_code, RET_CODE_CHARS),
+                    ret_msg=None if ret_msg is None else clip(ret_msg, TRACE_TEXT_CHARS),
+                    waited=waited,
+                )
+                self._record(run, record)
 
     def _redact(self, vendor_text: str) -> str:
         """Vendor text with the credentials it could echo (token, app key, app secret) replaced."""
