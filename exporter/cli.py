@@ -190,11 +190,7 @@ def run_server(
         _fail(str(err))
 
     on_signals(stop=server.shutdown, reload=exporter.reload)
-    scheme = "https" if app.web_config.tls else "http"
-    urls = [
-        f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{telemetry_path}"
-        for host, port in server.addresses  # the real port for :0
-    ]
+    urls = server.urls(telemetry_path)
     for url in urls:
         log.info("listening on %s", url)
     if on_listening is not None:

@@ -116,8 +116,8 @@ class Response:
 
 
 @dataclass(frozen=True)
-class _Front:
-    """What guards the door for one web config: its users' check and its rate limiter."""
+class _Guards:
+    """What one web config puts in front of the routes: its users' check and its rate limit."""
 
     config: WebConfig
     auth: BasicAuth | None
@@ -150,7 +150,7 @@ class App:
         )
         self._verdicts = VerdictCache()
         self._checks = FairQueue()
-        self._front = self._guard(self.web.current(), None)
+        self._guards = self._guards_for(self.web.current(), None)
         self._reload = reload or exporter.reload
         self.telemetry_path = telemetry_path
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -170,7 +170,7 @@ class App:
         """The web config in force now (re-read from its file when that changed)."""
         return self.web.current()
 
-    def _guard(self, config: WebConfig, old: _Front | None) -> _Front:
+    def _guards_for(self, config: WebConfig, old: _Guards | None) -> _Guards:
         """Auth and rate limiter for ``config``; an unchanged limit keeps its bucket.
 
         The verdict cache is shared by every config: an unchanged user keeps its
@@ -184,14 +184,14 @@ class App:
             limiter = None
         elif limiter is None or limiter.limit != config.rate_limit:
             limiter = RateLimiter(config.rate_limit)
-        return _Front(config, auth, limiter)
+        return _Guards(config, auth, limiter)
 
-    def front(self) -> _Front:
-        """The guard for the web config in force, rebuilt when the config changed."""
+    def guards(self) -> _Guards:
+        """The guards of the web config in force, rebuilt when the config changed."""
         config = self.web.current()
-        if config is not self._front.config:
-            self._front = self._guard(config, self._front)
-        return self._front
+        if config is not self._guards.config:
+            self._guards = self._guards_for(config, self._guards)
+        return self._guards
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -209,7 +209,7 @@ class App:
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
-            *((k, v) for k, v in self._front.config.headers.items() if v),
+            *((k, v) for k, v in self._guards.config.headers.items() if v),
         ]
         await send(
             {
@@ -223,15 +223,15 @@ class App:
 
     async def _route(self, request: Request) -> Response:
         path = request.path
-        front = self.front()
+        guards = self.guards()
         if path not in _OPEN_PATHS and not self.web.ok:
             # Fail closed, as upstream: a broken web config serves nothing but health.
             return Response(500, b"The web config cannot be loaded; see the log\n")
         # Health probes are neither limited nor authenticated: they cost nothing upstream.
-        if path not in _OPEN_PATHS and front.limiter and not front.limiter.allow():
+        if path not in _OPEN_PATHS and guards.limiter and not guards.limiter.allow():
             return Response(429, b"Too Many Requests\n")
-        if path not in _OPEN_PATHS and front.auth is not None:
-            verdict = await front.auth.check(request.header("authorization"), request.client)
+        if path not in _OPEN_PATHS and guards.auth is not None:
+            verdict = await guards.auth.check(request.header("authorization"), request.client)
             if verdict is None:
                 return Response(429, b"Too many logins waiting\n")
             if not verdict:

@@ -252,6 +252,14 @@ class Server:
         """The first port bound (the real one when asked for port 0)."""
         return self.addresses[0][1]
 
+    def urls(self, path: str) -> list[str]:
+        """The URL of ``path`` on every address bound (the real port for port 0)."""
+        scheme = "https" if self.door.tls else "http"
+        return [
+            f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+            for host, port in self.addresses
+        ]
+
     def serve_forever(self) -> None:
         """Block until ``shutdown`` (serving happens on the loop meanwhile)."""
         self._stopped.wait()
