@@ -24,6 +24,7 @@ REASONS = (
     "page_limit",
     "credentials",
     "deadline",
+    "budget",
 )
 # Page 1 is read only after page 0 and page 2 only after page 1: exact request counts.
 LATER = {"max_concurrency": 1}

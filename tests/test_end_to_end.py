@@ -201,6 +201,33 @@ def test_targets_of_one_vendor_app_share_one_token(simulator, write_config, expo
     assert sum(requests_total(text, "tokenByAkSk", "success", n) for n in names[:3]) == 2
 
 
+def test_one_secret_value_is_one_token_wherever_it_is_written(
+    simulator, write_config, exporter_server, tmp_path
+):
+    """One app behind a gateway that keeps one live token per app, written four ways: the
+    secret inline, in a file, in another file with the same content, and the base URL
+    as ``HTTP://`` with a trailing ``/``. A token each made them revoke one another in
+    turn (56-64 token calls and 130 401s in 10 scrapes); one value, one token."""
+    sim = simulator(phones=250, one_token_per_app=True)
+    files = [tmp_path / "secret-a", tmp_path / "secret-b"]
+    for path in files:
+        path.write_text(sim.config.app_secret + "\n")
+    by_file = [
+        {**target_entry(sim, f"file-{n}"), "app_secret": None, "app_secret_file": str(path)}
+        for n, path in enumerate(files)
+    ]
+    shouting = {**target_entry(sim, "shouting"), "base_url": sim.url.upper() + "/"}
+    ex = exporter_server(write_config(targets=[target_entry(sim, "inline"), *by_file, shouting]))
+    names = ("inline", "file-0", "file-1", "shouting")
+    for _ in range(10):
+        text = ex.metrics()
+        assert [sample(text, "cec_up", target=name) for name in names] == [1, 1, 1, 1]
+    stats = sim.stats()
+    assert stats["token_requests"] == 1
+    assert stats["unauthorized"] == 0
+    assert ex.exporter.upstream.pools == 1
+
+
 def test_a_failed_early_renewal_keeps_the_held_token_until_it_expires(
     simulator, write_config, exporter_server
 ):

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 import trustme
 import yaml
-from support import parse_samples, sample, samples_named, target_entry
+from support import RunningExporter, parse_samples, sample, samples_named, target_entry
 from support_procs import ServeProcess
 
 from exporter.cec.upstream import Upstream
@@ -26,6 +26,7 @@ from exporter.simulator import Fault, SimConfig, Simulator
 
 RELOAD_OK = "cec_exporter_config_last_reload_successful"
 RELOAD_TIME = "cec_exporter_config_last_reload_success_timestamp_seconds"
+LAST_SUCCESS = "cec_last_success_timestamp_seconds"
 
 
 def write(path: Path, targets: list[dict[str, Any]]) -> None:
@@ -244,6 +245,38 @@ def test_rotated_secret_file_is_used_without_restart(
     output = server.stop()
     assert "second-secret-bbbb" not in output
     assert "first-secret-aaaa" not in output
+
+
+def test_a_reload_that_changes_a_failing_target_keeps_its_last_success(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """The last success belongs to the target's name: a reload that changes a target which
+    is down must not drop it (``CECCollectionStale`` would resolve while it is still
+    down); only the change baseline starts again."""
+    sim = simulator(phones=300, tenants=3)
+    config = write_config(targets=[target_entry(sim)])
+    running = exporter_server(config)
+    text = running.metrics()
+    assert sample(text, "cec_up", target="sim") == 1.0
+    succeeded = sample(text, LAST_SUCCESS, target="sim")
+    assert succeeded is not None
+    sim.set_faults([Fault("http_status", value=404)])
+    assert sample(running.metrics(), LAST_SUCCESS, target="sim") == succeeded
+    write(config, [target_entry(sim, timeout_seconds=9)])
+    assert running.exporter.reload()
+    text = running.metrics()
+    assert sample(text, "cec_up", target="sim") == 0.0
+    assert sample(text, LAST_SUCCESS, target="sim") == succeeded
+    assert [s.up for s in running.exporter.recent()["sim"]] == [False, False, True]
+    sim.clear_faults()
+    sim.change_phones("suspend", 2)  # before the new settings' first success: not counted
+    text = running.metrics()
+    assert (sample(text, LAST_SUCCESS, target="sim") or 0) > succeeded
+    changes = samples_named(text, "cec_softphone_status_changes_total")
+    assert changes
+    assert all(value == 0 for _, value in changes)
 
 
 def test_reload_during_a_slow_scrape(

@@ -6,17 +6,20 @@ happy path and through failures; no canary may appear in any output, page or log
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import re
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote_plus
 
 import httpx2
 import pytest
-from support import run_cli, sample, target_entry
+from support import RunningExporter, log_line, run_cli, sample, samples_named, target_entry
 from support_procs import ServeProcess
 
 from exporter.cec.text import MAX_SECRETS, REDACTED, VENDOR_TEXT_CHARS, redact, register_secret
@@ -342,6 +345,122 @@ def test_vendor_echo_is_redacted_for_every_target_of_the_app_and_where_clipped(
     shown["serve output"] = server.stop()
     assert_clean(shown, [token, APP_SECRET[:kept], APP_SECRET[:6]])
     assert "simulated failure" in shown["debug of b"]
+
+
+# --- escaped echoes, and many vendor apps ----------------------------------------------------
+
+ESCAPED_SECRET = "Qx7d/Zr9e+Kp4f=Wm2g"
+"""An app secret with the characters JSON and URLs escape; each 4-character run is its own."""
+UNHELD = ("Unheld9Canary", "Unheld8Canary")
+"""Values no target uses, echoed in the ``app_secret=`` and ``"app_secret":`` shapes."""
+
+
+def json_escaped(value: str) -> str:
+    """``value`` as a JSON string's inside with every character ``\\uXXXX``-escaped."""
+    return "".join(f"\\u{ord(c):04x}" for c in value)
+
+
+def decodings(text: str) -> list[str]:
+    """``text`` as written, HTML-, JSON- and percent-decoded, each alone and together."""
+    unhtml = html.unescape(text)
+    unjson = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), unhtml).replace(
+        "\\/", "/"
+    )
+    return [text, unhtml, unjson, unquote_plus(unhtml), unquote_plus(unjson)]
+
+
+def assert_no_form(texts: dict[str, str], secrets: list[str]) -> None:
+    """No secret in any decoding of any text, nor a 4-character run of ESCAPED_SECRET."""
+    runs = [run for run in re.split(r"[/+=]", ESCAPED_SECRET) if len(run) >= 4]
+    for where, text in texts.items():
+        for shown in decodings(text):
+            for secret in [*secrets, *runs]:
+                assert secret not in shown, f"a secret ({secret[:6]}...) shows in {where}"
+
+
+def escaped_echo(secret: str, token: str) -> str:
+    """A vendor echo of the app secret and the token, JSON-escaped and percent-encoded."""
+    slashed = secret.replace("/", "\\/")
+    gson = secret.replace("=", "\\u003d")
+    return (
+        f'simulated failure {{"app_secret":"{slashed}"}} app_secret%3D{quote(secret, safe="")} '
+        f"X-Token {json_escaped(token)} {gson} {json_escaped(secret)} "
+        f'app_secret={UNHELD[0]} {{"app_secret": "{UNHELD[1]}"}}'
+    )
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warn", "error"])
+def test_an_escaped_echo_is_redacted_on_every_page_and_in_the_log_at_every_level(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    level: str,
+) -> None:
+    """The vendor echoes the secret JSON-escaped (``\\/``, ``\\u003d``, every character
+    ``\\uXXXX``) and percent-encoded, and values in the ``app_secret`` shapes: the log
+    line redacted some of it, the debug probe and the landing page none (two redactors).
+    One redactor: no form of them on any page or in the log."""
+    sim = simulator(phones=10, app_secret=ESCAPED_SECRET)
+    config = write_config(targets=[target_entry(sim, "sim")])
+    with ServeProcess.on_free_port(
+        "serve", "--config", str(config), "--log-level", level
+    ) as server:
+        shown = _echoed(server, sim)
+    assert_no_form(shown, [ESCAPED_SECRET, *sim.issued_tokens(), *UNHELD])
+    assert "simulated failure" in shown["debug probe"]  # the message is shown, redacted
+    if level in ("debug", "info", "warn"):
+        assert "collection failed" in shown["serve output"]
+
+
+def _echoed(server: ServeProcess, sim: Simulator) -> dict[str, str]:
+    """The pages that show a collection whose vendor echoes the secret and token, escaped."""
+    assert sample(httpx2.get(server.url + "/metrics").text, "cec_up", target="sim") == 1
+    token = sim.issued_tokens()[-1]
+    echo = escaped_echo(ESCAPED_SECRET, token)
+    assert len(echo) < VENDOR_TEXT_CHARS - len("retCode 1 ()")  # shown whole, not clipped
+    sim.set_faults([Fault("ret_code", value=echo)])
+    shown = {
+        "probe": httpx2.get(server.url + "/probe?target=sim").text,
+        "debug probe": httpx2.get(server.url + "/probe?target=sim&debug=true").text,
+        "landing page": httpx2.get(server.url + "/").text,
+    }
+    shown["serve output"] = server.stop()
+    return shown
+
+
+def test_what_every_target_uses_stays_redacted_beside_520_vendor_apps(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """520 apps, each a secret and a token: the registry kept the 1024 most recently
+    registered, so t000's secret, in use all along, showed in clear. What a live target
+    uses stays known, however many apps there are."""
+    apps = 520
+    sim = simulator(phones=10, apps=apps, app_secret=APP_SECRET)
+    targets = [
+        {
+            **target_entry(sim, f"t{n:03d}"),
+            "app_key": f"{sim.config.app_key}-{n}" if n else sim.config.app_key,
+            "app_secret": f"{APP_SECRET}-{n}" if n else APP_SECRET,
+        }
+        for n in range(apps)
+    ]
+    caplog.set_level(logging.DEBUG)
+    running = exporter_server(write_config(targets=targets))
+    text = running.metrics()
+    assert sum(value for _, value in samples_named(text, "cec_up")) == apps
+    assert sim.stats()["tokens_issued"] == apps
+    first_token = sim.issued_tokens()[0]
+    sim.set_faults([Fault("ret_code", value=f"simulated failure {APP_SECRET} {first_token}")])
+    shown = {
+        "debug probe": running.get("/probe?target=t000&debug=true").text,
+        "landing page": running.get("/").text,
+        "log": "\n".join(log_line(record) for record in caplog.records),
+    }
+    assert "simulated failure" in shown["debug probe"]
+    assert "t000" in shown["log"]
+    assert_no_form(shown, [APP_SECRET, first_token])
 
 
 # --- the in-process logger ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from exporter.simulator.faults import (
     MODIFIER_KINDS,
     Fault,
 )
-from exporter.simulator.model import SimConfig, page_result
+from exporter.simulator.model import SimConfig, app_secret, page_result
 from exporter.simulator.reply import DROP, Reply, error_reply, json_reply
 from exporter.simulator.state import SimState
 
@@ -70,7 +70,7 @@ def _requested_expire(raw: str | None) -> int | str | None:
 def token_by_ak_sk(state: SimState, headers: Message, body: bytes) -> Reply:
     """Issue a token for the right app_key/app_secret; lifetime min(X-Token-Expire, cap)."""
     config = state.config
-    state.stats.incr("token_requests")
+    state.stats.request("tokenByAkSk")
     requested = _requested_expire(headers.get("X-Token-Expire"))
     state.stats.token_expire(requested)
     if not state.pause(state.api_delay(config)):
@@ -78,7 +78,9 @@ def token_by_ak_sk(state: SimState, headers: Message, body: bytes) -> Reply:
     payload = _json_object(body)
     if payload is None:
         return error_reply(400, "request body must be a JSON object")
-    if payload.get("app_key") != config.app_key or payload.get("app_secret") != config.app_secret:
+    app_key = payload.get("app_key")
+    secret = app_secret(config, app_key)
+    if secret is None or payload.get("app_secret") != secret:
         return error_reply(401, "invalid app_key or app_secret")
     if isinstance(requested, str) or requested == 0:
         return error_reply(400, "X-Token-Expire must be a positive number of seconds")
@@ -97,20 +99,21 @@ def token_by_ak_sk(state: SimState, headers: Message, body: bytes) -> Reply:
         "CreateTime": str(int(time.time())),
         "Expires": "soon" if "bad_expires" in kinds else str(lifetime),
         "Scope": "cec-api",
-        "AppKey": config.app_key,
+        "AppKey": str(app_key),
         "UserID": "Anonymous",
     }
     if "no_access_token" not in kinds:
-        reply = {"AccessToken": state.tokens.issue(lifetime), **reply}
+        token = state.tokens.issue(lifetime, str(app_key), config.one_token_per_app)
+        reply = {"AccessToken": token, **reply}
         state.stats.incr("tokens_issued")
     return json_reply(reply)
 
 
 def _authorized(state: SimState, config: SimConfig, headers: Message) -> bool:
-    auth = headers.get("Authorization") or ""
-    if headers.get("X-APP-Key") != config.app_key or not auth.startswith("Bearer "):
+    auth, app_key = headers.get("Authorization") or "", headers.get("X-APP-Key")
+    if app_secret(config, app_key) is None or not auth.startswith("Bearer "):
         return False
-    return state.tokens.is_live(auth[len("Bearer ") :])
+    return state.tokens.is_live(auth[len("Bearer ") :], str(app_key))
 
 
 def _paging(payload: dict[str, object], max_limit: int) -> tuple[int, int, str] | str:
@@ -141,7 +144,7 @@ def query_phone(state: SimState, headers: Message, body: bytes) -> Reply:
     Cookies sent are recorded; with ``set_cookie`` every answer sets one per tenant space.
     """
     config = state.config
-    state.stats.incr("query_requests")
+    state.stats.request("queryPhone")
     tenant_space = ""
     for value in headers.get_all("X-TenantSpaceID") or []:
         tenant_space = str(value)

@@ -46,6 +46,12 @@ class SimConfig:
     jitter_ms: float = 0.0
     app_key: str = "demo-app-key"
     app_secret: str = "demo-app-secret"
+    apps: int = 1
+    """Vendor apps the gateway knows: ``app_key``/``app_secret``, and ``app_key-N``/
+    ``app_secret-N`` for N in 1..apps-1 (many apps, each its own tokens, on one gateway)."""
+    one_token_per_app: bool = False
+    """Issuing a token revokes the app's older ones, as a gateway that keeps one live
+    token per app does."""
     token_max_seconds: int = 3600
     numbers_as_strings: bool = False
     max_limit: int = 100
@@ -137,6 +143,7 @@ def validate(config: SimConfig) -> None:
         (config.jitter_ms >= 0, "jitter_ms: must be >= 0"),
         (config.app_key != "", "app_key: must not be empty"),
         (config.app_secret != "", "app_secret: must not be empty"),
+        (config.apps >= 1, "apps: must be at least 1"),
         (config.token_max_seconds >= 1, "token_max_seconds: must be >= 1"),
         (config.max_limit >= 1, "max_limit: must be >= 1"),
         (config.id_period >= 0, "id_period: must be >= 0"),
@@ -144,6 +151,19 @@ def validate(config: SimConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def app_secret(config: SimConfig, app_key: object) -> str | None:
+    """The secret of the app ``app_key`` (see ``SimConfig.apps``), or None for no such app."""
+    if app_key == config.app_key:
+        return config.app_secret
+    prefix = f"{config.app_key}-"
+    if not isinstance(app_key, str) or not app_key.startswith(prefix):
+        return None
+    number = app_key[len(prefix) :]
+    if not number.isdigit() or number != str(int(number)) or not 1 <= int(number) < config.apps:
+        return None
+    return f"{config.app_secret}-{number}"
 
 
 def with_changes(config: SimConfig, changes: dict[str, object]) -> SimConfig:

@@ -1,6 +1,7 @@
 """Counters about what clients asked for, so tests can check how the exporter behaved."""
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -8,6 +9,9 @@ from contextlib import contextmanager
 # Only the most recent X-Token-Expire values are kept: enough to assert on, bounded in memory.
 _TOKEN_EXPIRE_KEPT = 100
 _COUNTERS = ("token_requests", "tokens_issued", "query_requests", "connections", "unauthorized")
+_REQUEST_COUNTERS = {"tokenByAkSk": "token_requests", "queryPhone": "query_requests"}
+# When the most recent API requests arrived: enough to check a client's pacing, bounded.
+_ARRIVALS_KEPT = 2000
 
 
 class Stats:
@@ -29,6 +33,7 @@ class Stats:
             self._tenant_space_ids: set[str] = set()
             self._cookies: set[str] = set()
             self._faults: dict[str, int] = {}
+            self._arrivals: deque[tuple[str, float]] = deque(maxlen=_ARRIVALS_KEPT)
             self._in_flight_max = self._in_flight
             self._open_max = self._open
 
@@ -36,6 +41,12 @@ class Stats:
         """Add one to the counter ``name``."""
         with self._lock:
             self._counters[name] += 1
+
+    def request(self, api: str) -> None:
+        """Count an API request (``token_requests`` or ``query_requests``) and when it came."""
+        with self._lock:
+            self._counters[_REQUEST_COUNTERS[api]] += 1
+            self._arrivals.append((api, time.monotonic()))
 
     def page(self, page: int, pagination_type: str) -> None:
         """Record a well-formed queryPhone page request and how its numbers were typed."""
@@ -88,7 +99,8 @@ class Stats:
                 self._in_flight -= 1
 
     def snapshot(self) -> dict[str, object]:
-        """A copy of every counter; ``query_requests_by_page`` keys are page indexes."""
+        """A copy of every counter; ``query_requests_by_page`` keys are page indexes;
+        ``arrivals``: ``[api, time.monotonic()]`` of the most recent requests, oldest first."""
         with self._lock:
             return {
                 **self._counters,
@@ -98,6 +110,7 @@ class Stats:
                 "tenant_space_ids": sorted(self._tenant_space_ids),
                 "cookies": sorted(self._cookies),
                 "faults_applied": dict(self._faults),
+                "arrivals": [[api, at] for api, at in self._arrivals],
                 "in_flight": self._in_flight,
                 "in_flight_max": self._in_flight_max,
                 "connections_open": self._open,

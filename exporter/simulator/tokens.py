@@ -1,4 +1,9 @@
-"""Access tokens issued by the simulated tokenByAkSk: random, expiring for real, revocable."""
+"""Access tokens issued by the simulated tokenByAkSk: random, expiring for real, revocable.
+
+Each token belongs to the app (``app_key``) it was issued to, and is good for that app only.
+A gateway that keeps one live token per app revokes the app's older tokens on each issue
+(``exclusive``): a client that fetches a token per target, not per app, gets 401s.
+"""
 
 import secrets
 import threading
@@ -12,21 +17,24 @@ _ISSUED_KEPT = 1024
 
 
 class TokenStore:
-    """Thread-safe table of live tokens and their monotonic expiry times."""
+    """Thread-safe table of live tokens: their app and monotonic expiry time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._expiry: dict[str, float] = {}
+        self._expiry: dict[str, tuple[str, float]] = {}
         self._issued: deque[str] = deque(maxlen=_ISSUED_KEPT)
 
-    def issue(self, lifetime_seconds: float) -> str:
-        """A new random token valid for ``lifetime_seconds``."""
+    def issue(self, lifetime_seconds: float, app: str = "", exclusive: bool = False) -> str:
+        """A new random token of ``app`` valid for ``lifetime_seconds``; ``exclusive``
+        revokes the app's older tokens."""
         token = secrets.token_urlsafe(24)
         now = time.monotonic()
         with self._lock:
+            if exclusive:
+                self._expiry = {t: e for t, e in self._expiry.items() if e[0] != app}
             if len(self._expiry) >= _SWEEP_AT:
-                self._expiry = {t: e for t, e in self._expiry.items() if e > now}
-            self._expiry[token] = now + lifetime_seconds
+                self._expiry = {t: e for t, e in self._expiry.items() if e[1] > now}
+            self._expiry[token] = (app, now + lifetime_seconds)
             self._issued.append(token)
         return token
 
@@ -35,11 +43,11 @@ class TokenStore:
         with self._lock:
             return list(self._issued)
 
-    def is_live(self, token: str) -> bool:
-        """Whether ``token`` was issued, has not expired and was not revoked."""
+    def is_live(self, token: str, app: str = "") -> bool:
+        """Whether ``token`` was issued to ``app``, has not expired and was not revoked."""
         with self._lock:
-            expiry = self._expiry.get(token)
-        return expiry is not None and time.monotonic() < expiry
+            entry = self._expiry.get(token)
+        return entry is not None and entry[0] == app and time.monotonic() < entry[1]
 
     def expire_all(self) -> None:
         """Revoke every token issued so far."""
