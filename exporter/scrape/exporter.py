@@ -97,7 +97,7 @@ class Exporter:
             if kept is not None and kept.config == target:
                 new[target.name] = kept
             else:
-                new[target.name] = TargetCollector(target, self.api_metrics, self.upstream)
+                new[target.name] = TargetCollector(target, self.api_metrics, self.upstream, kept)
                 self.api_metrics.add_target(target.name)
         self._targets = new
         self.config = config

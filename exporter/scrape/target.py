@@ -32,12 +32,19 @@ class TargetCollector:
     """
 
     def __init__(
-        self, config: TargetConfig, api_metrics: ApiMetrics, upstream: Upstream | None = None
+        self,
+        config: TargetConfig,
+        api_metrics: ApiMetrics,
+        upstream: Upstream | None = None,
+        previous: TargetCollector | None = None,
     ) -> None:
+        """``previous``: the collector of the same name that a reload replaces. Its last
+        success and history belong to the target's name and carry over; its cache and
+        change baseline belong to the old settings and do not."""
         self.config = config
         self._observer = api_metrics.observer(config.name)
         self.client = CecClient(config, self._observer, upstream)
-        self.history: tuple[CollectionSummary, ...] = ()
+        self.history: tuple[CollectionSummary, ...] = () if previous is None else previous.history
         """Summaries of the most recent collections, oldest first (the landing page).
 
         Replaced, never mutated, so the web threads can read it while the loop appends.
@@ -45,8 +52,9 @@ class TargetCollector:
         self._inflight: asyncio.Task[Collection | None] | None = None
         self._deadline = Deadline()
         self._cached: Collection | None = None
-        self.last_success: float | None = None
-        """Unix time of the target's last successful collection, if any."""
+        self.last_success: float | None = None if previous is None else previous.last_success
+        """Unix time of the target's last successful collection, if any (under any settings:
+        ``cec_last_success_timestamp_seconds`` must not reset while the target is down)."""
         self._changes = ChangeTracker()
         self._closed = False
 
