@@ -1,8 +1,8 @@
 """Logging set-up: logfmt or JSON lines as promslog writes them, with secrets scrubbed.
 
-Secrets are kept out of log calls by construction; redaction (``exporter.cec.text``,
-where every secret the exporter learns is registered) is a second line of defence
-that also covers third-party loggers. A call's context comes as ``extra=fields(...)``.
+Secrets are kept out of log calls by construction; redaction (``exporter.cec.redact``,
+the redactor vendor text goes through too) is a second line of defence that also
+covers third-party loggers. A call's context comes as ``extra=fields(...)``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import re
 import sys
 
-from exporter.cec.text import redact, utc
+from exporter.cec.redact import redact
+from exporter.cec.text import utc
 
 
 def _context(record: logging.LogRecord) -> list[tuple[str, str | int]]:

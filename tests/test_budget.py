@@ -8,6 +8,7 @@ every in-flight place. Checked against the simulator, which sees the requests.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,6 @@ def test_one_apps_requests_stay_paced_after_another_app_held_every_inflight_plac
     assert slow.stats()["faults_applied"] == {"slow": 2}, "a's pages held no place"
     arrivals = [at for _, at in paced.stats()["arrivals"]]  # type: ignore[union-attr]
     assert len(arrivals) == 1 + 20  # b's token and pages
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert max(gaps) > 1.0, "b's requests never waited for a's pages: no stall to test"
     assert min(gaps) >= 0.2, f"b's requests left {min(gaps) * 1000:.0f} ms apart"

@@ -15,14 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import httpx2
 import pytest
 from support import RunningExporter, log_line, run_cli, sample, samples_named, target_entry
 from support_procs import ServeProcess
 
-from exporter.cec.text import MAX_SECRETS, REDACTED, VENDOR_TEXT_CHARS, redact, register_secret
+from exporter.cec.redact import REDACTED, held_secrets, hold_secret, redact, release_secrets
+from exporter.cec.text import CLIP_MARK, VENDOR_TEXT_CHARS
 from exporter.logs import setup_logging
 from exporter.settings import ConfigError, load_config
 from exporter.simulator import Fault, Simulator
@@ -482,30 +483,75 @@ def test_redact_scrubs_credential_shapes() -> None:
         scrubbed = redact(text)
         assert secret not in scrubbed, text
         assert REDACTED in scrubbed, text
-    assert "88880002" in redact('{"password":"x","phoneNum":"88880002"}')  # only the value goes
-    # Config key paths carry no value and stay readable.
-    message = "targets[0].app_secret: set exactly one of app_secret, app_secret_file"
-    assert redact(message) == message
+    assert "88880002" in redact('{"phoneNum":"88880002","password":"x"}')  # before it stays
+    # Anything after "password" goes, as vendor text's rule has it: one redactor for both.
+    assert "88880003" not in redact('{"password":"x","phoneNum":"88880003"}')
+    # Config errors carry no value and stay readable.
+    for message in (
+        "targets[0].app_secret: set exactly one of app_secret, app_secret_file",
+        "basic_auth_users.john: not a bcrypt hash: must start $2a$, $2b$ or $2y$ and be 60 ch",
+    ):
+        assert redact(message) == message
 
 
-def test_the_secret_registry_forgets_the_least_recently_registered_first() -> None:
-    """Bounded, but never by forgetting everything at once: what is in use stays known."""
-    register_secret("live-canary-lru-0a1b")
-    others = 2 * MAX_SECRETS  # twice as many others as the registry holds
-    for n in range(others):
-        register_secret(f"old-canary-lru-{n:05d}")
-        if n % 100 == 0:
-            register_secret("live-canary-lru-0a1b")  # in use: registered again
-    assert redact("live-canary-lru-0a1b") == REDACTED
-    assert redact("old-canary-lru-00000") == "old-canary-lru-00000"  # forgotten
-    assert redact(f"old-canary-lru-{others - 1:05d}") == REDACTED
+ESCAPED_FORMS = {
+    "as written": ESCAPED_SECRET,
+    "JSON \\/": ESCAPED_SECRET.replace("/", "\\/"),
+    "JSON \\uXXXX, every character": json_escaped(ESCAPED_SECRET),
+    "JSON \\uXXXX, some (Gson)": ESCAPED_SECRET.replace("=", "\\u003d").replace("+", "\\u002b"),
+    "percent-encoded": quote(ESCAPED_SECRET, safe=""),
+    "percent-encoded, lower case": re.sub(
+        "%[0-9A-F]{2}", lambda m: m.group().lower(), quote(ESCAPED_SECRET, safe="")
+    ),
+    "percent-encoded, + left as is": quote(ESCAPED_SECRET, safe="/+"),
+    "form-encoded, a space as +": quote_plus("Qx7d Zr9e" + ESCAPED_SECRET[9:]),
+    "percent-encoded in JSON": quote(ESCAPED_SECRET, safe="").replace("%", "\\u0025"),
+    "JSON in a query string": quote(ESCAPED_SECRET.replace("/", "\\/"), safe=""),
+}
 
 
-def test_redact_scrubs_registered_secrets() -> None:
-    register_secret("registered-canary-5e21")
+@pytest.mark.parametrize("form", ESCAPED_FORMS)
+def test_a_held_secret_is_redacted_in_every_form(form: str) -> None:
+    holder = object()
+    hold_secret(holder, "app_secret", ESCAPED_SECRET)
+    hold_secret(holder, "token", "Qx7d Zr9e" + ESCAPED_SECRET[9:])  # one with a space
+    try:
+        text = f"retMsg: echo {ESCAPED_FORMS[form]} end"
+        assert redact(text) == f"retMsg: echo {REDACTED} end"
+        cut = ESCAPED_FORMS[form][: len(ESCAPED_FORMS[form]) * 2 // 3]
+        clipped = f"retMsg: echo {cut}{CLIP_MARK}"  # clipped inside it
+        assert redact(clipped) == f"retMsg: echo {REDACTED}{CLIP_MARK}"
+    finally:
+        release_secrets(holder)
+    assert redact(text) == text  # released: nothing of it is redacted any more
+
+
+def test_what_a_holder_uses_stays_known_until_it_is_released() -> None:
+    """Bounded by the holders alive, not by a count: held values are never forgotten."""
+    live, others = object(), [object() for _ in range(2048)]
+    hold_secret(live, "token", "live-canary-0a1b")
+    for n, holder in enumerate(others):
+        hold_secret(holder, "token", f"other-canary-{n:05d}")
+    hold_secret(live, "token", "live-canary-0a1c")  # renewed: the one before is kept too
+    hold_secret(live, "token", "live-canary-0a1d")  # renewed again: the oldest goes
+    assert redact("live-canary-0a1c live-canary-0a1d") == f"{REDACTED} {REDACTED}"
+    assert redact("live-canary-0a1b") == "live-canary-0a1b"
+    assert redact("other-canary-00000") == REDACTED
+    for holder in others:
+        release_secrets(holder)
+    assert redact("other-canary-00000") == "other-canary-00000"
+    assert {"live-canary-0a1c", "live-canary-0a1d"} <= held_secrets()
+    release_secrets(live)
+    assert not {"live-canary-0a1c", "live-canary-0a1d"} & held_secrets()
+
+
+def test_redact_scrubs_held_secrets() -> None:
+    holder = object()
+    hold_secret(holder, "app_secret", "registered-canary-5e21")
+    hold_secret(holder, "app_key", "abc")  # too short to scrub safely: ignored
     assert redact("sent registered-canary-5e21 to x") == f"sent {REDACTED} to x"
-    register_secret("abc")  # too short to scrub safely: ignored
     assert redact("abc def") == "abc def"
+    release_secrets(holder)
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -514,7 +560,7 @@ def test_log_lines_are_scrubbed(log_format: str, capsys: pytest.CaptureFixture[s
     saved = (list(root.handlers), root.level)
     try:
         setup_logging("debug", log_format)
-        register_secret("registered-canary-77aa")
+        hold_secret(root, "app_secret", "registered-canary-77aa")
         log = logging.getLogger("exporter.test")
         log.debug("token registered-canary-77aa in a message")
         log.info("headers %s", {"Authorization": "Bearer tok-canary-1"})
@@ -526,6 +572,7 @@ def test_log_lines_are_scrubbed(log_format: str, capsys: pytest.CaptureFixture[s
         # A third-party logger goes through the same formatter.
         logging.getLogger("somelib").error("app_secret=%s", APP_SECRET)
     finally:
+        release_secrets(root)
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     err = capsys.readouterr().err

@@ -65,7 +65,7 @@ REFUSED = {
         f"{TLS}.client_auth_type",
         "client CA's have been configured without a Client Auth Policy",
     ),
-    "web_config_auth_user_list_invalid.bad.yml": ("basic_auth_users.john", "bad password hash"),
+    "web_config_auth_user_list_invalid.bad.yml": ("basic_auth_users.john", "not a bcrypt hash"),
     "web_config_noAuth_inventedCiphers.bad.yml": (f"{TLS}.cipher_suites[0]", "unknown cipher"),
     "web_config_noAuth_inventedCurves.bad.yml": (f"{TLS}.curve_preferences[0]", "unknown curve"),
     "web_config_noAuth_wrongTLSVersion.bad.yml": (f"{TLS}.min_version", "unknown TLS version"),

@@ -33,10 +33,12 @@ from exporter.cec.errors import (
 )
 from exporter.cec.parse import parse_page, parse_token
 from exporter.cec.records import Page, Token
+from exporter.cec.redact import hold_secret, release_secrets
 from exporter.cec.run import CollectionRun
 from exporter.cec.snapshot import Snapshot, SnapshotBuilder
 from exporter.cec.target import TargetConfig
-from exporter.cec.text import fields, register_secret
+from exporter.cec.text import fields
+from exporter.cec.token import TokenCache
 from exporter.cec.trace import CollectionTrace
 from exporter.cec.transport import QUERY_PATH, TOKEN_PATH, RequestObserver, Transport
 from exporter.cec.upstream import Upstream
@@ -67,29 +69,64 @@ class CecClient:
     ) -> None:
         self.target = target
         self._observer = observer
-        upstream = upstream or Upstream()
+        self._upstream = upstream = upstream or Upstream()
         self.transport = Transport(target, observer, upstream)
-        # Shared with every target of the same vendor app (base_url, app_key, secret).
-        self.tokens = upstream.token_cache(target)
+        self._tokens: TokenCache | None = None
+        """The token cache of this target's app and secret value as last read: shared with
+        every target of the same base_url, app_key and secret value."""
         self._reported: Token | None = None  # the token whose expiry the observer last saw
+        # What this target sends stays redacted for as long as it lives (``aclose``).
+        hold_secret(self, "app_key", target.app_key)
+        if target.app_secret.value is not None:
+            hold_secret(self, "app_secret", target.app_secret.value)
 
     async def aclose(self) -> None:
-        """Give the shared pool back (its last user closes the connections)."""
+        """Give the shared pool back (its last user closes the connections); what this
+        target sent need no longer be redacted."""
+        release_secrets(self)
         await self.transport.aclose()
 
     # --- token ---------------------------------------------------------------------
 
-    async def _fetch_token(self, run: CollectionRun, tries: _PageTries, reason: str) -> Token:
-        """A new token, fetched within the page try ``tries`` of ``run``."""
-        run.trace.token_noted = True  # every renewal is noted; a reuse only once
-        run.trace.note(f"new token: {reason}")
+    def _read_secret(self) -> str:
+        """The app secret's value now (a file is read again), redacted from now on."""
         try:
             secret = self.target.app_secret.read()
         except OSError as err:
             raise CredentialError(f"cannot read app secret: {err.strerror or err}") from None
         except UnicodeDecodeError:
             raise CredentialError("cannot read app secret: not UTF-8 text") from None
-        register_secret(secret)
+        hold_secret(self, "app_secret", secret)
+        return secret
+
+    def _token_cache(self, rejected: bool) -> tuple[TokenCache, str | None]:
+        """The token cache to ask now, and the secret value read to find it (None: not read).
+
+        Tokens are shared by the secret's value, so it is read when a token is needed (none
+        held, one due, or one ``rejected`` with a 401): a rotated file, or another target
+        with the same value written elsewhere, leads to the cache of that value.
+        """
+        cache = self._tokens
+        if cache is not None and not rejected and not cache.due():
+            return cache, None
+        try:
+            secret = self._read_secret()
+        except CredentialError:
+            if cache is None or rejected:
+                raise
+            return cache, None  # the early renewal reads it again and keeps the held token
+        self._tokens = self._upstream.token_cache(self.target, secret)
+        return self._tokens, secret
+
+    async def _fetch_token(
+        self, run: CollectionRun, tries: _PageTries, secret: str | None, reason: str
+    ) -> Token:
+        """A new token, fetched within the page try ``tries`` of ``run`` with ``secret``
+        (read now if None)."""
+        run.trace.token_noted = True  # every renewal is noted; a reuse only once
+        run.trace.note(f"new token: {reason}")
+        if secret is None:
+            secret = self._read_secret()
         headers = {
             "Content-Type": "application/json",
             "X-Token-Expire": str(self.target.token_lifetime_seconds),
@@ -114,7 +151,6 @@ class CecClient:
             raise CredentialError(
                 f"tokenByAkSk refused app_key and app_secret (HTTP {err.status_code})"
             ) from None
-        register_secret(token.value)
         log.debug(
             "new token",
             extra=fields(target=self.target.name, expires_at=round(token.expires_at)),
@@ -126,7 +162,7 @@ class CecClient:
         if token is not self._reported:
             self._reported = token
             # Whichever target of the app fetched it, this one sends it: keep it known.
-            register_secret(token.value)
+            hold_secret(self, "token", token.value)
             self._observer.token_issued(token.expires_at)
         return token
 
@@ -157,8 +193,9 @@ class CecClient:
 
     async def _query_once(self, run: CollectionRun, offset: int, tries: _PageTries) -> Page:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
-        fetch = functools.partial(self._fetch_token, run, tries)
-        token = self._report(await self.tokens.get(fetch, self.target.name))
+        cache, secret = self._token_cache(rejected=False)
+        fetch = functools.partial(self._fetch_token, run, tries, secret)
+        token = self._report(await cache.get(fetch, self.target.name))
         run.trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
         payload = self._query_payload(offset)
 
@@ -173,7 +210,9 @@ class CecClient:
         except HttpStatusError as err:
             if err.status_code != 401:
                 raise
-        token = self._report(await self.tokens.renew(token, fetch))
+        cache, secret = self._token_cache(rejected=True)
+        fetch = functools.partial(self._fetch_token, run, tries, secret)
+        token = self._report(await cache.renew(token, fetch))
         tries.count += 1  # the same page sent again: its next try
         return await send(token)
 

@@ -2,7 +2,7 @@
 
 The vendor has no refresh call: we ask for a new token ahead of expiry, and
 once more after a 401. Concurrent pages that all see a 401 share one renewal.
-Targets with the same ``base_url``, ``app_key`` and secret share one cache (a
+Targets with the same ``base_url``, ``app_key`` and secret value share one cache (a
 vendor that revokes older tokens on issue would otherwise 401 them in turn);
 whichever of them needs a token fetches it, with its own client, counted as its
 own request. If an early renewal fails, the held token is used until it expires.
@@ -46,6 +46,10 @@ class TokenCache:
     def current(self) -> Token | None:
         """The token held now, if any (it may be due for renewal)."""
         return self._token
+
+    def due(self) -> bool:
+        """Whether ``get`` would fetch a token now: none held, or the held one due for renewal."""
+        return self._token is None or self._clock() >= self._renew_at
 
     async def get(self, fetch: Fetch, target: str = "") -> Token:
         """A token that is not due for renewal, fetching one with ``fetch`` if needed.

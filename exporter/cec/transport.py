@@ -32,16 +32,10 @@ from exporter.cec.errors import (
     RetCodeError,
 )
 from exporter.cec.parse import clip_vendor_text
+from exporter.cec.redact import redact
 from exporter.cec.run import CollectionRun
 from exporter.cec.target import TargetConfig
-from exporter.cec.text import (
-    RET_CODE_CHARS,
-    TRACE_TEXT_CHARS,
-    clip,
-    fields,
-    known_secrets,
-    redact_vendor_text,
-)
+from exporter.cec.text import RET_CODE_CHARS, TRACE_TEXT_CHARS, clip, fields
 from exporter.cec.trace import RequestRecord
 from exporter.cec.upstream import Upstream
 
@@ -86,7 +80,7 @@ def _transport_error(err: httpx2.HTTPError) -> CecError:
     if isinstance(err, httpx2.TimeoutException):
         return RequestTimeout(f"request timed out ({type(err).__name__})")
     # A protocol error quotes what the server sent (an illegal status or header line).
-    cause = clip_vendor_text(str(err)) or type(err).__name__
+    cause = redact(clip_vendor_text(str(err))) or type(err).__name__
     reason = _os_reason(err)
     if reason and reason.lower() not in cause.lower():
         cause += f" ({reason})"  # "All connection attempts failed" alone hides the why
@@ -172,11 +166,11 @@ class Transport:
                 return result
             except RetCodeError as err:
                 outcome = "ret_code_error"
-                ret_code, ret_msg = self._redact(err.ret_code), self._redact(err.ret_msg)
+                ret_code, ret_msg = redact(err.ret_code), redact(err.ret_msg)
                 raise RetCodeError(ret_code, ret_msg) from None
             except InvalidResponse as err:  # may quote the body: vendor text
                 outcome = err.outcome
-                raise InvalidResponse(self._redact(str(err))) from None
+                raise InvalidResponse(redact(str(err))) from None
             except httpx2.HTTPError as err:
                 failure = _transport_error(err)
                 outcome = failure.outcome
@@ -209,12 +203,6 @@ class Transport:
                     waited=waited,
                 )
                 self._record(run, record)
-
-    def _redact(self, vendor_text: str) -> str:
-        """Vendor text with the credentials it could echo (token, app key, app secret) replaced."""
-        # Every registered secret, not only this target's: a target whose app shares a
-        # token with others may never have read the secret itself.
-        return redact_vendor_text(vendor_text, (self.target.app_key, *known_secrets()))
 
     def _record(self, run: CollectionRun, record: RequestRecord) -> None:
         """One debug log line per request (never a secret), and the collection's record."""

@@ -4,7 +4,7 @@ Targets with the same ``base_url`` and TLS/proxy settings share one pool, so 200
 accounts on one CEC endpoint hold about as many sockets as requests in flight; a
 semaphore caps the requests in flight across every target; targets with the same
 ``base_url`` and ``app_key`` share one requests-per-second budget, because the
-vendor's gateway limits per app, and with the same secret also one access token.
+vendor's gateway limits per app, and with the same secret value also one access token.
 A ``ca_file`` whose content changed is read again on reload, and the pools that
 trust it get a new client. Everything here runs on the collection loop.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx2
 
 from exporter.cec.ratelimit import RateLimiter
-from exporter.cec.target import Secret, TargetConfig
+from exporter.cec.target import TargetConfig
 from exporter.cec.token import TokenCache
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ DEFAULT_MAX_INFLIGHT_REQUESTS = 64
 
 PoolKey = tuple[str, bool, str | None, str | None]
 BudgetKey = tuple[str, str]
-TokenKey = tuple[str, str, Secret]
+TokenKey = tuple[str, str, bytes]
 
 
 def pool_key(target: TargetConfig) -> PoolKey:
@@ -49,9 +49,10 @@ def budget_key(target: TargetConfig) -> BudgetKey:
     return (target.base_url, target.app_key)
 
 
-def token_key(target: TargetConfig) -> TokenKey:
-    """Targets with equal keys share one access token: one vendor app, one secret."""
-    return (target.base_url, target.app_key, target.app_secret)
+def token_key(target: TargetConfig, secret: str) -> TokenKey:
+    """Targets with equal keys share one access token: one vendor app, one secret value
+    (``secret``, read now), however it is written (inline, in one file or another)."""
+    return (target.base_url, target.app_key, hashlib.sha256(secret.encode()).digest())
 
 
 def group_rates(targets: Iterable[TargetConfig]) -> dict[BudgetKey, float]:
@@ -125,13 +126,25 @@ class Upstream:
                     kept if kept is not None and kept.rate == rate else RateLimiter(rate)
                 )
         self._limiters = limiters
-        apps = {token_key(target) for target in targets}
-        self._tokens = {key: cache for key, cache in self._tokens.items() if key in apps}
+        self._tokens = {key: self._tokens[key] for key in self._token_keys(targets)}
         self._renew_tls(targets)
 
-    def token_cache(self, target: TargetConfig) -> TokenCache:
-        """The token cache ``target`` shares with every target of its vendor app."""
-        key = token_key(target)
+    def _token_keys(self, targets: Iterable[TargetConfig]) -> set[TokenKey]:
+        """The keys of the token caches ``targets`` use now; for a secret that cannot be
+        read now, every cache of its app is kept (its collections will say why)."""
+        keys: set[TokenKey] = set()
+        for target in targets:
+            try:
+                keys.add(token_key(target, target.app_secret.read()))
+            except (OSError, UnicodeDecodeError):
+                app = (target.base_url, target.app_key)
+                keys.update(key for key in self._tokens if key[:2] == app)
+        return keys & self._tokens.keys()
+
+    def token_cache(self, target: TargetConfig, secret: str) -> TokenCache:
+        """The token cache ``target`` shares with every target of its vendor app and
+        secret value."""
+        key = token_key(target, secret)
         cache = self._tokens.get(key)
         if cache is None:
             cache = self._tokens[key] = TokenCache()

@@ -13,7 +13,8 @@ from dataclasses import fields
 from prometheus_client.exposition import generate_latest
 
 from exporter.cec import CollectionTrace, TargetConfig
-from exporter.cec.text import ERROR_TEXT_CHARS, REDACTED, clip, utc
+from exporter.cec.redact import REDACTED
+from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
 from exporter.cec.trace import RequestRecord
 from exporter.cec.upstream import group_rates
 from exporter.scrape import Collection, Exporter

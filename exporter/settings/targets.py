@@ -161,7 +161,9 @@ def _http_url(path: str, raw: object) -> str:
         _ = parts.port  # raises on a non-numeric or out-of-range port
     except ValueError as err:
         raise ConfigError(path, f"has a bad port: {err}") from None
-    return value.rstrip("/")
+    # One spelling per URL: scheme and host compared case-insensitively, a trailing "/"
+    # ignored, so ``HTTP://Host/`` shares pools, budgets and tokens with ``http://host``.
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
 def _readable_file(path: str, raw: object) -> str:

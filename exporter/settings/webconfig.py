@@ -78,8 +78,9 @@ def _users(raw: object) -> dict[str, bytes]:
         path = f"basic_auth_users.{user}"
         if not _BCRYPT_HASH.match(go_string(path, hashed)):
             # Upstream refuses these at start too (bcrypt.Cost); never echo the value.
+            # Worded without "password": a reload's log line redacts whatever follows it.
             raise ConfigError(
-                path, "bad password hash: must be a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)"
+                path, "not a bcrypt hash: must start $2a$, $2b$ or $2y$ and be 60 characters"
             )
         users[user] = str(hashed).encode()
     return users
