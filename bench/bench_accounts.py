@@ -11,12 +11,17 @@ every account:
 * then, with ``requests_per_second`` on every account (one app: one shared budget),
   the rate the limiter achieved over a warm scrape;
 * then a small account's collection time alone and beside a busy one on one budget
-  (``--fair-rate``): the shared budget is handed out round-robin between targets.
+  (``--fair-rate``): the budget serves the earliest deadline first;
+* then a budget too small for every target (issue 23's two cases: 30 targets of 10 pages
+  at 50/s in 3.5 s scrapes, 600 of 2 pages at 250/s in 3 s): targets up per scrape and
+  the share of requests spent on collections that failed, over ``--budget-rounds``
+  scrapes after two warm-up ones; with ``--baseline DIR`` (a checkout of another
+  version) that version's exporter is measured too, its scrapes alternating with these.
 
 Usage::
 
     .venv/bin/python bench/bench_accounts.py [--accounts 200 --phones 500 --latency-ms 20 \\
-        --rate 100]
+        --rate 100] [--baseline /tmp/main-checkout] [--only-budget]
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def scrape_all(http: httpx2.Client, url: str, accounts: int) -> float:
     return seconds
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--phones", type=int, default=500)
@@ -77,7 +82,21 @@ def main() -> None:
     parser.add_argument(
         "--fair-rate", type=float, default=10.0, help="requests_per_second (phase 3)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--budget-rounds", type=int, default=5, help="scrapes per budget case")
+    parser.add_argument("--baseline", type=Path, help="a checkout whose exporter/ to compare")
+    parser.add_argument("--only-budget", action="store_true", help="the budget cases alone")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    if args.only_budget:
+        print(machine())
+        print(f"load average before: {load()}")
+        with tempfile.TemporaryDirectory() as tmp:
+            print_rows(budget_cases(Path(tmp), args.latency_ms, args.budget_rounds, args.baseline))
+        print(f"load average after: {load()}")
+        return
 
     pages = -(-args.phones // 100)
     print(machine())
@@ -148,10 +167,16 @@ def main() -> None:
             ),
         ]
         rows += fair_budget(http, sim_url, workdir, args.phones, args.fair_rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += budget_cases(Path(tmp), args.latency_ms, args.budget_rounds, args.baseline)
+    print_rows(rows)
+    print(f"load average after: {load()}")
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, figure in rows:
         print(f"{name:<{width}}  {figure}")
-    print(f"load average after: {load()}")
 
 
 def probe(http: httpx2.Client, url: str, target: str, timeout: float) -> tuple[bool, float]:
@@ -167,7 +192,7 @@ def fair_budget(
     """Phase 3: a small target's collection alone, then beside a busy one on one budget.
 
     Both read the same account: busy in pages of 5 with 8 in flight (phones / 5 pages),
-    small in pages of 100. Fair service gives small every other slot while busy pages.
+    small in pages of 100. Small's deadline is the earlier: it is served ahead of busy's pages.
     """
     base = {"base_url": sim_url, "app_key": APP_KEY, "app_secret": APP_SECRET}
     config = {
@@ -200,10 +225,89 @@ def fair_budget(
         (
             f"{label} beside busy ({-(-phones // 5)} pages)",
             f"{beside_s * 1000:.0f} ms  median of 3 = {beside_s / alone_s:.2f}x alone"
-            f"  (fair bound ~2x); {down} of 6 small collections down",
+            f"  (earliest deadline first: ~1x); {down} of 6 small collections down",
         ),
         ("  busy collection meanwhile", f"{busy_s * 1000:.0f} ms, {'up' if busy_up else 'DOWN'}"),
     ]
+
+
+BUDGET_CASES = ((30, 10, 50.0, 3.5), (600, 2, 250.0, 3.0))
+"""Issue 23's cases: targets of one app, pages each, requests_per_second, scrape timeout."""
+
+
+def budget_cases(
+    workdir: Path, latency_ms: float, rounds: int, baseline: Path | None
+) -> list[tuple[str, str]]:
+    """Phase 4: a budget too small for every target, scraped ``rounds`` times per version."""
+    # ``python -m exporter`` finds the package in its working directory first.
+    versions: dict[str, Path | None] = {
+        "this": None,
+        **({"baseline": baseline} if baseline else {}),
+    }
+    rows: list[tuple[str, str]] = []
+    for targets, pages, rate, timeout in BUDGET_CASES:
+        with (
+            simulate(pages * 100, latency_ms) as sim_process,
+            httpx2.Client(timeout=timeout + 10) as http,
+        ):
+            sim = SimControl(sim_process.url)
+            config = accounts_config(sim_process.url, targets, 0, requests_per_second=rate)
+            exporters = {
+                name: serve_config(config, workdir, "--log-level", "error", cwd=cwd).start()
+                for name, cwd in versions.items()
+            }
+            try:
+                figures = alternate_budget_scrapes(http, sim, exporters, rounds, timeout, pages)
+            finally:
+                for exporter in exporters.values():
+                    exporter.stop()
+        fit = int((rate * timeout * 0.9 + 1) // pages)  # slots by the deadline (90 % of it)
+        case = f"budget {rate:g}/s, {targets} targets x {pages} pages, {timeout:g} s scrapes"
+        rows.append((case, f"whole collections that fit a scrape: ~{fit}"))
+        for name, (ups, wasted, never) in figures.items():
+            rows.append(
+                (
+                    f"  {name}: targets up per scrape",
+                    f"median {statistics.median(ups):g} (min {min(ups)}, max {max(ups)}) "
+                    f"of {rounds}; never up: {never}",
+                )
+            )
+            rows.append((f"  {name}: requests to collections that failed", f"{wasted:.0%}"))
+    return rows
+
+
+def alternate_budget_scrapes(
+    http: httpx2.Client,
+    sim: SimControl,
+    exporters: dict[str, Any],
+    rounds: int,
+    timeout: float,
+    pages: int,
+) -> dict[str, tuple[list[int], float, int]]:
+    """Per exporter: targets up in each scrape, the share of requests sent for collections
+    that failed, and how many targets were never up; scrapes alternate between them."""
+    ups: dict[str, list[int]] = {name: [] for name in exporters}
+    sent = dict.fromkeys(exporters, 0)
+    useful = dict.fromkeys(exporters, 0)
+    seen: dict[str, set[str]] = {name: set() for name in exporters}
+    every: set[str] = set()
+    for warm_up in (True, True, *([False] * rounds)):
+        for name, exporter in exporters.items():
+            sim.reset_stats()
+            _, text = scrape(http, exporter.url + "/metrics", timeout)
+            stats = sim.stats()
+            up = {labels["target"] for labels, v in samples_named(text, "cec_up") if v == 1}
+            every |= {labels["target"] for labels, _ in samples_named(text, "cec_up")}
+            if warm_up:
+                continue
+            ups[name].append(len(up))
+            seen[name] |= up
+            sent[name] += int(stats["query_requests"]) + int(stats["token_requests"])
+            useful[name] += len(up) * pages
+    return {
+        name: (ups[name], 1 - useful[name] / max(1, sent[name]), len(every - seen[name]))
+        for name in exporters
+    }
 
 
 def proc_rss_mib(own_metrics: str) -> float:

@@ -290,6 +290,28 @@ def test_serve_never_shows_secrets(
         assert_json_lines(output, "serve")
 
 
+ECHO_PAGES = {
+    "metrics": "/metrics",
+    "probe": "/probe?target=sim",
+    "debug probe": "/probe?target=sim&debug=true",
+    "landing page": "/",  # last: its recent collections include the others'
+}
+
+
+def echoed_pages(
+    server: ServeProcess, sim: Simulator, echo: Callable[[str], str]
+) -> dict[str, str]:
+    """Target ``sim`` up once, then its vendor answers retCode 1 with ``echo(token)`` (the
+    token in use) as retMsg: every page that shows that collection, and the serve output."""
+    assert sample(httpx2.get(server.url + "/metrics").text, "cec_up", target="sim") == 1
+    message = echo(sim.issued_tokens()[-1])  # the token the next collections reuse
+    assert len(message) < VENDOR_TEXT_CHARS - len("retCode 1 ()")  # shown whole, not clipped
+    sim.set_faults([Fault("ret_code", value=message)])
+    shown = {label: httpx2.get(server.url + path).text for label, path in ECHO_PAGES.items()}
+    shown["serve output"] = server.stop()
+    return shown
+
+
 def test_vendor_echo_of_credentials_is_redacted_everywhere(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -300,17 +322,14 @@ def test_vendor_echo_of_credentials_is_redacted_everywhere(
     sim = simulator(phones=10, app_secret=APP_SECRET, app_key=app_key)
     config = write_config(targets=[target_entry(sim, "sim")])
     server = serve_process("--config", str(config), "--log-level", "debug").start()
-    assert sample(httpx2.get(server.url + "/metrics").text, "cec_up", target="sim") == 1
-    token = sim.issued_tokens()[-1]  # reused by the next collections
-    echo = f"Bearer {token}; token {token}; X-APP-Key {app_key}; {APP_SECRET}; password hunter2"
-    sim.set_faults([Fault("ret_code", value=echo)])
-    shown = {
-        "metrics": httpx2.get(server.url + "/metrics").text,
-        "landing page": httpx2.get(server.url + "/").text,
-        "debug probe": httpx2.get(server.url + "/probe?target=sim&debug=true").text,
-    }
-    shown["serve output"] = server.stop()
-    assert_clean(shown, [token, app_key, APP_SECRET, "hunter2"])
+    shown = echoed_pages(
+        server,
+        sim,
+        lambda token: (
+            f"Bearer {token}; token {token}; X-APP-Key {app_key}; {APP_SECRET}; password hunter2"
+        ),
+    )
+    assert_clean(shown, [*sim.issued_tokens(), app_key, APP_SECRET, "hunter2"])
     # Another process has a token of its own: the echoed one is not its secret.
     scrape = run_cli("scrape", "--config", str(config), "--debug", "--log-level", "debug")
     assert_clean(
@@ -405,27 +424,11 @@ def test_an_escaped_echo_is_redacted_on_every_page_and_in_the_log_at_every_level
     with ServeProcess.on_free_port(
         "serve", "--config", str(config), "--log-level", level
     ) as server:
-        shown = _echoed(server, sim)
+        shown = echoed_pages(server, sim, lambda token: escaped_echo(ESCAPED_SECRET, token))
     assert_no_form(shown, [ESCAPED_SECRET, *sim.issued_tokens(), *UNHELD])
     assert "simulated failure" in shown["debug probe"]  # the message is shown, redacted
     if level in ("debug", "info", "warn"):
         assert "collection failed" in shown["serve output"]
-
-
-def _echoed(server: ServeProcess, sim: Simulator) -> dict[str, str]:
-    """The pages that show a collection whose vendor echoes the secret and token, escaped."""
-    assert sample(httpx2.get(server.url + "/metrics").text, "cec_up", target="sim") == 1
-    token = sim.issued_tokens()[-1]
-    echo = escaped_echo(ESCAPED_SECRET, token)
-    assert len(echo) < VENDOR_TEXT_CHARS - len("retCode 1 ()")  # shown whole, not clipped
-    sim.set_faults([Fault("ret_code", value=echo)])
-    shown = {
-        "probe": httpx2.get(server.url + "/probe?target=sim").text,
-        "debug probe": httpx2.get(server.url + "/probe?target=sim&debug=true").text,
-        "landing page": httpx2.get(server.url + "/").text,
-    }
-    shown["serve output"] = server.stop()
-    return shown
 
 
 def test_what_every_target_uses_stays_redacted_beside_520_vendor_apps(

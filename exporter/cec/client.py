@@ -14,14 +14,17 @@ import functools
 import logging
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from exporter.cec.budget import Booking
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
     QUERY_API,
     TOKEN_API,
+    BudgetExceeded,
     CecError,
     CredentialError,
     DeadlineExceeded,
@@ -75,6 +78,10 @@ class CecClient:
         """The token cache of this target's app and secret value as last read: shared with
         every target of the same base_url, app_key and secret value."""
         self._reported: Token | None = None  # the token whose expiry the observer last saw
+        self._pages: int | None = None
+        """Pages a pass over the list took last time: what a collection books of a budget."""
+        self._request_seconds = 0.0
+        """How long a request took last time (the median): the last one must end in time."""
         # What this target sends stays redacted for as long as it lives (``aclose``).
         hold_secret(self, "app_key", target.app_key)
         if target.app_secret.value is not None:
@@ -234,6 +241,8 @@ class CecClient:
                 delay = _backoff(number, getattr(err, "retry_after", None))
                 if time.monotonic() + delay >= run.deadline.at:
                     raise  # no time left to wait and try again
+                if run.booking is not None and not run.booking.need(run.booking.left + 1):
+                    raise  # the app's budget has no room for another try
                 log.debug(
                     "retrying",
                     extra=fields(target=self.target.name, error=err, backoff=f"{delay:.2f}s"),
@@ -257,13 +266,34 @@ class CecClient:
         started = time.monotonic()
         try:
             async with run.deadline.enforce():
-                return await self._read_complete(run)
+                run.booking = await self._book(run)
+                try:
+                    return await self._read_complete(run)
+                finally:
+                    self._learn(run)
         except TimeoutError:
             if not run.deadline.fired:
                 raise
             raise DeadlineExceeded(
                 f"deadline of {run.deadline.at - started:.2f}s exceeded"
             ) from None
+
+    async def _book(self, run: CollectionRun) -> Booking | None:
+        """Admit this collection to its app's rate budget, if it has one, with the requests
+        it will send: a pass over the pages as long as the last one (the first page alone
+        the first time), and a token if one is due. ``BudgetExceeded`` when they cannot fit.
+        """
+        cache, _ = self._token_cache(rejected=False)
+        due = cache if cache.due() else None
+        return await self._upstream.book(self.target, self._pages, run, self._request_seconds, due)
+
+    def _learn(self, run: CollectionRun) -> None:
+        """What the next collection books: this one's request time; its booking ends."""
+        if run.booking is not None:
+            run.booking.close()
+        seconds = [r.seconds for r in run.trace.requests if r.outcome == "success"]
+        if seconds:
+            self._request_seconds = statistics.median(seconds)
 
     async def _read_complete(self, run: CollectionRun) -> Snapshot:
         """Read every page; an incomplete read is retried once from the first page."""
@@ -274,6 +304,8 @@ class CecClient:
             # Another pass costs about as long as this one: start it only if it can finish.
             if run.deadline.left() <= time.monotonic() - started:
                 raise IncompleteError(f"{problem}; no time left to read again")
+            if run.booking is not None and not run.booking.need(self._pages or 1):
+                raise IncompleteError(f"{problem}; the requests_per_second budget has no room")
             log.info(
                 "incomplete read; reading again from the first page",
                 extra=fields(target=self.target.name, problem=problem),
@@ -300,12 +332,14 @@ class CecClient:
         if first.total is None:
             await self._read_until_short_page(run, builder, len(first.keys))
             return builder
-        pages = max(1, math.ceil(first.total / target.page_size))
+        pages = self._pages = max(1, math.ceil(first.total / target.page_size))
         if pages > target.max_pages:
             raise PageLimitError(
                 f"total {first.total} needs {pages} pages, more than max_pages "
                 f"{target.max_pages} at page_size {target.page_size}"
             )
+        if run.booking is not None and not run.booking.need(pages - 1):
+            raise BudgetExceeded(run.booking.refusal(pages - 1, "after the first page"))
         builder.expect(first.total)  # now a trusted size: one allocation for the keys
         offsets = iter(range(target.page_size, first.total, target.page_size))
 
@@ -328,6 +362,7 @@ class CecClient:
             page = await self.query_page(run, offset)
             builder.add(page)
             size = len(page.keys)
+        self._pages = builder.pages
 
 
 def _retryable(err: CecError) -> bool:

@@ -31,8 +31,10 @@ REASONS = (
     "page_limit",
     "credentials",
     "deadline",
+    "budget",
 )
-"""Every reason a collection can fail for."""
+"""Every reason a collection can fail for; ``budget``: the app's ``requests_per_second``
+could not fit the whole collection before its deadline, so it was refused unsent."""
 
 
 class CecError(Exception):
@@ -112,3 +114,10 @@ class IncompleteError(CollectionError):
     """The records counted do not add up to ``total`` (a short page, a list that shifted)."""
 
     reason = "incomplete"
+
+
+class BudgetExceeded(CollectionError):
+    """The app's ``requests_per_second`` budget cannot fit the collection's requests before
+    its deadline beside the collections admitted: refused before sending them."""
+
+    reason = "budget"

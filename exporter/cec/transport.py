@@ -142,7 +142,7 @@ class Transport:
         whatever happens, including cancellation by the deadline (reported as a timeout)
         and abandonment because a sibling page failed (``cancelled``).
         """
-        async with self._upstream.admit(self.target, run.deadline.at) as waited:
+        async with self._upstream.admit(self.target, run) as waited:
             started = time.monotonic()
             outcome, status, ret_code, ret_msg = "timeout", None, None, None
             try:

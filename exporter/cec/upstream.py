@@ -1,8 +1,8 @@
 """What the clients of all targets share: pools, the in-flight cap, rate budgets, tokens.
 
 Targets with the same ``base_url`` and TLS/proxy settings share one pool, so 200
-accounts on one CEC endpoint hold about as many sockets as requests in flight; a
-semaphore caps the requests in flight across every target; targets with the same
+accounts on one CEC endpoint hold about as many sockets as requests in flight; one
+cap bounds the requests in flight across every target; targets with the same
 ``base_url`` and ``app_key`` share one requests-per-second budget, because the
 vendor's gateway limits per app, and with the same secret value also one access token.
 A ``ca_file`` whose content changed is read again on reload, and the pools that
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import httpx2
 
-from exporter.cec.ratelimit import RateLimiter
+from exporter.cec.budget import Booking, Budget
+from exporter.cec.inflight import InflightCap
+from exporter.cec.run import CollectionRun
 from exporter.cec.target import TargetConfig
 from exporter.cec.token import TokenCache
 
@@ -97,9 +99,9 @@ class Upstream:
 
     def __init__(self, max_inflight: int = DEFAULT_MAX_INFLIGHT_REQUESTS) -> None:
         self.max_inflight = max_inflight
-        self._inflight = asyncio.Semaphore(max_inflight)
+        self._inflight = InflightCap(max_inflight)
         self._pools: dict[PoolKey, Pool] = {}
-        self._limiters: dict[BudgetKey, RateLimiter] = {}
+        self._budgets: dict[BudgetKey, Budget] = {}
         self._tokens: dict[TokenKey, TokenCache] = {}
         self._ssl: dict[tuple[bool, str | None], tuple[bytes | None, ssl.SSLContext]] = {}
         # Clients replaced by a CA renewal, each closed by a timer once its requests ended
@@ -111,21 +113,27 @@ class Upstream:
     def configure(self, targets: Iterable[TargetConfig], max_inflight: int) -> None:
         """Apply a (re)loaded config: the cap, the budgets and the shared tokens.
 
-        A kept budget keeps its pace; a kept vendor app keeps its token.
+        A kept budget keeps its pace, its admitted collections and its turn; a kept
+        vendor app keeps its token.
         """
         targets = tuple(targets)
         if max_inflight != self.max_inflight:
-            # Requests in flight release the semaphore they took; new ones take this one.
+            # Requests in flight release the cap they took a place of; new ones take this.
             self.max_inflight = max_inflight
-            self._inflight = asyncio.Semaphore(max_inflight)
-        limiters = {}
+            self._inflight = InflightCap(max_inflight)
+        budgets = {}
+        names: dict[BudgetKey, list[str]] = {}
+        for target in targets:
+            names.setdefault(budget_key(target), []).append(target.name)
         for key, rate in group_rates(targets).items():
             if rate > 0:
-                kept = self._limiters.get(key)
-                limiters[key] = (
-                    kept if kept is not None and kept.rate == rate else RateLimiter(rate)
-                )
-        self._limiters = limiters
+                budget = self._budgets.get(key)
+                if budget is None or budget.rate != rate:
+                    budget = Budget(rate, self._inflight)
+                budget.limiter.cap = self._inflight
+                budget.forget(names[key])
+                budgets[key] = budget
+        self._budgets = budgets
         self._tokens = {key: self._tokens[key] for key in self._token_keys(targets)}
         self._renew_tls(targets)
 
@@ -216,20 +224,44 @@ class Upstream:
             await client.aclose()
         await asyncio.gather(*self._closing, return_exceptions=True)
 
-    @asynccontextmanager
-    async def admit(self, target: TargetConfig, deadline: float) -> AsyncIterator[float]:
-        """Hold a place for one request: its rate slot, then an in-flight slot.
+    async def book(
+        self,
+        target: TargetConfig,
+        pages: int | None,
+        run: CollectionRun,
+        tail: float,
+        token: object,
+    ) -> Booking | None:
+        """Admit ``target``'s collection to its app's rate budget with its ``pages`` booked
+        (None: unknown, its first page alone), and a fetch of ``token`` (a token cache)
+        when one is due; None without a budget.
 
-        Yields the seconds waited. The rate slot comes first, so a request waiting
-        for its budget does not sit on an in-flight slot others could use.
+        Raises ``BudgetExceeded`` when they cannot fit before ``run``'s deadline.
+        """
+        budget = self._budgets.get(budget_key(target))
+        if budget is None:
+            return None
+        deadline, sizing = run.deadline.at, pages is None
+        return await budget.admit(target.name, pages or 1, deadline, tail, token, sizing)
+
+    @asynccontextmanager
+    async def admit(self, target: TargetConfig, run: CollectionRun) -> AsyncIterator[float]:
+        """Hold a place for one request of ``run``: its rate slot, taken as it leaves with
+        an in-flight place, or only the place without a budget. Yields the seconds waited.
         """
         started = time.monotonic()
-        limiter = self._limiters.get(budget_key(target))
-        if limiter is not None:
-            await limiter.wait(deadline, party=target.name)
-        semaphore = self._inflight
-        async with semaphore:
+        budget = None if run.booking else self._budgets.get(budget_key(target))
+        if run.booking is not None:
+            cap = await run.booking.slot()
+        elif budget is not None:  # a request outside a booked collection, served by deadline
+            cap = await budget.limiter.slot((run.deadline.at, -1))
+        else:
+            cap = self._inflight
+            await cap.take()
+        try:
             yield time.monotonic() - started
+        finally:
+            cap.release()
 
     def _new_client(self, key: PoolKey) -> tuple[httpx2.AsyncClient, bytes | None]:
         """A client for the pool ``key``, and the digest of the CA content it trusts."""
