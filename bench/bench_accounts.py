@@ -31,6 +31,7 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,23 +258,44 @@ def budget_cases(
                 for name, cwd in versions.items()
             }
             try:
-                figures = alternate_budget_scrapes(http, sim, exporters, rounds, timeout, pages)
+                figures, every = alternate_budget_scrapes(
+                    http, sim, exporters, rounds, timeout, pages
+                )
             finally:
                 for exporter in exporters.values():
                     exporter.stop()
-        fit = int((rate * timeout * 0.9 + 1) // pages)  # slots by the deadline (90 % of it)
+        slots = int(rate * timeout * 0.9) + 1  # by the deadline: 90 % of the timeout
         case = f"budget {rate:g}/s, {targets} targets x {pages} pages, {timeout:g} s scrapes"
-        rows.append((case, f"whole collections that fit a scrape: ~{fit}"))
-        for name, (ups, wasted, never) in figures.items():
-            rows.append(
+        rows.append((case, f"{slots} slots a scrape: {slots // pages} whole collections"))
+        for name, found in figures.items():
+            ups = found.ups
+            rows += [
                 (
                     f"  {name}: targets up per scrape",
                     f"median {statistics.median(ups):g} (min {min(ups)}, max {max(ups)}) "
-                    f"of {rounds}; never up: {never}",
-                )
-            )
-            rows.append((f"  {name}: requests to collections that failed", f"{wasted:.0%}"))
+                    f"of {rounds}; never up: {len(every - found.seen)}",
+                ),
+                (
+                    f"  {name}: requests sent per scrape",
+                    f"{found.sent / rounds:.0f}, of which to collections that failed: "
+                    f"{1 - found.useful / max(1, found.sent):.0%}",
+                ),
+            ]
     return rows
+
+
+@dataclass
+class BudgetFigures:
+    """What one exporter's scrapes of a budget case gave."""
+
+    ups: list[int] = field(default_factory=list)
+    """Targets up, per scrape."""
+    sent: int = 0
+    """Requests the simulator saw, over the scrapes."""
+    useful: int = 0
+    """Of those, the requests of collections that succeeded."""
+    seen: set[str] = field(default_factory=set)
+    """Targets up at least once."""
 
 
 def alternate_budget_scrapes(
@@ -283,13 +305,10 @@ def alternate_budget_scrapes(
     rounds: int,
     timeout: float,
     pages: int,
-) -> dict[str, tuple[list[int], float, int]]:
-    """Per exporter: targets up in each scrape, the share of requests sent for collections
-    that failed, and how many targets were never up; scrapes alternate between them."""
-    ups: dict[str, list[int]] = {name: [] for name in exporters}
-    sent = dict.fromkeys(exporters, 0)
-    useful = dict.fromkeys(exporters, 0)
-    seen: dict[str, set[str]] = {name: set() for name in exporters}
+) -> tuple[dict[str, BudgetFigures], set[str]]:
+    """Each exporter's figures over ``rounds`` scrapes (after two warm-up ones), their
+    scrapes alternating; and every target."""
+    figures = {name: BudgetFigures() for name in exporters}
     every: set[str] = set()
     for warm_up in (True, True, *([False] * rounds)):
         for name, exporter in exporters.items():
@@ -300,14 +319,12 @@ def alternate_budget_scrapes(
             every |= {labels["target"] for labels, _ in samples_named(text, "cec_up")}
             if warm_up:
                 continue
-            ups[name].append(len(up))
-            seen[name] |= up
-            sent[name] += int(stats["query_requests"]) + int(stats["token_requests"])
-            useful[name] += len(up) * pages
-    return {
-        name: (ups[name], 1 - useful[name] / max(1, sent[name]), len(every - seen[name]))
-        for name in exporters
-    }
+            found = figures[name]
+            found.ups.append(len(up))
+            found.seen |= up
+            found.sent += int(stats["query_requests"]) + int(stats["token_requests"])
+            found.useful += len(up) * pages
+    return figures, every
 
 
 def proc_rss_mib(own_metrics: str) -> float:
