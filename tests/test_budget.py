@@ -164,6 +164,8 @@ def test_rate_budget_is_shared_per_app(
     assert 0.55 <= b < 1.3
     assert wall < 10
     assert shared.stats()["query_requests"] == 6
+    debug = running.get("/probe?target=a1&debug=true").text  # its 3 pages, its token held
+    assert "requests_per_second 5: admitted, 3 requests" in debug
 
 
 def test_a_collection_the_budget_cannot_fit_is_refused_and_next_time_sends_nothing(
@@ -195,6 +197,8 @@ def test_a_collection_the_budget_cannot_fit_is_refused_and_next_time_sends_nothi
     assert second.error is not None
     assert "refused before it sent anything" in second.error
     assert second.duration < 0.1
+    debug = running.get("/probe?target=slow&debug=true").text
+    assert "(reason budget): requests_per_second 2: 10 requests cannot end" in debug
 
 
 def test_group_rate_is_the_lowest_non_zero(write_config: Callable[..., Path]) -> None:

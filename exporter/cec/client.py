@@ -285,7 +285,14 @@ class CecClient:
         """
         cache, _ = self._token_cache(rejected=False)
         due = cache if cache.due() else None
-        return await self._upstream.book(self.target, self._pages, run, self._request_seconds, due)
+        booking = await self._upstream.book(
+            self.target, self._pages, run, self._request_seconds, due
+        )
+        if booking is not None:
+            rate, booked = booking.budget.rate, booking.left
+            sizing = " (its first page: the size is not known yet)" if booking.sizing else ""
+            run.trace.note(f"requests_per_second {rate:g}: admitted, {booked} requests{sizing}")
+        return booking
 
     def _learn(self, run: CollectionRun) -> None:
         """What the next collection books: this one's request time; its booking ends."""
