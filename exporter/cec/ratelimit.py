@@ -114,8 +114,10 @@ class RateLimiter:
                 self._schedule()
             return
         self._live -= 1
-        if not self._live and self._asking is not None:
-            self._asking[0].cancel()  # nobody left to give the place to
+        if not self._live:
+            self._queue.clear()  # only waiters that gave up are left in it
+            if self._asking is not None:
+                self._asking[0].cancel()  # nobody left to give the place to
 
     def _schedule(self) -> None:
         """Arm the timer for the next slot, if anyone waits and nothing is armed or asked."""
