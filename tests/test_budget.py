@@ -435,6 +435,19 @@ def test_a_booking_grows_only_as_far_as_it_fits_and_owes_its_turn_when_it_cannot
     assert again == [False, True]  # a fell short, so a goes first: b's 9 no longer fit
 
 
+def test_a_collection_its_deadline_cut_short_keeps_its_turn() -> None:
+    async def body() -> list[bool]:
+        budget = Budget(10, InflightCap(64))
+        first = await ask_together(budget, [("b", 4), ("a", 4)], time.monotonic() + 1.0)
+        first[0].close()
+        first[1].close(short=True)  # a was admitted, and its deadline passed all the same
+        again = await ask_together(budget, [("b", 8), ("a", 8)], time.monotonic() + 1.0)
+        return [isinstance(b, Booking) for b in [*first, *again]]
+
+    # b was admitted before a, but a goes first: one collection of 8 fits, a's.
+    assert run(body) == [True, True, False, True]
+
+
 def test_one_token_fetch_is_booked_per_token_cache() -> None:
     async def body() -> list[int]:
         budget = Budget(100, InflightCap(64))

@@ -86,11 +86,14 @@ class Booking:
         """Why ``requests`` more were refused ``when``: for the collection's error."""
         return self.budget.refusal(requests, self.deadline, when)
 
-    def close(self) -> None:
-        """The collection ended: what it did not send is free for others."""
+    def close(self, short: bool = False) -> None:
+        """The collection ended: what it did not send is free for others. ``short``: it ran
+        out of time all the same, so its party is owed the turn it had."""
         if not self.closed:
             self.closed = True
             self.budget.drop(self)
+            if short:
+                self.budget.fell_short(self)
 
 
 @dataclass

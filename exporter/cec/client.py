@@ -295,9 +295,10 @@ class CecClient:
         return booking
 
     def _learn(self, run: CollectionRun) -> None:
-        """What the next collection books: this one's request time; its booking ends."""
+        """What the next collection books: this one's request time; its booking ends (a
+        collection its deadline cut short keeps its turn: it was admitted for nothing)."""
         if run.booking is not None:
-            run.booking.close()
+            run.booking.close(short=run.deadline.fired)
         seconds = [r.seconds for r in run.trace.requests if r.outcome == "success"]
         if seconds:
             self._request_seconds = statistics.median(seconds)
