@@ -83,7 +83,7 @@ def test_compose_account_override_runs_serve_with_the_readme_files() -> None:
 def test_image_defaults_the_secret_path_the_example_config_reads() -> None:
     """config.example.yaml reads ${CEC_APP_SECRET_FILE}; the image sets it where secrets mount."""
     text = DOCKERFILE.read_text(encoding="utf-8").rsplit("\nFROM ", 1)[1]
-    assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)} \\$", text, re.M)
+    assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)}( \\)?$", text, re.M)
     example = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
     assert "app_secret_file: ${CEC_APP_SECRET_FILE}" in example
     deployment = DEPLOYMENT_DOC.read_text(encoding="utf-8")
@@ -115,10 +115,12 @@ def test_dockerfile_structure() -> None:
     assert "--require-hashes --only-binary=:all: --wheel-dir /wheels -r requirements.lock" in text
     assert "--require-hashes --only-binary=:all: -r requirements-build.lock" in text
     assert "--no-build-isolation" in text
+    assert "COPY pyproject.toml setup.py README.md LICENSE ./" in text  # setup.py bakes the build
     # The build context must contain what the builder copies.
     ignore = DOCKERIGNORE.read_text(encoding="utf-8").split()
     for needed in (
         "!pyproject.toml",
+        "!setup.py",
         "!README.md",
         "!exporter/",
         "!requirements.lock",
