@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from exporter.cec.target import Secret, TargetConfig
+from exporter.cec.text import REDACTED
 from exporter.cec.upstream import DEFAULT_MAX_INFLIGHT_REQUESTS
 from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping
 
@@ -338,3 +339,26 @@ def summary(config: Config) -> str:
             lines.append(f"    tenant_space_id: {t.tenant_space_id}")
         lines.extend(f"    {n}: {getattr(t, n)}" for n in names)
     return "\n".join(lines)
+
+
+def redacted_target(target: TargetConfig) -> dict[str, Any]:
+    """A target's settings in force, keyed as the config file keys them; the app key and
+    an inline secret redacted (a secret file is named, never read)."""
+    shown: dict[str, Any] = {"name": target.name, "base_url": target.base_url}
+    shown["app_key"] = REDACTED
+    if target.app_secret.file is not None:
+        shown["app_secret_file"] = target.app_secret.file
+    else:
+        shown["app_secret"] = REDACTED
+    shown["tenant_space_id"] = target.tenant_space_id
+    shown.update((key, getattr(target, key)) for key in _SETTINGS)
+    return shown
+
+
+def redacted_config(config: Config) -> dict[str, Any]:
+    """The config in force as the file would say it, every default filled in and every
+    secret redacted (``/config``, as blackbox_exporter's)."""
+    return {
+        "max_inflight_requests": config.max_inflight_requests,
+        "targets": [redacted_target(target) for target in config.targets],
+    }
