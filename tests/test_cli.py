@@ -15,7 +15,7 @@ import click
 import httpx2
 import pytest
 from click.testing import CliRunner
-from support import sample, target_entry
+from support import run_cli, sample, target_entry
 from support_procs import ServeProcess
 
 from exporter.cli import cli
@@ -139,3 +139,28 @@ def test_a_mistake_in_options_alone_is_reported_as_serves(args: list[str], says:
     assert result.exit_code == 2
     for words in says:
         assert words in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("30", "must be a duration"),  # Prometheus's durations carry a unit
+        ("soon", "must be a duration"),
+        ("500ms", "at least 1s"),
+        ("-1m", "at least 1s"),
+    ],
+)
+def test_the_auto_reload_interval_is_a_duration_of_a_second_or_more(value: str, says: str) -> None:
+    option = "--config.auto-reload-interval"
+    result = CliRunner().invoke(cli, ["serve", "--config", "x.yml", option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert says in result.output, result.output
+
+
+def test_good_auto_reload_intervals_are_taken() -> None:
+    for good in ("0", "1s", "1m30s"):
+        result = run_cli("--config.file", "/nonexistent.yml", "--config.auto-reload-interval", good)
+        assert result.returncode == 2
+        assert "auto-reload-interval" not in result.stderr, result.stderr
+        assert "/nonexistent.yml: cannot read config file" in result.stderr, result.stderr

@@ -268,4 +268,20 @@ def test_k8s_service_and_servicemonitor() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "http-metrics"
     assert endpoint.get("path", "/metrics") == "/metrics"
-    assert re.fullmatch(".*cec.*", service["metadata"]["name"]), "job label must match the alerts"
+    # That the rules watch its job (the Service's name): tests/test_schemas.py.
+
+
+@pytest.mark.parametrize("manifest", ["deployment.yaml", "sharded/shards.yaml"])
+def test_k8s_pods_reload_an_updated_configmap_by_themselves(manifest: str) -> None:
+    """No ``kubectl exec`` to POST /-/reload: the serve command line the pods run, parsed by
+    the real CLI, looks for changes every so often."""
+    from exporter.cli.serve import serve_command
+
+    deployments = [d for d in load_yaml_all(K8S / manifest) if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        command, *args = container["args"]
+        assert command == "serve"
+        context = serve_command.make_context("serve", list(args))
+        assert 0 < context.params["auto_reload"] <= 60, args

@@ -8,6 +8,7 @@ import click
 
 from exporter.cli.options import fail, listen_option, logging_options, phones_option
 from exporter.cli.serve import run_server
+from exporter.http import App
 from exporter.http.app import DEFAULT_TELEMETRY_PATH
 from exporter.http.listener import parse_listen
 from exporter.logs import setup_logging
@@ -46,7 +47,7 @@ def demo(listen: tuple[str, ...], phones: int, log_level: str, log_format: str) 
 
     try:
         exporter = Exporter(Config(targets=(target,), source="demo"))
-        run_server(exporter, listen, None, on_listening=banner)
+        run_server(App(exporter), listen, on_listening=banner)
     finally:
         simulator.stop()
 

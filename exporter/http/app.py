@@ -203,6 +203,12 @@ class App:
             self._guards = self._guards_for(config, self._guards)
         return self._guards
 
+    def reload_if_changed(self) -> None:
+        """``--config.auto-reload-interval``'s look: the config reloaded as SIGHUP does when
+        it or a file it names changed, the web config re-read when it or its files did."""
+        self.exporter.reload_if_changed()
+        self.web.current()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan events are sent, and websockets are refused

@@ -68,6 +68,15 @@ class Config:
         """Names of the configured targets, in file order."""
         return [t.name for t in self.targets]
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The config file and every file it names (secret files, CA files), each once:
+        what a reload reads, so what ``--config.auto-reload-interval`` watches."""
+        named = [self.source] if self.source else []
+        for target in self.targets:
+            named += [f for f in (target.app_secret.file, target.ca_file) if f is not None]
+        return tuple(dict.fromkeys(named))
+
 
 # --- scalar checkers: each takes (path, raw value) and returns the typed value ---
 
