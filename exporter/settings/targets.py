@@ -8,6 +8,7 @@ value that may be one (see ``_shown``).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import ssl
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 from exporter.cec.target import Secret, TargetConfig
 from exporter.cec.text import REDACTED
 from exporter.cec.upstream import DEFAULT_MAX_INFLIGHT_REQUESTS
-from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping
+from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping, why_unreadable
 
 _T = TypeVar("_T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -180,8 +181,10 @@ def _readable_file(path: str, raw: object) -> str:
         with open(value, "rb"):
             pass
     except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):  # it exists: a path, not a pasted secret
+            raise ConfigError(path, f"cannot read {value}: {why_unreadable(err)}") from None
         # Not the name: what fails to open may be the secret itself, pasted as a path.
-        reason = err.strerror or type(err).__name__
+        reason = why_unreadable(err)
         raise ConfigError(path, f"cannot read the file named there: {reason}") from None
     return value
 
