@@ -34,6 +34,8 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import dashboard_queries as dq  # type: ignore[no-redef]
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ROOT / "prometheus" / "prometheus.yml"
 RATE_INTERVAL = "15s"  # $__rate_interval for 1s scrapes
@@ -159,5 +161,54 @@ def test_every_panel_has_data_in_each_shipped_setup(
         ]
         # Every account once, however many replicas report it.
         assert float(total[0]["values"][-1][1]) == 250 * len(SETUPS[setup][2])
+    for replica in replicas:
+        assert "Traceback" not in replica.stop()
+
+
+# Panels about failures: on a healthy system they draw 0, not "No data" (issue 25).
+ERROR_PANELS = {
+    "API error ratio",
+    "retCode failures by code",
+    "HTTP errors by status code",
+    "Collection failures by reason",
+    "Scrapes abandoned at their deadline",
+}
+
+
+@pytest.mark.timeout(150)
+def test_error_panels_show_zero_on_a_healthy_system(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+    tmp_path: Path,
+) -> None:
+    require_tool("prometheus")
+    sim = simulator(phones=250, tenants=2, mode="pool")  # no fault: nothing ever failed
+    prom_config, replicas = start_stack("plain", sim, write_config, serve_process, tmp_path)
+    titles = {p["title"] for p in dq.iter_panels(dq.load_dashboard())}
+    assert titles >= ERROR_PANELS, ERROR_PANELS - titles
+    with dq.running_prometheus(tmp_path / "prometheus", prom_config) as prom:
+
+        def results() -> dict[str, list[dict[str, Any]]]:
+            variables = dq.grafana_variable_values(prom.url, time.time() - 300, time.time())
+            return panel_results(prom, variables)
+
+        empty = wait_for(
+            "every panel with data on a healthy system",
+            lambda: sorted(name for name, rows in results().items() if not rows),
+            lambda empty: not empty,
+            timeout=60,
+            step=1,
+        )
+        assert not empty
+        found = results()
+        errors = {name: rows for name, rows in found.items() if name.split(" [")[0] in ERROR_PANELS}
+        assert len(errors) == len(ERROR_PANELS)
+        drawn = {
+            name: {float(value) for row in rows for _, value in row["values"]}
+            for name, rows in errors.items()
+        }
+        assert all(values == {0.0} for values in drawn.values()), drawn
+        assert not duplicate_legends(found)
     for replica in replicas:
         assert "Traceback" not in replica.stop()

@@ -377,10 +377,56 @@ def panel_errors(panel: dict[str, Any]) -> list[str]:
     return found
 
 
+_INPUT_REFERENCE = re.compile(r"\$\{(DS_[A-Z0-9_]+)\}")
+
+
+def imported(node: Any, chosen: dict[str, str]) -> Any:
+    """``node`` as Grafana's import stores it: each ``${INPUT}`` of ``__inputs`` replaced by the
+    value picked in the import dialog, ``__inputs`` dropped, nothing else touched
+    (pkg/services/dashboardimport/utils/dash_template_evaluator.go)."""
+    if isinstance(node, dict):
+        return {k: imported(v, chosen) for k, v in node.items() if k != "__inputs"}
+    if isinstance(node, list):
+        return [imported(v, chosen) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{(.+?)\}", lambda m: chosen.get(m[1], m[0]), node)
+    return node
+
+
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
 def test_dashboard_validates(path: Path) -> None:
+    """As the import stores it (``__inputs`` is the import dialog's, not the dashboard's)."""
     dash = load_json(path)
-    assert errors(adjusted_dashboard(), dash) == []
+    chosen = {i["name"]: "picked-uid" for i in dash.get("__inputs", [])}
+    assert errors(adjusted_dashboard(), imported(dash, chosen)) == []
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_import_asks_for_the_prometheus_data_source(path: Path) -> None:
+    """Dashboards -> New -> Import asks for a Prometheus data source and uses the one picked;
+    provisioned as the file is (no import), it falls back to the default data source."""
+    dash = load_json(path)
+    inputs = dash.get("__inputs", [])
+    assert [(i["type"], i["pluginId"]) for i in inputs] == [("datasource", "prometheus")]
+    assert all(i.get("label") and i.get("pluginName") for i in inputs), inputs
+    text = path.read_text(encoding="utf-8")
+    assert set(_INPUT_REFERENCE.findall(text)) == {i["name"] for i in inputs}
+    stored = imported(dash, {inputs[0]["name"]: "picked-uid"})
+    [variable] = [v for v in stored["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["current"]["value"] == "picked-uid"
+    assert variable["query"] == "prometheus"
+    assert "${DS_" not in json.dumps(stored)
+    # Only that default names the input: every query reads the variable, so the file
+    # also works provisioned, where nothing replaces ${DS_PROMETHEUS}.
+    [raw] = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
+    assert text.count("${" + inputs[0]["name"] + "}") == 1
+    assert _INPUT_REFERENCE.search(json.dumps(raw["current"]))
+    sources = {
+        json.dumps(t.get("datasource") or p.get("datasource"), sort_keys=True)
+        for p in walk_panels(dash["panels"])
+        for t in p.get("targets", [])
+    }
+    assert sources == {json.dumps({"type": "prometheus", "uid": "${datasource}"}, sort_keys=True)}
 
 
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
