@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from docs_common import DOCS, DOCS_DIR, README, REPO, Block, anchors, code_blocks, headings, links
 
+pytestmark = pytest.mark.e2e
+
 SHELL_TIMEOUT = 120
 README_MAX_LINES = 300
 # The README's two set-up commands, word for word; CI (.ci/run) runs the second.
@@ -37,7 +39,16 @@ DEMO_COMMAND = (
 TEST_COMMAND = "bash scripts/test.sh"
 # Left out of the copy a shell block runs in: bulky or machine-specific.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".ruff_cache", ".pytest_cache"
+    ".git",
+    ".venv",
+    ".venv-*",
+    "__pycache__",
+    "*.egg-info",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
 )
 
 
@@ -233,6 +244,7 @@ def referring_files() -> list[Path]:
         if (
             not path.is_file()
             or _NOT_SCANNED & set(relative.parts)
+            or any(part.startswith(".venv-") for part in relative.parts)
             or any(part.endswith(".egg-info") for part in relative.parts)
             or str(relative).startswith(_UPSTREAM)
         ):

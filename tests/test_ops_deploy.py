@@ -29,6 +29,8 @@ from ops_common import (
     run_tool,
 )
 
+pytestmark = pytest.mark.e2e
+
 # --------------------------------------------------------- docker-compose
 
 

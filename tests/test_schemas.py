@@ -23,6 +23,10 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
+from exporter import __version__
+
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 K8S = ROOT / "deploy" / "kubernetes"
