@@ -214,8 +214,10 @@ def parse_help(text: str) -> list[HelpOption]:
     options = []
     for block in blocks:
         spec = re.split(r"\s{2,}", block[0].strip(), maxsplit=1)[0]
-        envvar = re.search(r"env\s+var:\s+(\S+?)[;\]]", " ".join(block))
-        options.append(HelpOption(tuple(re.findall(r"--?[\w.-]+", spec)), envvar and envvar[1]))
+        # click breaks a name longer than its column across lines: joined without the break.
+        envvar = re.search(r"env\s+var:\s+([A-Z0-9_\s]+?)[;\]]", " ".join(block))
+        name = re.sub(r"\s+", "", envvar[1]) if envvar else None
+        options.append(HelpOption(tuple(re.findall(r"--?[\w.-]+", spec)), name))
     return [o for o in options if "--help" not in o.flags]
 
 
