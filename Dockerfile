@@ -77,7 +77,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 # The package's version (exporter/__init__.py; a test keeps the two equal) and the
 # revision the builder baked into the wheel; declared after the RUN steps, which a
 # new revision must not rebuild.
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 
 LABEL org.opencontainers.image.title="cec-phone-exporter" \

@@ -399,7 +399,7 @@ def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> N
     edited = line.replace(
         "newName: ghcr.io/cec-phone-exporter/cec-phone-exporter", f"newName: {mine}"
     )
-    edited = edited.replace('newTag: "0.1.0"', 'newTag: "0.1.0-rc1"')
+    edited = edited.replace(f'newTag: "{__version__}"', f'newTag: "{__version__}-rc1"')
     assert edited != line
     target.write_text(text.replace(line, edited), encoding="utf-8")
     docs = kustomize(target.parent)
@@ -410,7 +410,7 @@ def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> N
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     assert images
-    assert set(images) == {f"{mine}:0.1.0-rc1"}
+    assert set(images) == {f"{mine}:{__version__}-rc1"}
 
 
 # ------------------------------------------------------------------ Grafana
