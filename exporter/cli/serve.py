@@ -54,43 +54,42 @@ def _external_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 
 def _web_options(func: _F) -> _F:
-    for option in reversed(
-        (
-            click.option(
-                "--web.telemetry-path",
-                "telemetry_path",
-                default=DEFAULT_TELEMETRY_PATH,
-                show_default=True,
-                metavar="PATH",
-                help="Path of the exposition of every target (under the route prefix).",
-            ),
-            click.option(
-                "--web.max-connections",
-                "max_connections",
-                type=click.IntRange(1),
-                default=DEFAULT_MAX_CONNECTIONS,
-                show_default=True,
-                help="Open connections served at once; past it new ones are closed unanswered.",
-            ),
-            click.option(
-                "--web.route-prefix",
-                "prefix",
-                metavar="PATH",
-                help="Path every endpoint lives under (default: the path of --web.external-url, "
-                "else /); the landing page's links are relative to it.",
-            ),
-            click.option(
-                "--web.external-url",
-                "url",
-                metavar="URL",
-                callback=_external_url,
-                help="URL the exporter is reached at, e.g. through a reverse proxy; its path is "
-                "the default --web.route-prefix.",
-            ),
-        )
-    ):
-        func = option(func)
-    return func
+    func = _prefix_options(func)
+    func = click.option(
+        "--web.telemetry-path",
+        "telemetry_path",
+        default=DEFAULT_TELEMETRY_PATH,
+        show_default=True,
+        metavar="PATH",
+        help="Path of the exposition of every target (under the route prefix).",
+    )(func)
+    return click.option(
+        "--web.max-connections",
+        "max_connections",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        show_default=True,
+        help="Open connections served at once; past it new ones are closed unanswered.",
+    )(func)
+
+
+def _prefix_options(func: _F) -> _F:
+    """``--web.route-prefix`` and ``--web.external-url``, as Prometheus and blackbox spell them."""
+    func = click.option(
+        "--web.external-url",
+        "url",
+        metavar="URL",
+        callback=_external_url,
+        help="URL the exporter is reached at, e.g. through a reverse proxy; its path is "
+        "the default --web.route-prefix.",
+    )(func)
+    return click.option(
+        "--web.route-prefix",
+        "prefix",
+        metavar="PATH",
+        help="Path every endpoint lives under (default: the path of --web.external-url, "
+        "else /); the landing page's links are relative to it.",
+    )(func)
 
 
 def run_server(
