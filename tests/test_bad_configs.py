@@ -9,11 +9,12 @@ at the helper files beside them (an empty secret, a non-UTF-8 one, a bogus CA);
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -253,30 +254,26 @@ NOBODY = 65534
 def load_as_another_user(config: Path) -> str:
     """The error ``load_config(config)`` raises for a user who cannot read what it names.
 
-    As root (CI, containers), in a forked child that drops to uid/gid 65534 first: the
-    kernel itself refuses the read, no exec needed. As anyone else, the files are
-    simply not readable by their owner either (mode 0).
+    As root (CI, containers): in a process of the forkserver (single-threaded, so safe
+    to fork) that drops to uid/gid 65534 first, so the kernel itself refuses the read;
+    the interpreter lives under /root, which that user could not exec. As anyone else,
+    the files are simply not readable by their owner either (mode 0).
     """
     if os.getuid() != 0:
-        return _load_error(config)
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (the child reports through the pipe)
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(writer, _load_error(config).encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader) as pipe:
-        said = pipe.read()
-    os.waitpid(child, 0)
-    return said
+        return _load_error(str(config))
+    forkserver = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=1, mp_context=forkserver) as pool:
+        return pool.submit(_load_error_as, NOBODY, str(config)).result(timeout=60)
 
 
-def _load_error(config: Path) -> str:
+def _load_error_as(uid: int, config: str) -> str:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    return _load_error(config)
+
+
+def _load_error(config: str) -> str:
     try:
         load_config(config, environ={})
     except ConfigError as err:
