@@ -51,11 +51,11 @@ def landing_page(
     recent: Mapping[str, Sequence[CollectionSummary]],
 ) -> str:
     """The HTML of ``/``: version and revision, links, and each target's recent collections."""
-    shown = f"{version} (revision {build.revision}, branch {build.branch}, built {build.date})"
+    release = f"{version} (revision {build.revision}, branch {build.branch}, built {build.date})"
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8">',
         f"<title>CEC Phone Exporter</title><style>{_STYLE}</style></head><body>",
-        f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(shown)}</p>",
+        f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(release)}</p>",
         f"<p>{_links((telemetry_path, '/config', '/sd', '/-/healthy', '/-/ready'))}</p>",
         "<h2>Recent collections</h2>",
     ]
