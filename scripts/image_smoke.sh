@@ -122,8 +122,12 @@ case $BASE in
   *) FQ=docker.io/library/$BASE ;;
 esac
 ROOTFS=$W/rootfs
-# The build's revision and branch, as docs/deployment.md passes them.
+# The build's revision and branch, as docs/deployment.md passes them; a dirty tree's
+# revision also names its changes, so that two different dirty trees never look alike.
 REVISION=$(git -C "$REPO" describe --always --dirty --tags 2>/dev/null || echo unknown)
+if [[ $REVISION == *-dirty ]]; then
+  REVISION+=-$(git -C "$REPO" diff HEAD | sha256sum | cut -c1-8)
+fi
 BRANCH=$(git -C "$REPO" rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 STAMP="bookworm minbase python3,python3-venv,ca-certificates,netbase,tzdata v1"
 
@@ -169,17 +173,28 @@ build() {
   # --format docker keeps HEALTHCHECK (OCI has no such field). --layers reuses the
   # locked-dependency layer while requirements*.lock and the base are unchanged.
   # --network host: RUN steps reach PyPI directly; nothing is published.
-  buildah bud --pull=never --format docker --layers --network host "${ca_mount[@]}" \
-    --build-arg REVISION="$REVISION" --build-arg BRANCH="$BRANCH" \
-    -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$W/build.log" 2>&1 ||
-    die "buildah bud failed" "$W/build.log"
-  pass "image built: $(podman image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12)"
+  local bud=(buildah bud --pull=never --format docker --network host "${ca_mount[@]}"
+    --build-arg REVISION="$REVISION" --build-arg BRANCH="$BRANCH" -t "$IMAGE" -f "$REPO/Dockerfile")
+  "${bud[@]}" --layers "$REPO" >"$W/build.log" 2>&1 || die "buildah bud failed" "$W/build.log"
+  # Debian 12's buildah (1.28) keys a cached step on its text alone, not on the build
+  # arguments nor on what a bind mount from another stage holds: a cached final stage
+  # installs the wheel of an earlier build. The revision baked in tells (it names every
+  # change): then build once more without the cache.
+  if [[ $(baked_revision) != "$REVISION" ]]; then
+    echo "the layer cache gave a stage of another build (revision $(baked_revision)): building without it"
+    "${bud[@]}" --no-cache "$REPO" >"$W/build.log" 2>&1 || die "buildah bud --no-cache failed" "$W/build.log"
+  fi
+  pass "image built: $(podman image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12), revision $REVISION"
   if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$IMAGE") ]]; then
     podman rmi "$old" >/dev/null 2>&1 || true # the previous run's image, now untagged
   fi
 }
 
 # ------------------------------------------------------------------ helpers
+baked_revision() { # the revision the image's package was built with
+  podman run --rm --network none --no-healthcheck --entrypoint python "$IMAGE" \
+    -c 'from exporter.build import revision; print(revision())' 2>/dev/null || echo "(none)"
+}
 http_get() { # http_get CONTAINER URL: body on stdout, non-zero unless 200
   podman exec "$1" python -c 'import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
