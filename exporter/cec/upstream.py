@@ -26,6 +26,7 @@ import httpx2
 
 from exporter.cec.ratelimit import RateLimiter
 from exporter.cec.target import Secret, TargetConfig
+from exporter.cec.text import fields
 from exporter.cec.token import TokenCache
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,15 @@ class Upstream:
                     continue
                 client, digest = self._new_client(key)
             except (OSError, ssl.SSLError) as err:  # changed again since the config check
-                log.warning("ca_file=%s unusable, keeping the CA read before: %s", ca_file, err)
+                log.warning(
+                    "ca_file unusable; keeping the CA read before",
+                    extra=fields(ca_file=ca_file, error=err),
+                )
                 continue
-            log.info("ca_file=%s changed: new connections to %s trust it", ca_file, base_url)
+            log.info(
+                "ca_file changed; new connections trust it",
+                extra=fields(ca_file=ca_file, base_url=base_url),
+            )
             old, pool.client, pool.ca_digest = pool.client, client, digest
             loop = asyncio.get_running_loop()
             self._retired[old] = loop.call_later(self._grace, self._close_retired, old)
