@@ -1,3 +1,3 @@
 """Prometheus exporter for the Huawei Cloud CEC softphone API (queryPhone)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

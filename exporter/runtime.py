@@ -1,4 +1,5 @@
-"""What the process needs of its host: the event-loop thread, signals, the open-files limit."""
+"""What the process needs of its host: the event-loop thread, signals, a periodic task,
+the open-files limit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import signal
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from exporter.cec.text import fields
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -50,6 +53,26 @@ def on_signals(stop: Callable[[], object], reload: Callable[[], object] | None =
         signal.signal(signal.SIGHUP, handler(reload))
 
 
+def every(seconds: float, action: Callable[[], object], name: str) -> Callable[[], None]:
+    """Call ``action`` every ``seconds`` in a daemon thread named ``name``; returns what stops it.
+
+    A thread of its own, not the event loop: ``action`` may wait for the loop (a reload
+    does). An exception is logged and the next call made on time: a watch that died on
+    one bad read would leave the operator believing that it still watched.
+    """
+    stopped = threading.Event()
+
+    def loop() -> None:
+        while not stopped.wait(seconds):
+            try:
+                action()
+            except Exception:
+                log.exception("periodic task failed", extra=fields(task=name))
+
+    threading.Thread(target=loop, name=name, daemon=True).start()
+    return stopped.set
+
+
 def raise_open_files_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one, as Go's runtime does; the new soft limit.
 
@@ -68,9 +91,12 @@ def raise_open_files_limit() -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (OSError, ValueError) as err:
-            log.info("open files limit stays %d (cannot raise it to %d: %s)", soft, wanted, err)
+            log.info(
+                "open files limit not raised",
+                extra=fields(limit=soft, wanted=wanted, error=err),
+            )
             return soft
-        log.info("open files limit raised from %d to %d", soft, wanted)
+        log.info("open files limit raised", extra=fields(limit=wanted, was=soft))
         return wanted
     return soft
 

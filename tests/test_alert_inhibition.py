@@ -25,6 +25,8 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import dashboard_queries as dq  # type: ignore[no-redef]
 
+pytestmark = pytest.mark.e2e
+
 JOBS = {
     "same job": ("cec-phone-exporter", "cec-phone-exporter"),
     "probe job and exporter job": ("cec-phone-exporter", "cec-phone-exporter-probe"),

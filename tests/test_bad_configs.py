@@ -9,9 +9,12 @@ at the helper files beside them (an empty secret, a non-UTF-8 one, a bogus CA);
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -243,3 +246,68 @@ def test_unset_variable_in_good_config_names_it(good_config: tuple[Path, dict[st
     partial = {k: v for k, v in env.items() if k != "CEC_TEST_APP_KEY"}
     result = run_cli("check-config", "--config", str(path), env=partial)
     assert_refused(result, ["targets[0].app_key", "CEC_TEST_APP_KEY"])
+
+
+NOBODY = 65534
+
+
+def load_as_another_user(config: Path) -> str:
+    """The error ``load_config(config)`` raises for a user who cannot read what it names.
+
+    As root (CI, containers): in a process of the forkserver (single-threaded, so safe
+    to fork) that drops to uid/gid 65534 first, so the kernel itself refuses the read;
+    the interpreter lives under /root, which that user could not exec. As anyone else,
+    the files are simply not readable by their owner either (mode 0).
+    """
+    if os.getuid() != 0:
+        return _load_error(str(config))
+    forkserver = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=1, mp_context=forkserver) as pool:
+        return pool.submit(_load_error_as, NOBODY, str(config)).result(timeout=60)
+
+
+def _load_error_as(uid: int, config: str) -> str:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    return _load_error(config)
+
+
+def _load_error(config: str) -> str:
+    try:
+        load_config(config, environ={})
+    except ConfigError as err:
+        return str(err)
+    return "loaded"
+
+
+def test_an_unreadable_secret_file_is_named_with_the_uid_the_exporter_runs_as() -> None:
+    """The container's uid cannot read a secret its owner made 0600: say which file and
+    which uid, so the fix (chown, chmod, or run as the owner) is obvious."""
+    folder = Path(tempfile.mkdtemp(prefix="cec-uid-"))
+    try:
+        folder.chmod(0o755)  # traversable by any user; the secret itself is not readable
+        secret = folder / "cec_app_secret"
+        secret.write_text("uid-secret-canary")
+        secret.chmod(0o600 if os.getuid() == 0 else 0)
+        config = folder / "config.yml"
+        config.write_text(
+            "targets:\n  - {name: a, base_url: 'https://cec.example', app_key: k,\n"
+            f"     app_secret_file: {secret}}}\n"
+        )
+        config.chmod(0o644)
+        said = load_as_another_user(config)
+        uid = NOBODY if os.getuid() == 0 else os.getuid()
+        assert said.startswith(f"targets[0].app_secret_file: cannot read {secret}: "), said
+        assert "Permission denied" in said
+        assert f"uid {uid}" in said
+        assert "uid-secret-canary" not in said
+        config.chmod(0o600 if os.getuid() == 0 else 0)
+        said = load_as_another_user(config)
+        assert said.startswith(f"{config}: cannot read config file: Permission denied"), said
+        assert f"uid {uid}" in said
+    finally:
+        for path in sorted(folder.iterdir()):
+            path.chmod(0o600)
+            path.unlink()
+        folder.rmdir()

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 import httpx2
 import pytest
 from click.testing import CliRunner
-from support import sample
+from support import run_cli, sample, target_entry
 from support_procs import ServeProcess
 
 from exporter.cli import cli
+from exporter.simulator import Simulator
 
 SHARED = {
     "config": "CEC_EXPORTER_CONFIG",
@@ -105,3 +107,60 @@ def test_demo_listens_on_loopback_and_shows_its_banner_once_listening(
     shown = demo.wait_for_line(r"exporter:\s+(http://127\.0\.0\.1:(\d+)/metrics)")
     assert shown.group(2) != "0"
     assert shown.group(1) == demo.url + "/metrics"
+
+
+def test_options_alone_run_serve(
+    serve_process: Callable[..., ServeProcess],
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+) -> None:
+    """As the Go exporters (and ``docker run IMAGE --config.file=...``): no command, serve."""
+    config = write_config(targets=[target_entry(simulator(phones=4))])
+    flags = (f"--config.file={config}", "--web.listen-address", "127.0.0.1:0")
+    server = serve_process(*flags, command=()).start()
+    text = httpx2.get(f"{server.url}/metrics", timeout=30).text
+    assert sample(text, "cec_softphones_allocated", target="sim") == 4
+    group_help = CliRunner().invoke(cli, ["--help"])
+    assert group_help.exit_code == 0
+    commands = group_help.output.split("\nCommands:\n", 1)[1]
+    for command in ("serve", "demo", "simulate", "check-config", "scrape"):
+        assert re.search(rf"^  {command}\s", commands, re.MULTILINE), group_help.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--bogus"], ["cec-phone-exporter serve [OPTIONS]", "No such option '--bogus'"]),
+        (["--config.file"], ["Option '--config.file' requires an argument"]),
+    ],
+)
+def test_a_mistake_in_options_alone_is_reported_as_serves(args: list[str], says: list[str]) -> None:
+    result = CliRunner().invoke(cli, args, prog_name="cec-phone-exporter")
+    assert result.exit_code == 2
+    for words in says:
+        assert words in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("30", "must be a duration"),  # Prometheus's durations carry a unit
+        ("soon", "must be a duration"),
+        ("500ms", "at least 1s"),
+        ("-1m", "at least 1s"),
+    ],
+)
+def test_the_auto_reload_interval_is_a_duration_of_a_second_or_more(value: str, says: str) -> None:
+    option = "--config.auto-reload-interval"
+    result = CliRunner().invoke(cli, ["serve", "--config", "x.yml", option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert says in result.output, result.output
+
+
+def test_good_auto_reload_intervals_are_taken() -> None:
+    for good in ("0", "1s", "1m30s"):
+        result = run_cli("--config.file", "/nonexistent.yml", "--config.auto-reload-interval", good)
+        assert result.returncode == 2
+        assert "auto-reload-interval" not in result.stderr, result.stderr
+        assert "/nonexistent.yml: cannot read config file" in result.stderr, result.stderr

@@ -8,6 +8,8 @@ The template variables are then resolved as Grafana resolves them when the
 dashboard opens (tests/dashboard_queries.py: grafana_variable_values), and
 every panel query must return data. An HA pair (two exporters behind one job)
 must not show a target twice: every series of a panel query has its own legend.
+On a healthy system (no fault ever) every panel has data too: the panels about
+failures draw 0, not "No data".
 
 External tool: prometheus (Debian package); missing, it skips locally and fails under CI.
 """
@@ -33,6 +35,8 @@ try:
     import dashboard_queries as dq
 except ImportError:  # tests/ imported as a package
     from tests import dashboard_queries as dq  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ROOT / "prometheus" / "prometheus.yml"
@@ -94,6 +98,19 @@ def duplicate_legends(results: dict[str, list[dict[str, Any]]]) -> dict[str, lis
     return doubled
 
 
+def wait_for_every_panel(prom: dq.PrometheusProcess, what: str) -> dict[str, str]:
+    """Wait until every panel query returns data, run as Grafana runs it (failing with the
+    names of those still empty after 60 s); the template variables Grafana resolved."""
+
+    def empty_panels() -> tuple[dict[str, str], list[str]]:
+        variables = dq.grafana_variable_values(prom.url, time.time() - 300, time.time())
+        results = panel_results(prom, variables)
+        return variables, sorted(name for name, result in results.items() if not result)
+
+    variables, _ = wait_for(what, empty_panels, lambda found: not found[1], timeout=60, step=1)
+    return variables
+
+
 def start_stack(
     setup: str,
     sim: Simulator,
@@ -131,20 +148,7 @@ def test_every_panel_has_data_in_each_shipped_setup(
     )
     prom_config, replicas = start_stack(setup, sim, write_config, serve_process, tmp_path)
     with dq.running_prometheus(tmp_path / "prometheus", prom_config) as prom:
-
-        def empty_panels() -> tuple[dict[str, str], list[str]]:
-            variables = dq.grafana_variable_values(prom.url, time.time() - 300, time.time())
-            results = panel_results(prom, variables)
-            return variables, sorted(name for name, result in results.items() if not result)
-
-        variables, empty = wait_for(
-            f"every panel with data ({setup})",
-            empty_panels,
-            lambda found: not found[1],
-            timeout=60,
-            step=1,
-        )
-        assert not empty
+        variables = wait_for_every_panel(prom, f"every panel with data ({setup})")
         expected_jobs = {"cec-phone-exporter"}
         if not setup.startswith("plain"):
             expected_jobs.add("cec-phone-exporter-probe")
@@ -159,5 +163,42 @@ def test_every_panel_has_data_in_each_shipped_setup(
         ]
         # Every account once, however many replicas report it.
         assert float(total[0]["values"][-1][1]) == 250 * len(SETUPS[setup][2])
+    for replica in replicas:
+        assert "Traceback" not in replica.stop()
+
+
+# Panels about failures: on a healthy system they draw 0, not "No data" (issue 25).
+ERROR_PANELS = {
+    "API error ratio",
+    "retCode failures by code",
+    "HTTP errors by status code",
+    "Collection failures by reason",
+    "Scrapes abandoned at their deadline",
+}
+
+
+@pytest.mark.timeout(150)
+def test_error_panels_show_zero_on_a_healthy_system(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+    tmp_path: Path,
+) -> None:
+    require_tool("prometheus")
+    sim = simulator(phones=250, tenants=2, mode="pool")  # no fault: nothing ever failed
+    prom_config, replicas = start_stack("plain", sim, write_config, serve_process, tmp_path)
+    titles = {p["title"] for p in dq.iter_panels(dq.load_dashboard())}
+    assert titles >= ERROR_PANELS, ERROR_PANELS - titles
+    with dq.running_prometheus(tmp_path / "prometheus", prom_config) as prom:
+        variables = wait_for_every_panel(prom, "every panel with data on a healthy system")
+        found = panel_results(prom, variables)
+        errors = {name: rows for name, rows in found.items() if name.split(" [")[0] in ERROR_PANELS}
+        assert len(errors) == len(ERROR_PANELS)
+        drawn = {
+            name: {float(value) for row in rows for _, value in row["values"]}
+            for name, rows in errors.items()
+        }
+        assert all(values == {0.0} for values in drawn.values()), drawn
+        assert not duplicate_legends(found)
     for replica in replicas:
         assert "Traceback" not in replica.stop()

@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx2
 import pytest
 from docs_common import DOCS, DOCS_DIR, README, REPO, Block, anchors, code_blocks, headings, links
+from support import sample
+from support_procs import ServeProcess
+
+from exporter.simulator import Simulator
+
+pytestmark = pytest.mark.e2e
 
 SHELL_TIMEOUT = 120
 README_MAX_LINES = 300
@@ -37,7 +46,16 @@ DEMO_COMMAND = (
 TEST_COMMAND = "bash scripts/test.sh"
 # Left out of the copy a shell block runs in: bulky or machine-specific.
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".ruff_cache", ".pytest_cache"
+    ".git",
+    ".venv",
+    ".venv-*",
+    "__pycache__",
+    "*.egg-info",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
 )
 
 
@@ -233,6 +251,7 @@ def referring_files() -> list[Path]:
         if (
             not path.is_file()
             or _NOT_SCANNED & set(relative.parts)
+            or any(part.startswith(".venv-") for part in relative.parts)
             or any(part.endswith(".egg-info") for part in relative.parts)
             or str(relative).startswith(_UPSTREAM)
         ):
@@ -260,3 +279,47 @@ def test_references_to_the_docs_name_files_and_headings_that_exist() -> None:
             elif heading and heading not in headings(doc):
                 problems.append(f"{where}: {name}, {heading!r}: no such heading")
     assert not problems, "\n".join(problems)
+
+
+def readme_command(words: str) -> str:
+    """The README's one-line ``sh`` block that contains ``words``."""
+    [body] = [b.body for b in code_blocks(README) if b.info == "sh" and words in b.body]
+    assert "\n" not in body, body
+    return body
+
+
+def test_the_real_account_steps_run_as_written_against_a_stand_in_vendor(
+    fresh_checkout: tuple[Path, dict[str, str]], simulator: Callable[..., Simulator]
+) -> None:
+    """Steps 2 and 3 of the README with the simulator as the vendor: credentials as the
+    README spells them, the one edit it asks for (base_url), the credentials tested with
+    ``scrape --debug``, then ``serve`` (its port from the environment, as operators may)."""
+    work, env = fresh_checkout
+    sim = simulator(phones=7, app_key="my-app-key", app_secret="my-app-secret")
+    [setup] = [b.body for b in SHELL_BLOCKS if b.doc == README and "check-config" in b.body]
+    check = readme_command("scrape --config config.yml --debug")
+    serve = readme_command("serve --config config.yml")
+    script = (
+        f"{setup}\n"
+        f"sed -i 's|base_url: .*|base_url: {sim.url}|' config.yml\n"  # the README's one edit
+        f"{check}\n"
+        'printf "%s\\n%s\\n" "$CEC_APP_KEY" "$CEC_APP_SECRET_FILE" > env.txt\n'
+    )
+    checked = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=work, env=env, capture_output=True, text=True, timeout=SHELL_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Result: UP" in checked.stdout
+    assert "my-app-secret" not in checked.stdout + checked.stderr
+    key, secret_file = (work / "env.txt").read_text().splitlines()
+    exported = {**env, "CEC_APP_KEY": key, "CEC_APP_SECRET_FILE": secret_file}
+    server = ServeProcess(
+        command=shlex.split(serve),
+        program=(),
+        cwd=work,
+        env={**exported, "CEC_EXPORTER_LISTEN": "127.0.0.1:0"},
+    )
+    with server:
+        text = httpx2.get(server.url + "/metrics", timeout=30).text
+    assert sample(text, "cec_softphones_allocated", target="production") == 7

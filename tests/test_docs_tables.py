@@ -25,7 +25,7 @@ from docs_common import CONFIGURATION_DOC, DOCS, METRICS_DOC, section, tables_wi
 from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, RunningExporter, run_cli, target_entry
 
-from exporter.build import REVISION_ENVVAR
+from exporter.build import BUILD_ENVVARS
 from exporter.settings.targets import _IDENTITY, _SETTINGS, _TOP_LEVEL
 from exporter.simulator import Fault, Simulator
 
@@ -214,8 +214,10 @@ def parse_help(text: str) -> list[HelpOption]:
     options = []
     for block in blocks:
         spec = re.split(r"\s{2,}", block[0].strip(), maxsplit=1)[0]
-        envvar = re.search(r"env\s+var:\s+(\S+?)[;\]]", " ".join(block))
-        options.append(HelpOption(tuple(re.findall(r"--?[\w.-]+", spec)), envvar and envvar[1]))
+        # click breaks a name longer than its column across lines: joined without the break.
+        envvar = re.search(r"env\s+var:\s+([A-Z0-9_\s]+?)[;\]]", " ".join(block))
+        name = re.sub(r"\s+", "", envvar[1]) if envvar else None
+        options.append(HelpOption(tuple(re.findall(r"--?[\w.-]+", spec)), name))
     return [o for o in options if "--help" not in o.flags]
 
 
@@ -331,7 +333,7 @@ def test_environment_variables_match_help(helps: dict[str, list[HelpOption]]) ->
         for command, option in shared
         if not any(o.primary == option for o in helps.get(command, []))
     ]
-    actual.add(REVISION_ENVVAR)  # not an option: the build's revision (exporter/build.py)
+    actual.update(BUILD_ENVVARS)  # not options: what a build bakes in (exporter/build.py)
     for doc in DOCS:
         for name in sorted(set(re.findall(r"CEC_EXPORTER_[A-Z0-9_]*[A-Z0-9]", doc.read_text()))):
             if name not in actual:

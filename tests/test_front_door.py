@@ -23,7 +23,7 @@ import bcrypt
 import httpx2
 import pytest
 from support import RunningExporter, basic_auth, sample, target_entry
-from support_procs import ServeProcess
+from support_procs import LISTENING, ServeProcess
 
 from exporter.http import listener
 from exporter.http.listener import parse_listen
@@ -231,7 +231,7 @@ def test_soft_open_files_limit_is_raised_to_the_hard_one(
         pytest.skip("this machine's hard open-files limit is below 4096")
     config = write_config(targets=[target_entry(simulator(phones=1), "sim")])
     server = serve_process("--config", str(config), program=(sys.executable, "-c", LOW_LIMIT))
-    server.wait_for_line("listening on")
+    server.wait_for_line(LISTENING)
     limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
     found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
     assert found is not None
@@ -278,10 +278,8 @@ def test_passwords_of_any_length_are_simply_wrong(front: Start, tmp_path: Path) 
 
 def test_several_listen_addresses_and_the_telemetry_path(front: Start) -> None:
     server = front("--listen", "127.0.0.1:0", "--web.telemetry-path", "/scrape")
-    server.wait_for_count(r"listening on", 2)
-    urls = [
-        m.group(1) for line in server.lines if (m := re.search(r"listening on ([^\s\"]+)", line))
-    ]
+    server.wait_for_count(LISTENING.pattern, 2)
+    urls = [m.group(1) for line in server.lines if (m := LISTENING.search(line))]
     assert len(urls) == 2, server.output
     assert len(set(urls)) == 2
     for url in urls:

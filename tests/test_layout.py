@@ -27,10 +27,10 @@ LAYERS = {
     "exporter": 0,  # the package's face: its version
     "exporter.cec": 1,
     "exporter.build": 1,
-    "exporter.runtime": 1,
     "exporter.simulator": 1,
     "exporter.settings": 2,
     "exporter.logs": 2,
+    "exporter.runtime": 2,  # its log lines carry their context as cec.text.fields
     "exporter.scrape": 3,
     "exporter.http": 4,
     "exporter.cli": 5,

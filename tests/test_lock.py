@@ -80,3 +80,26 @@ def test_package_metadata_is_pep_639_and_complete() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## [Unreleased]" in changelog
     assert f"## [{__version__}]" in changelog
+
+
+def test_the_python_it_needs_is_said_where_a_user_looks() -> None:
+    """requires-python, the README's first command, setup.py's refusal and the classifiers
+    agree; the classifiers name exactly the versions CI tests (.venv's and test_pythons.sh's)."""
+    minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    assert re.fullmatch(r"3\.\d+", minimum)
+    script = (ROOT / "scripts" / "test_pythons.sh").read_text(encoding="utf-8")
+    others = re.search(r"versions=\$\{PYTHON_VERSIONS:-([\d. ]+)\}", script)
+    assert others, "scripts/test_pythons.sh names its versions"
+    classified = {
+        c.rsplit(" :: ", 1)[1]
+        for c in PYPROJECT["project"]["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    }
+    assert classified == {minimum, *others[1].split()}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    before_first_command = readme.split("```sh", 1)[0]
+    assert f"Python {minimum} or newer" in before_first_command
+    major, minor = minimum.split(".")
+    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
+    assert f"sys.version_info < ({major}, {minor})" in setup
+    assert f"needs Python {minimum} or newer" in setup

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from support import run_cli, target_entry
 from support_procs import ServeProcess
 
+from exporter import __version__
+from exporter.build import revision
 from exporter.simulator import Fault, Simulator
 
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
@@ -125,7 +128,7 @@ def test_serve_and_demo_log_json_with_the_promslog_flags(
     process = serve_process(
         *args, "--log.level", "debug", "--log.format", "json", command=command
     ).start()
-    process.wait_for_line(r'"msg": "listening on')
+    process.wait_for_line(r'"msg": "listening", "url": "http://127\.0\.0\.1:\d+/metrics"')
     output = process.stop()
     logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert {"ts", "level", "logger", "msg"} <= set(logged[0])
@@ -151,3 +154,26 @@ def test_an_unknown_level_is_refused_with_the_choices() -> None:
     assert result.returncode == 2
     assert "'trace' is not one of" in result.stderr
     assert "warn" in result.stderr
+
+
+def test_serve_start_and_reload_lines_carry_their_values_as_keys(
+    serve_process: Callable[..., ServeProcess],
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+) -> None:
+    """Not ``msg="cec-phone-exporter 0.1.0, 1 target(s)"`` or ``msg="config reloaded: 1
+    target(s)"``: the message names the event, the values are keys a pipeline filters on."""
+    config = write_config(targets=[target_entry(simulator(phones=5))])
+    process = serve_process("--config", str(config)).start()
+    process.signal(signal.SIGHUP)
+    process.wait_for_line("config reloaded")
+    lines = parse_lines(process.stop(), "logfmt")
+    by_message = {str(line["msg"]): line for line in lines}
+    started = by_message["starting cec-phone-exporter"]
+    assert started["version"] == __version__
+    assert started["revision"] == revision()
+    assert started["targets"] == "1"
+    assert by_message["config reloaded"]["targets"] == "1"
+    assert by_message["listening"]["url"] == process.url + "/metrics"
+    packed = [line["msg"] for line in lines if re.search(r"[\d/:]", str(line["msg"]))]
+    assert not packed, f"values packed into messages: {packed}"

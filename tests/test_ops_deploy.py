@@ -29,6 +29,8 @@ from ops_common import (
     run_tool,
 )
 
+pytestmark = pytest.mark.e2e
+
 # --------------------------------------------------------- docker-compose
 
 
@@ -83,7 +85,7 @@ def test_compose_account_override_runs_serve_with_the_readme_files() -> None:
 def test_image_defaults_the_secret_path_the_example_config_reads() -> None:
     """config.example.yaml reads ${CEC_APP_SECRET_FILE}; the image sets it where secrets mount."""
     text = DOCKERFILE.read_text(encoding="utf-8").rsplit("\nFROM ", 1)[1]
-    assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)} \\$", text, re.M)
+    assert re.search(rf"^\s+CEC_APP_SECRET_FILE={re.escape(SECRET_PATH)}( \\)?$", text, re.M)
     example = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
     assert "app_secret_file: ${CEC_APP_SECRET_FILE}" in example
     deployment = DEPLOYMENT_DOC.read_text(encoding="utf-8")
@@ -115,10 +117,12 @@ def test_dockerfile_structure() -> None:
     assert "--require-hashes --only-binary=:all: --wheel-dir /wheels -r requirements.lock" in text
     assert "--require-hashes --only-binary=:all: -r requirements-build.lock" in text
     assert "--no-build-isolation" in text
+    assert "COPY pyproject.toml setup.py README.md LICENSE ./" in text  # setup.py bakes the build
     # The build context must contain what the builder copies.
     ignore = DOCKERIGNORE.read_text(encoding="utf-8").split()
     for needed in (
         "!pyproject.toml",
+        "!setup.py",
         "!README.md",
         "!exporter/",
         "!requirements.lock",
@@ -266,4 +270,20 @@ def test_k8s_service_and_servicemonitor() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "http-metrics"
     assert endpoint.get("path", "/metrics") == "/metrics"
-    assert re.fullmatch(".*cec.*", service["metadata"]["name"]), "job label must match the alerts"
+    # That the rules watch its job (the Service's name): tests/test_schemas.py.
+
+
+@pytest.mark.parametrize("manifest", ["deployment.yaml", "sharded/shards.yaml"])
+def test_k8s_pods_reload_an_updated_configmap_by_themselves(manifest: str) -> None:
+    """No ``kubectl exec`` to POST /-/reload: the serve command line the pods run, parsed by
+    the real CLI, looks for changes every so often."""
+    from exporter.cli.serve import serve_command
+
+    deployments = [d for d in load_yaml_all(K8S / manifest) if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        command, *args = container["args"]
+        assert command == "serve"
+        context = serve_command.make_context("serve", list(args))
+        assert 0 < context.params["auto_reload"] <= 60, args

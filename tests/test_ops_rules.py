@@ -43,6 +43,8 @@ from ops_common import (
     runbook_anchors,
 )
 
+pytestmark = pytest.mark.e2e
+
 # -------------------------------------------------------- rules: structure
 
 

@@ -44,6 +44,8 @@ from ops_common import (
     selectors,
 )
 
+pytestmark = pytest.mark.e2e
+
 # ------------------------------------------------------------- dashboard
 
 

@@ -1,4 +1,5 @@
-"""Config reload by SIGHUP and ``POST /-/reload`` against a running ``serve`` subprocess."""
+"""Config reload by SIGHUP, ``POST /-/reload`` and ``--config.auto-reload-interval`` against a
+running ``serve`` subprocess."""
 
 from __future__ import annotations
 
@@ -29,26 +30,41 @@ RELOAD_TIME = "cec_exporter_config_last_reload_success_timestamp_seconds"
 LAST_SUCCESS = "cec_last_success_timestamp_seconds"
 
 
+AUTO_RELOAD = ("--config.auto-reload-interval", "1s")
+RELOADED = r"config reloaded|config reload failed"
+# How a server is made to reload -> the extra flags it is started with.
+HOW = {"sighup": (), "http": (), "auto": AUTO_RELOAD}
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Write ``path`` at once, as an editor or a Kubernetes ConfigMap update does: a watch
+    never reads it half-written."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    staged.replace(path)
+
+
 def write(path: Path, targets: list[dict[str, Any]]) -> None:
-    path.write_text(yaml.safe_dump({"targets": targets}))
+    rewrite(path, yaml.safe_dump({"targets": targets}))
 
 
 class Reloader:
-    """Triggers a reload one way and waits until the server has handled it."""
+    """Triggers a reload one way (``auto``: none, the file changed) and waits until the
+    server has handled it."""
 
     def __init__(self, server: ServeProcess, how: str, client: httpx2.Client) -> None:
         self.server, self.how, self.client = server, how, client
+        self.handled = 0
 
     def __call__(self, expect_ok: bool) -> None:
-        done = r"config reloaded|config reload failed"
-        seen = self.server.count(done)
         if self.how == "http":
             response = self.client.post(self.server.url + "/-/reload")
             assert response.status_code == (200 if expect_ok else 500), response.text
-        else:
+        elif self.how == "sighup":
             self.server.signal(signal.SIGHUP)
-        self.server.wait_for_count(done, seen + 1)
-        last = self.server.lines_matching(done)[-1]
+        self.handled += 1
+        self.server.wait_for_count(RELOADED, self.handled)
+        last = self.server.lines_matching(RELOADED)[-1]
         assert ("config reloaded" in last) == expect_ok, last
 
 
@@ -57,7 +73,7 @@ def targets_in(text: str) -> set[str]:
     return {dict(labels).get("target", "") for _, labels in parse_samples(text)} - {""}
 
 
-@pytest.mark.parametrize("how", ["sighup", "http"])
+@pytest.mark.parametrize("how", HOW)
 def test_reload_adds_rejects_and_removes_targets(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -67,7 +83,7 @@ def test_reload_adds_rejects_and_removes_targets(
     sim_a, sim_b = simulator(phones=120), simulator(phones=30)
     entry_a, entry_b = target_entry(sim_a, "alpha"), target_entry(sim_b, "beta")
     config = write_config(targets=[entry_a])
-    server = serve_process("--config", str(config)).start()
+    server = serve_process("--config", str(config), *HOW[how]).start()
     with httpx2.Client(timeout=30) as client:
         reload = Reloader(server, how, client)
 
@@ -112,7 +128,7 @@ def test_reload_adds_rejects_and_removes_targets(
         assert sample(kept, RELOAD_TIME) == reloaded_at
         assert client.get(server.url + "/-/ready").status_code == 200
         # An unparseable file is rejected the same way.
-        config.write_text("targets: [\n")
+        rewrite(config, "targets: [\n")
         reload(expect_ok=False)
         assert str(config) in server.lines_matching("config reload failed")[-1]
         assert sample(metrics(), RELOAD_OK) == 0.0
@@ -137,6 +153,7 @@ def test_reload_adds_rejects_and_removes_targets(
         assert sample(removed, "cec_up", target="alpha") == 1.0
     output = server.stop()
     assert "Traceback" not in output
+    assert server.count(RELOADED) == reload.handled  # one reload per change, not per look
 
 
 def tls_simulator(ca: trustme.CA, port: int = 0) -> Simulator:
@@ -146,7 +163,7 @@ def tls_simulator(ca: trustme.CA, port: int = 0) -> Simulator:
     return Simulator(SimConfig(phones=120), port=port, ssl_context=context).start()
 
 
-@pytest.mark.parametrize("how", ["sighup", "http"])
+@pytest.mark.parametrize("how", HOW)
 def test_a_renewed_ca_file_is_read_again_on_reload(
     write_config: Callable[..., Path],
     serve_process: Callable[..., ServeProcess],
@@ -161,7 +178,7 @@ def test_a_renewed_ca_file_is_read_again_on_reload(
     sim = tls_simulator(old_ca)
     try:
         config = write_config(targets=[target_entry(sim, ca_file=str(ca_file))])
-        server = serve_process("--config", str(config)).start()
+        server = serve_process("--config", str(config), *HOW[how]).start()
         with httpx2.Client(timeout=30) as client:
 
             def up() -> float | None:
@@ -172,7 +189,7 @@ def test_a_renewed_ca_file_is_read_again_on_reload(
             sim.stop()
             sim = tls_simulator(new_ca, port=sim.port)
             assert up() == 0  # the file still holds the old CA
-            new_ca.cert_pem.write_to_path(str(ca_file))
+            rewrite(ca_file, new_ca.cert_pem.bytes().decode())
             Reloader(server, how, client)(expect_ok=True)
             assert up() == 1, server.output
     finally:
@@ -277,6 +294,50 @@ def test_a_reload_that_changes_a_failing_target_keeps_its_last_success(
     changes = samples_named(text, "cec_softphone_status_changes_total")
     assert changes
     assert all(value == 0 for _, value in changes)
+
+
+def test_auto_reload_watches_the_secret_files_and_the_web_config(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+    tmp_path: Path,
+) -> None:
+    """What the config names is watched as the config is: a secret file that can no longer
+    be read fails the reload (and is tried once, not at every look); the web config is
+    re-read with no request to make it."""
+    sim = simulator(phones=5, app_secret="watched-secret-cccc")
+    secret_file = tmp_path / "app_secret"
+    secret_file.write_text("watched-secret-cccc\n")
+    entry = {**target_entry(sim, "sim"), "app_secret": None, "app_secret_file": str(secret_file)}
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    config = write_config(targets=[entry])
+    server = serve_process("--config", str(config), "--web-config", str(web), *AUTO_RELOAD)
+    server.start()
+    with httpx2.Client(timeout=30) as client:
+        reload = Reloader(server, "auto", client)
+
+        def reloaded_ok() -> float | None:
+            return sample(client.get(server.url + "/metrics").text, RELOAD_OK)
+
+        assert reloaded_ok() == 1.0
+        rewrite(secret_file, "")
+        reload(expect_ok=False)
+        assert "targets[0].app_secret_file" in server.lines_matching(RELOADED)[-1]
+        assert reloaded_ok() == 0.0
+        time.sleep(3.5)  # three more looks at the same files: no second attempt
+        assert server.count(RELOADED) == reload.handled
+        rewrite(secret_file, "watched-secret-cccc\n")
+        reload(expect_ok=True)
+        assert reloaded_ok() == 1.0
+        assert server.count("web config reloaded") == 0
+        rewrite(web, "http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n")
+        server.wait_for_line(r'msg="web config reloaded" file=\S+web\.yml')  # no request asked
+        answer = client.get(server.url + "/metrics")
+        assert answer.headers["x-frame-options"] == "sameorigin"
+    output = server.stop()
+    assert "watched-secret-cccc" not in output
+    assert "Traceback" not in output
 
 
 def test_reload_during_a_slow_scrape(

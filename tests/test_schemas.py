@@ -23,6 +23,10 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
+from exporter import __version__
+
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 K8S = ROOT / "deploy" / "kubernetes"
@@ -39,6 +43,9 @@ K8S_SCHEMAS = {
     ),
     ("monitoring.coreos.com/v1", "PrometheusRule"): (
         "prometheus-operator/prometheusrules-monitoring-v1.json"
+    ),
+    ("monitoring.coreos.com/v1alpha1", "ScrapeConfig"): (
+        "prometheus-operator/scrapeconfigs-monitoring-v1alpha1.json"
     ),
 }
 # Grafana panel type -> plugin schema (None: the dashboard schema covers it whole).
@@ -187,7 +194,7 @@ def adjusted_panel_part(name: str, part: str) -> dict[str, Any] | None:
 
 
 def k8s_files() -> list[Path]:
-    return sorted(K8S.glob("*.yaml")) + sorted((K8S / "sharded").glob("*.yaml"))
+    return sorted(K8S.glob("*.yaml")) + sorted(K8S.glob("*/*.yaml"))
 
 
 def k8s_resource_files() -> list[Path]:
@@ -204,7 +211,9 @@ def test_k8s_manifest_validates(path: Path) -> None:
         assert errors(adjusted_k8s(K8S_SCHEMAS[key]), doc) == []
 
 
-@pytest.mark.parametrize("folder", [K8S, K8S / "sharded"], ids=["base", "sharded"])
+@pytest.mark.parametrize(
+    "folder", [K8S, K8S / "sharded", K8S / "probe"], ids=["base", "sharded", "probe"]
+)
 def test_kustomization_validates(folder: Path) -> None:
     (kustomization,) = load_yaml_docs(folder / "kustomization.yaml")
     assert errors(schema("kustomize/kustomization.json"), kustomization) == []
@@ -232,6 +241,7 @@ def test_k8s_strict_schema_catches_unknown_fields() -> None:
 # ---------------------------------------------------------------- kustomize
 
 RELEASE_LINE = re.compile(r"^# (labels: .*release: .*)$", re.M)
+PROBE_LINE = re.compile(r"^# (components: \[probe\])$", re.M)
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
@@ -252,14 +262,17 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
 
 
-def with_release_label(tmp_path: Path, release: str = "monitoring") -> Path:
-    """deploy/kubernetes with docs/deployment.md's one-line change: the release label."""
+def uncommented(tmp_path: Path, *lines: re.Pattern[str], release: str = "monitoring") -> Path:
+    """deploy/kubernetes with docs/deployment.md's one-line changes: each commented line
+    matching one of ``lines`` uncommented (the release label named ``release``)."""
     copy_dir = tmp_path / "kubernetes"
-    shutil.copytree(K8S, copy_dir)
+    shutil.copytree(K8S, copy_dir, dirs_exist_ok=True)
     text = (copy_dir / "kustomization.yaml").read_text(encoding="utf-8")
-    (line,) = RELEASE_LINE.findall(text)
-    edited = RELEASE_LINE.sub(line.replace("kube-prometheus-stack", release), text)
-    assert edited.count("\n") == text.count("\n"), "one line changes"
+    edited = text
+    for pattern in lines:
+        (line,) = pattern.findall(edited)
+        edited = pattern.sub(line.replace("kube-prometheus-stack", release), edited)
+    assert edited.count("\n") == text.count("\n"), "one line each changes"
     (copy_dir / "kustomization.yaml").write_text(edited, encoding="utf-8")
     return copy_dir
 
@@ -293,7 +306,7 @@ def test_kustomize_output_validates(folder: Path, kinds: list[str]) -> None:
 
 def test_release_label_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
     """Uncommenting one line labels what kube-prometheus-stack selects, and nothing breaks."""
-    edited = with_release_label(tmp_path)
+    edited = uncommented(tmp_path, RELEASE_LINE)
     (kustomization,) = load_yaml_docs(edited / "kustomization.yaml")
     assert errors(schema("kustomize/kustomization.json"), kustomization) == []
     docs = {d["kind"]: d for d in kustomize(edited)}
@@ -308,6 +321,72 @@ def test_release_label_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
     assert docs["ServiceMonitor"]["spec"]["selector"] == plain["ServiceMonitor"]["spec"]["selector"]
 
 
+def rules_watched_jobs() -> re.Pattern[str]:
+    """The ``job`` matcher of ``job_instance:cec_exporter_up:selected`` (the rules' first
+    rules): the jobs CECExporterDown watches."""
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "cec.rules.yml").read_text())
+    [expr] = [
+        rule["expr"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if rule.get("record") == "job_instance:cec_exporter_up:selected"
+    ]
+    matcher = re.fullmatch(r'up\{job=~"([^"]+)"\}', expr.strip())
+    assert matcher, expr
+    return re.compile(matcher[1])
+
+
+def test_the_probe_component_is_a_one_line_kustomize_change(tmp_path: Path) -> None:
+    """docs/deployment.md's switch to /probe: one ScrapeConfig (valid against the Operator's
+    CRD) discovering the accounts from /sd, the ServiceMonitor reading only the exporter's
+    own metrics, both jobs the rules watch, both picked up with the release label."""
+    edited = uncommented(tmp_path, PROBE_LINE, RELEASE_LINE)
+    docs = {d["kind"]: d for d in kustomize(edited)}
+    assert sorted(docs) == [
+        "ConfigMap", "Deployment", "PrometheusRule", "ScrapeConfig", "Service", "ServiceMonitor",
+    ]  # fmt: skip
+    assert rendered_errors(list(docs.values())) == []
+    probe, monitor, service = docs["ScrapeConfig"], docs["ServiceMonitor"], docs["Service"]
+    assert monitor["spec"]["endpoints"][0]["params"] == {"collect[]": ["exporter"]}
+    address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    [sd] = probe["spec"]["httpSDConfigs"]
+    assert sd["url"] == f"http://{address}/sd"
+    assert probe["spec"]["metricsPath"] == "/probe"
+    relabel = probe["spec"]["relabelings"]
+    assert {"sourceLabels": ["__address__"], "targetLabel": "__param_target"} in relabel
+    assert {"targetLabel": "__address__", "replacement": address} in relabel
+    watched = rules_watched_jobs()
+    for job in (probe["spec"]["jobName"], service["metadata"]["name"]):
+        assert watched.fullmatch(job), f"the rules do not watch the job {job}"
+    for kind in ("ScrapeConfig", "ServiceMonitor", "PrometheusRule"):
+        assert docs[kind]["metadata"]["labels"]["release"] == "monitoring", kind
+    plain = {d["kind"]: d for d in kustomize(K8S)}
+    assert "params" not in plain["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert "ScrapeConfig" not in plain
+
+
+def test_the_scrapeconfig_schema_catches_unknown_fields() -> None:
+    (config,) = load_yaml_docs(K8S / "probe" / "scrapeconfig.yaml")
+    bad = copy.deepcopy(config)
+    bad["spec"]["httpSDConfigs"][0]["refresh_interval"] = (
+        "1m"  # Prometheus's spelling, not the CRD's
+    )
+    bad["spec"]["metricsPath"] = 7
+    found = errors(adjusted_k8s(K8S_SCHEMAS["monitoring.coreos.com/v1alpha1", "ScrapeConfig"]), bad)
+    assert any("refresh_interval" in e for e in found), found
+    assert any("metricsPath" in e for e in found), found
+
+
+def test_no_manifest_or_doc_names_a_job_selector_the_rules_dropped() -> None:
+    """The rules once matched ``job=~".*cec.*"``; comments that still say so mislead."""
+    stale = [
+        str(path.relative_to(ROOT))
+        for path in [*k8s_files(), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+        if ".*cec.*" in path.read_text(encoding="utf-8")
+    ]
+    assert not stale
+
+
 @pytest.mark.parametrize("folder", [K8S, K8S / "sharded"], ids=["base", "sharded"])
 def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> None:
     """docs/deployment.md's step: your registry's name and tag in the one `images:` line."""
@@ -320,7 +399,7 @@ def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> N
     edited = line.replace(
         "newName: ghcr.io/cec-phone-exporter/cec-phone-exporter", f"newName: {mine}"
     )
-    edited = edited.replace('newTag: "0.1.0"', 'newTag: "0.1.0-rc1"')
+    edited = edited.replace(f'newTag: "{__version__}"', f'newTag: "{__version__}-rc1"')
     assert edited != line
     target.write_text(text.replace(line, edited), encoding="utf-8")
     docs = kustomize(target.parent)
@@ -331,7 +410,7 @@ def test_image_is_a_one_line_kustomize_change(tmp_path: Path, folder: Path) -> N
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     assert images
-    assert set(images) == {f"{mine}:0.1.0-rc1"}
+    assert set(images) == {f"{mine}:{__version__}-rc1"}
 
 
 # ------------------------------------------------------------------ Grafana
@@ -377,10 +456,56 @@ def panel_errors(panel: dict[str, Any]) -> list[str]:
     return found
 
 
+_INPUT_REFERENCE = re.compile(r"\$\{(DS_[A-Z0-9_]+)\}")
+
+
+def imported(node: Any, chosen: dict[str, str]) -> Any:
+    """``node`` as Grafana's import stores it: each ``${INPUT}`` of ``__inputs`` replaced by the
+    value picked in the import dialog, ``__inputs`` dropped, nothing else touched
+    (pkg/services/dashboardimport/utils/dash_template_evaluator.go)."""
+    if isinstance(node, dict):
+        return {k: imported(v, chosen) for k, v in node.items() if k != "__inputs"}
+    if isinstance(node, list):
+        return [imported(v, chosen) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{(.+?)\}", lambda m: chosen.get(m[1], m[0]), node)
+    return node
+
+
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
 def test_dashboard_validates(path: Path) -> None:
+    """As the import stores it (``__inputs`` is the import dialog's, not the dashboard's)."""
     dash = load_json(path)
-    assert errors(adjusted_dashboard(), dash) == []
+    chosen = {i["name"]: "picked-uid" for i in dash.get("__inputs", [])}
+    assert errors(adjusted_dashboard(), imported(dash, chosen)) == []
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_import_asks_for_the_prometheus_data_source(path: Path) -> None:
+    """Dashboards -> New -> Import asks for a Prometheus data source and uses the one picked;
+    provisioned as the file is (no import), it falls back to the default data source."""
+    dash = load_json(path)
+    inputs = dash.get("__inputs", [])
+    assert [(i["type"], i["pluginId"]) for i in inputs] == [("datasource", "prometheus")]
+    assert all(i.get("label") and i.get("pluginName") for i in inputs), inputs
+    text = path.read_text(encoding="utf-8")
+    assert set(_INPUT_REFERENCE.findall(text)) == {i["name"] for i in inputs}
+    stored = imported(dash, {inputs[0]["name"]: "picked-uid"})
+    [variable] = [v for v in stored["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["current"]["value"] == "picked-uid"
+    assert variable["query"] == "prometheus"
+    assert "${DS_" not in json.dumps(stored)
+    # Only that default names the input: every query reads the variable, so the file
+    # also works provisioned, where nothing replaces ${DS_PROMETHEUS}.
+    [raw] = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
+    assert text.count("${" + inputs[0]["name"] + "}") == 1
+    assert _INPUT_REFERENCE.search(json.dumps(raw["current"]))
+    sources = {
+        json.dumps(t.get("datasource") or p.get("datasource"), sort_keys=True)
+        for p in walk_panels(dash["panels"])
+        for t in p.get("targets", [])
+    }
+    assert sources == {json.dumps({"type": "prometheus", "uid": "${datasource}"}, sort_keys=True)}
 
 
 @pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)

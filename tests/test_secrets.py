@@ -220,6 +220,7 @@ def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> 
             hit(f"{label} /probe", "GET", "/probe?target=sim")
             hit(f"{label} debug probe", "GET", "/probe?target=sim&debug=true")
             hit(f"{label} /sd", "GET", "/sd")
+            hit(f"{label} /config", "GET", "/config")
             hit(f"{label} own metrics", "GET", "/metrics?collect[]=exporter")
             hit(f"{label} /", "GET", "/")  # last: its recent collections include the above
 

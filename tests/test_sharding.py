@@ -21,6 +21,7 @@ from typing import Any
 
 import bcrypt
 import httpx2
+import pytest
 import yaml
 from support import basic_auth, samples_named, target_entry
 from support_procs import ServeProcess
@@ -32,6 +33,8 @@ try:
     import dashboard_queries as dq
 except ImportError:  # tests/ imported as a package
     from tests import dashboard_queries as dq  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDED = ROOT / "prometheus" / "prometheus-sharded.yml"

@@ -19,6 +19,8 @@ import pytest
 from support import REPO
 from support_procs import ServeProcess
 
+pytestmark = pytest.mark.e2e
+
 UNIT = REPO / "deploy" / "systemd" / "cec-phone-exporter.service"
 ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -98,7 +100,7 @@ def test_exec_start_serves_the_example_config_and_reloads_on_hup(
         command=(*args, "--listen", "127.0.0.1:0", "--log-level", "debug"), env=env
     ).start()
     server.signal(signal.SIGHUP)
-    server.wait_for_line(r"config reloaded: 1 target")
+    server.wait_for_line(r'msg="config reloaded" targets=1')
     assert "unit-test-secret" not in server.stop()
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from exporter.cec.keyset import KeySet
 from exporter.cec.records import REGISTERED, STATUSES, Endpoint, Page, Status
+from exporter.cec.text import fields
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SnapshotBuilder:
         if self.pages == 0:
             self.total = page.total
         elif page.total is not None and page.total != self.total and not self.total_changed:
-            log.debug("total changed while paging: %s -> %s", self.total, page.total)
+            log.debug("total changed while paging", extra=fields(was=self.total, now=page.total))
             self.total_changed, self.later_total = True, page.total
         self.pages += 1
         self._endpoints.update(page.endpoints)

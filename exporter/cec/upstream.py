@@ -28,6 +28,7 @@ from exporter.cec.budget import Booking, Budget
 from exporter.cec.inflight import InflightCap
 from exporter.cec.run import CollectionRun
 from exporter.cec.target import TargetConfig
+from exporter.cec.text import fields
 from exporter.cec.token import TokenCache
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,15 @@ class Upstream:
                     continue
                 client, digest = self._new_client(key)
             except (OSError, ssl.SSLError) as err:  # changed again since the config check
-                log.warning("ca_file=%s unusable, keeping the CA read before: %s", ca_file, err)
+                log.warning(
+                    "ca_file unusable; keeping the CA read before",
+                    extra=fields(ca_file=ca_file, error=err),
+                )
                 continue
-            log.info("ca_file=%s changed: new connections to %s trust it", ca_file, base_url)
+            log.info(
+                "ca_file changed; new connections trust it",
+                extra=fields(ca_file=ca_file, base_url=base_url),
+            )
             old, pool.client, pool.ca_digest = pool.client, client, digest
             loop = asyncio.get_running_loop()
             self._retired[old] = loop.call_later(self._grace, self._close_retired, old)

@@ -18,20 +18,23 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs
 
+import yaml
 from hypercorn.typing import ASGIFramework
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.build import running_build
 from exporter.http.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
 from exporter.http.debug import debug_report
 from exporter.http.discovery import service_discovery
 from exporter.http.landing import landing_page
 from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, Server, open_server
+from exporter.http.prefix import local_path
 from exporter.scrape import Exporter
 from exporter.scrape.families import Families
-from exporter.settings import WebConfig, WebConfigFile
+from exporter.settings import WebConfig, WebConfigFile, redacted_config
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,11 @@ def web_config_gauge(web: WebConfigFile) -> GaugeMetricFamily:
 
 
 class App:
-    """Routes requests to the exporter: metrics, probe, landing page, health, reload."""
+    """Routes requests to the exporter: metrics, probe, landing page, config, health, reload.
+
+    Every path lives under ``prefix`` (``--web.route-prefix``: ``""`` or ``/a/b``);
+    ``/`` and the bare prefix redirect to the landing page at ``prefix + "/"``.
+    """
 
     def __init__(
         self,
@@ -143,6 +150,7 @@ class App:
         web_config: WebConfig | WebConfigFile | None = None,
         reload: Callable[[], bool] | None = None,
         telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+        prefix: str = "",
     ) -> None:
         self.exporter = exporter
         self.web = (
@@ -153,11 +161,13 @@ class App:
         self._guards = self._guards_for(self.web.current(), None)
         self._reload = reload or exporter.reload
         self.telemetry_path = telemetry_path
+        self.prefix = prefix
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             telemetry_path: (("GET", "HEAD"), self._metrics),
             "/probe": (("GET", "HEAD"), self._probe),
             "/": (("GET", "HEAD"), self._landing),
             "/sd": (("GET", "HEAD"), self._sd),
+            "/config": (("GET", "HEAD"), self._config),
             "/-/healthy": (("GET", "HEAD"), self._healthy),
             "/-/ready": (("GET", "HEAD"), self._ready),
             "/-/reload": (("POST", "PUT"), self._reload_endpoint),
@@ -193,6 +203,12 @@ class App:
             self._guards = self._guards_for(config, self._guards)
         return self._guards
 
+    def reload_if_changed(self) -> None:
+        """``--config.auto-reload-interval``'s look: the config reloaded as SIGHUP does when
+        it or a file it names changed, the web config re-read when it or its files did."""
+        self.exporter.reload_if_changed()
+        self.web.current()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan events are sent, and websockets are refused
@@ -222,7 +238,7 @@ class App:
         await send({"type": "http.response.body", "body": body})
 
     async def _route(self, request: Request) -> Response:
-        path = request.path
+        path = local_path(self.prefix, request.path)  # None: outside the route prefix
         guards = self.guards()
         if path not in _OPEN_PATHS and not self.web.ok:
             # Fail closed, as upstream: a broken web config serves nothing but health.
@@ -242,7 +258,10 @@ class App:
             return Response(400, b"Bad Content-Length\n")
         if int(length) > MAX_REQUEST_BODY_BYTES:
             return Response(413, b"Request too large\n")
-        route = self._routes.get(path)
+        if path is None and request.path in ("/", self.prefix):
+            # As Prometheus does: the root and the bare prefix lead to the landing page.
+            return Response(302, b"", headers=[("Location", self.prefix + "/")])
+        route = None if path is None else self._routes.get(path)
         if route is None:
             return Response(404, b"Not found\n")
         methods, handler = route
@@ -292,8 +311,15 @@ class App:
         return await self._encode(request, scrape.registry)
 
     async def _landing(self, request: Request) -> Response:
-        page = landing_page(__version__, self.exporter.recent())
+        page = landing_page(
+            __version__, running_build(), self.telemetry_path, self.exporter.recent()
+        )
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+    async def _config(self, request: Request) -> Response:
+        # As blackbox_exporter's /config: the config in force, every secret redacted.
+        shown = yaml.safe_dump(redacted_config(self.exporter.config), sort_keys=False)
+        return Response(200, shown.encode())
 
     async def _sd(self, request: Request) -> Response:
         return Response(200, service_discovery(self.exporter.config), "application/json")

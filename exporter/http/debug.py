@@ -8,20 +8,15 @@ and ``scrape --debug`` print it.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from prometheus_client.exposition import generate_latest
 
 from exporter.cec import CollectionTrace, TargetConfig
-from exporter.cec.redact import REDACTED
 from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
 from exporter.cec.trace import RequestRecord
 from exporter.cec.upstream import group_rates
 from exporter.scrape import Collection, Exporter
 from exporter.scrape.exporter import LOOP_GRACE_SECONDS
-from exporter.settings import Config
-
-_IDENTITY_SHOWN = ("name", "base_url", "tenant_space_id")
+from exporter.settings import Config, redacted_target
 
 
 def describe_result(collection: Collection) -> str:
@@ -77,12 +72,9 @@ def trace_lines(trace: CollectionTrace) -> list[str]:
 
 
 def effective_config(target: TargetConfig, config: Config) -> list[str]:
-    """``key: value`` lines of the settings in force; secrets and the app key redacted."""
-    lines = [f"{name}: {getattr(target, name)}" for name in _IDENTITY_SHOWN]
-    lines.append(f"app_key: {REDACTED}")
-    lines.append(f"app_secret: {target.app_secret.describe()}")
-    skip = {*_IDENTITY_SHOWN, "app_key", "app_secret"}
-    lines += [f"{f.name}: {getattr(target, f.name)}" for f in fields(target) if f.name not in skip]
+    """``key: value`` lines of the settings in force (as ``/config`` shows them: secrets and
+    the app key redacted), then what the target shares with others."""
+    lines = [f"{key}: {value}" for key, value in redacted_target(target).items()]
     shared = [t.name for t in config.targets if t.base_url == target.base_url]
     rates = group_rates(config.targets)
     rate = rates.get((target.base_url, target.app_key), 0.0)

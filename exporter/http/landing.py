@@ -1,7 +1,8 @@
-"""The landing page, ``/``: per target, its recent collections and its debug probe.
+"""The landing page, ``/``: the build, the endpoints, and per target its recent collections.
 
 As blackbox_exporter's "Recent Probes"; every target name and vendor message is
-HTML-escaped.
+HTML-escaped. Every link is relative to the page, so the page works under any
+``--web.route-prefix`` and behind a reverse proxy that strips its own prefix.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
+from exporter.build import Build
 from exporter.cec.text import ERROR_TEXT_CHARS, clip, utc
 from exporter.scrape import CollectionSummary
 
@@ -34,14 +36,27 @@ def _row(c: CollectionSummary) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
-def landing_page(version: str, recent: Mapping[str, Sequence[CollectionSummary]]) -> str:
-    """The HTML of ``/``: version, links, and each target's recent collections."""
+def _links(paths: Sequence[str]) -> str:
+    """Links to the page's sibling endpoints (``/metrics`` -> ``href="metrics"``)."""
+    return " · ".join(
+        f'<a href="{html.escape(quote(path.lstrip("/")))}">{html.escape(path)}</a>'
+        for path in paths
+    )
+
+
+def landing_page(
+    version: str,
+    build: Build,
+    telemetry_path: str,
+    recent: Mapping[str, Sequence[CollectionSummary]],
+) -> str:
+    """The HTML of ``/``: version and revision, links, and each target's recent collections."""
+    release = f"{version} (revision {build.revision}, branch {build.branch}, built {build.date})"
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8">',
         f"<title>CEC Phone Exporter</title><style>{_STYLE}</style></head><body>",
-        f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(version)}</p>",
-        '<p><a href="/metrics">/metrics</a> · <a href="/sd">/sd</a> · ',
-        '<a href="/-/healthy">/-/healthy</a> · <a href="/-/ready">/-/ready</a></p>',
+        f"<h1>CEC Phone Exporter</h1><p>Version {html.escape(release)}</p>",
+        f"<p>{_links((telemetry_path, '/config', '/sd', '/-/healthy', '/-/ready'))}</p>",
         "<h2>Recent collections</h2>",
     ]
     header = (
@@ -50,7 +65,7 @@ def landing_page(version: str, recent: Mapping[str, Sequence[CollectionSummary]]
     )
     for name, collections in recent.items():
         shown = html.escape(name)
-        link = html.escape(f"/probe?target={quote(name, safe='')}")
+        link = html.escape(f"probe?target={quote(name, safe='')}")
         parts.append(
             f'<h3>{shown}</h3><p><a href="{link}">/probe</a> · '
             f'<a href="{link}&amp;debug=true">debug probe</a></p>'

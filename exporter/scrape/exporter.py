@@ -30,6 +30,7 @@ from exporter.scrape.collection import Collection, CollectionSummary, collection
 from exporter.scrape.families import Families, collection_families, exporter_families
 from exporter.scrape.target import TargetCollector
 from exporter.settings import Config, ConfigError, load_config
+from exporter.settings.watch import fingerprint
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -64,6 +65,8 @@ class Exporter:
         self._reload_lock = threading.Lock()
         self.reload_ok = True
         self.config = config
+        self._read = fingerprint(config.files) if config_path else b""
+        """The files a load read, as they were then: what a reload would read anew."""
         self._io.run(self._apply(config))
         self.reload_success_time = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -113,19 +116,42 @@ class Exporter:
         if self.config_path is None:
             return True
         with self._reload_lock:
-            try:
-                config = load_config(self.config_path)
-            except ConfigError as err:
-                self.reload_ok = False
-                log.error(  # noqa: TRY400 (a config error, not a crash: no traceback)
-                    "config reload failed, keeping the old config", extra=fields(error=err)
-                )
-                return False
-            self._io.run(self._apply(config))
-            self.reload_ok = True
-            self.reload_success_time = time.time()
-            log.info("config reloaded: %d target(s)", len(config.targets))
-            return True
+            return self._reload(self.config_path)
+
+    def reload_if_changed(self) -> bool | None:
+        """``reload`` if the config file or a file it names (secret, CA) changed since it
+        was last read, whatever read it; None when nothing changed.
+
+        A change that fails to load is tried once, not at every look: it stays refused
+        (``cec_exporter_config_last_reload_successful`` 0) until a file changes again.
+        """
+        if self.config_path is None:
+            return None
+        with self._reload_lock:  # compared under the lock: a SIGHUP reload in flight counts
+            if fingerprint(self.config.files) == self._read:
+                return None
+            log.info("config changed on disk; reloading", extra=fields(file=self.config_path))
+            return self._reload(self.config_path)
+
+    def _reload(self, path: str) -> bool:
+        # Hashed before reading, so a change made meanwhile is seen by the next look.
+        old = self.config
+        self._read = fingerprint(old.files)
+        try:
+            config = load_config(path)
+        except ConfigError as err:
+            self.reload_ok = False
+            log.error(  # noqa: TRY400 (a config error, not a crash: no traceback)
+                "config reload failed, keeping the old config", extra=fields(error=err)
+            )
+            return False
+        self._io.run(self._apply(config))
+        if config.files != old.files:  # it names other files now: watch those
+            self._read = fingerprint(config.files)
+        self.reload_ok = True
+        self.reload_success_time = time.time()
+        log.info("config reloaded", extra=fields(targets=len(config.targets)))
+        return True
 
     # --- scrapes ---------------------------------------------------------------------------
 

@@ -7,7 +7,14 @@ force current, and ``readers`` holds what the two files share.
 
 from exporter.cec.target import Secret, TargetConfig
 from exporter.settings.readers import ConfigError
-from exporter.settings.targets import Config, load_config, parse_config, summary
+from exporter.settings.targets import (
+    Config,
+    load_config,
+    parse_config,
+    redacted_config,
+    redacted_target,
+    summary,
+)
 from exporter.settings.tls import TLSConfig
 from exporter.settings.watch import WebConfigFile
 from exporter.settings.webconfig import RateLimit, WebConfig, load_web_config
@@ -24,5 +31,7 @@ __all__ = [
     "load_config",
     "load_web_config",
     "parse_config",
+    "redacted_config",
+    "redacted_target",
     "summary",
 ]

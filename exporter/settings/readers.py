@@ -10,6 +10,8 @@ exporter's own config file reads its scalars more leniently (``settings.targets`
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,15 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+def why_unreadable(err: OSError) -> str:
+    """Why a file could not be read, as an error says it; a refused read names the uid and
+    gid the exporter runs as (a container's uid is often not the file owner's)."""
+    reason = err.strerror or type(err).__name__
+    if err.errno in (errno.EACCES, errno.EPERM):
+        reason += f" (the exporter runs as uid {os.getuid()}, gid {os.getgid()})"
+    return reason
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -92,7 +103,7 @@ def load_yaml_file(path: str, what: str) -> Any:
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
-        raise ConfigError(path, f"cannot read {what}: {err.strerror or err}") from None
+        raise ConfigError(path, f"cannot read {what}: {why_unreadable(err)}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, f"{what} is not UTF-8 text") from None
     try:

@@ -8,6 +8,7 @@ value that may be one (see ``_shown``).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import ssl
@@ -16,9 +17,10 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from exporter.cec.redact import REDACTED
 from exporter.cec.target import Secret, TargetConfig
 from exporter.cec.upstream import DEFAULT_MAX_INFLIGHT_REQUESTS
-from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping
+from exporter.settings.readers import ConfigError, join, load_yaml_file, mapping, why_unreadable
 
 _T = TypeVar("_T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -66,6 +68,15 @@ class Config:
     def target_names(self) -> list[str]:
         """Names of the configured targets, in file order."""
         return [t.name for t in self.targets]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The config file and every file it names (secret files, CA files), each once:
+        what a reload reads, so what ``--config.auto-reload-interval`` watches."""
+        named = [self.source] if self.source else []
+        for target in self.targets:
+            named += [f for f in (target.app_secret.file, target.ca_file) if f is not None]
+        return tuple(dict.fromkeys(named))
 
 
 # --- scalar checkers: each takes (path, raw value) and returns the typed value ---
@@ -172,8 +183,10 @@ def _readable_file(path: str, raw: object) -> str:
         with open(value, "rb"):
             pass
     except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):  # it exists: a path, not a pasted secret
+            raise ConfigError(path, f"cannot read {value}: {why_unreadable(err)}") from None
         # Not the name: what fails to open may be the secret itself, pasted as a path.
-        reason = err.strerror or type(err).__name__
+        reason = why_unreadable(err)
         raise ConfigError(path, f"cannot read the file named there: {reason}") from None
     return value
 
@@ -340,3 +353,26 @@ def summary(config: Config) -> str:
             lines.append(f"    tenant_space_id: {t.tenant_space_id}")
         lines.extend(f"    {n}: {getattr(t, n)}" for n in names)
     return "\n".join(lines)
+
+
+def redacted_target(target: TargetConfig) -> dict[str, Any]:
+    """A target's settings in force, keyed as the config file keys them; the app key and
+    an inline secret redacted (a secret file is named, never read)."""
+    shown: dict[str, Any] = {"name": target.name, "base_url": target.base_url}
+    shown["app_key"] = REDACTED
+    if target.app_secret.file is not None:
+        shown["app_secret_file"] = target.app_secret.file
+    else:
+        shown["app_secret"] = REDACTED
+    shown["tenant_space_id"] = target.tenant_space_id
+    shown.update((key, getattr(target, key)) for key in _SETTINGS)
+    return shown
+
+
+def redacted_config(config: Config) -> dict[str, Any]:
+    """The config in force as the file would say it, every default filled in and every
+    secret redacted (``/config``, as blackbox_exporter's)."""
+    return {
+        "max_inflight_requests": config.max_inflight_requests,
+        "targets": [redacted_target(target) for target in config.targets],
+    }

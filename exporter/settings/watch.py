@@ -1,8 +1,11 @@
-"""The web config in force: re-read when the file, or a file it names, changes.
+"""Settings files watched for changes: their content fingerprint, and the web config in force.
 
-Upstream re-reads the file on every request and connection; here a change is looked
-for at most once per ``RELOAD_CHECK_SECONDS`` (a content hash of every file involved),
-so a renewed certificate or a changed password takes effect without a restart.
+``fingerprint`` tells whether any of a set of files changed (the config file and the
+secret and CA files it names are watched this way by ``--config.auto-reload-interval``).
+The web config is re-read when the file, or a file it names, changes: upstream re-reads
+it on every request and connection; here a change is looked for at most once per
+``RELOAD_CHECK_SECONDS``, so a renewed certificate or a changed password takes effect
+without a restart.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+from exporter.cec.text import fields
 from exporter.settings.readers import ConfigError
 from exporter.settings.webconfig import WebConfig, load_web_config
 
@@ -20,6 +25,19 @@ log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
 """The file and the certificates it names are looked at no more often than this."""
+
+
+def fingerprint(paths: Iterable[str]) -> bytes:
+    """A hash of the content of every file named (an unreadable one by its error), in order:
+    equal fingerprints mean that no file changed, appeared or went."""
+    digest = hashlib.sha256()
+    for name in paths:
+        try:
+            digest.update(Path(name).read_bytes())
+        except OSError as err:
+            digest.update(f"\0unreadable {err.errno}\0".encode())
+        digest.update(b"\0" + name.encode() + b"\0")
+    return digest.digest()
 
 
 class WebConfigFile:
@@ -49,14 +67,7 @@ class WebConfigFile:
     def _hash(self, config: WebConfig) -> bytes:
         if self.path is None:
             return b""
-        digest = hashlib.sha256()
-        for name in (self.path, *(config.tls.files if config.tls else ())):
-            try:
-                digest.update(Path(name).read_bytes())
-            except OSError as err:
-                digest.update(f"\0unreadable {err.errno}\0".encode())
-            digest.update(b"\0" + name.encode() + b"\0")
-        return digest.digest()
+        return fingerprint((self.path, *(config.tls.files if config.tls else ())))
 
     def current(self) -> WebConfig:
         """The last config that loaded, after looking for a change if one is due."""
@@ -73,7 +84,9 @@ class WebConfigFile:
                 return old
             if fingerprint == self._fingerprint:
                 if self._bad_fingerprint is not None:
-                    log.info("web config %s is back as it was; serving again", self.path)
+                    log.info(
+                        "web config is back as it was; serving again", extra=fields(file=self.path)
+                    )
                 self._bad_fingerprint = None
                 return old
             try:
@@ -84,8 +97,8 @@ class WebConfigFile:
                 # One line, no traceback: the message names the key path.
                 log.error(  # noqa: TRY400
                     "web config cannot be loaded; answering 500 on every path but "
-                    "/-/healthy and /-/ready until it is fixed: %s",
-                    err,
+                    "/-/healthy and /-/ready until it is fixed",
+                    extra=fields(file=self.path, error=err),
                 )
                 self._bad_fingerprint = fingerprint
                 return old
@@ -95,5 +108,5 @@ class WebConfigFile:
             self._fingerprint = fingerprint if same_files else self._hash(new)
             self._bad_fingerprint = None
             self._config = new
-            log.info("web config %s reloaded", self.path)
+            log.info("web config reloaded", extra=fields(file=self.path))
             return new
