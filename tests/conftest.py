@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx2
 import pytest
+import trustme
 import yaml
 from support import RunningExporter
 from support_procs import ServeProcess
 
 from exporter.http import App, serve
+from exporter.http.limits import Limits
 from exporter.scrape import Exporter
 from exporter.settings import WebConfig, WebConfigFile, load_config
 from exporter.simulator import SimConfig, Simulator
@@ -54,15 +56,18 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def exporter_server() -> Iterator[Callable[..., RunningExporter]]:
-    """Factory: ``exporter_server(config_path, web_config=None)`` serves an exporter on loopback."""
+    """Factory: ``exporter_server(config_path, web_config=None, limits=None)`` serves an
+    exporter on loopback (the front door's default limits unless given)."""
     running: list[tuple[Any, Exporter, threading.Thread, httpx2.Client]] = []
 
     def start(
-        config_path: Path, web_config: WebConfig | WebConfigFile | None = None
+        config_path: Path,
+        web_config: WebConfig | WebConfigFile | None = None,
+        limits: Limits | None = None,
     ) -> RunningExporter:
         exporter = Exporter(load_config(config_path), str(config_path))
         app = App(exporter, web_config)
-        server = serve(app, "127.0.0.1:0")
+        server = serve(app, "127.0.0.1:0", limits)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         client = httpx2.Client(timeout=30, verify=False)
@@ -92,6 +97,28 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Server and client CAs, a server certificate for 127.0.0.1 and assorted clients."""
+    where = tmp_path_factory.mktemp("pki")
+    server_ca, client_ca, other_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    blobs = {
+        "server_ca": server_ca.cert_pem,
+        "client_ca": client_ca.cert_pem,
+        "server": server_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem,
+        "scraper": client_ca.issue_cert("scraper.example").private_key_and_cert_chain_pem,
+        "mailer": client_ca.issue_cert("ops@example.com").private_key_and_cert_chain_pem,
+        "by_ip": client_ca.issue_cert("127.0.0.2").private_key_and_cert_chain_pem,
+        "intruder": client_ca.issue_cert("intruder.example").private_key_and_cert_chain_pem,
+        "stranger": other_ca.issue_cert("scraper.example").private_key_and_cert_chain_pem,
+    }
+    paths = {}
+    for name, blob in blobs.items():
+        paths[name] = where / f"{name}.pem"
+        blob.write_to_path(str(paths[name]))
+    return paths
 
 
 @pytest.fixture(autouse=True)

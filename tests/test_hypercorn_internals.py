@@ -168,8 +168,8 @@ def test_a_live_connection_is_adjusted(
     adjusted: list[object] = []
     adjust = _hypercorn._adjust
 
-    def spy(protocol: Any) -> None:
-        adjust(protocol)
+    def spy(protocol: Any, connection: Any) -> None:
+        adjust(protocol, connection)
         adjusted.append(protocol)
 
     monkeypatch.setattr(_hypercorn, "_adjust", spy)

@@ -18,11 +18,19 @@ import click
 from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
+from exporter.cli.options import (
+    config_option,
+    listen_option,
+    logging_options,
+    phones_option,
+    web_options,
+)
 from exporter.http import App, serve
 from exporter.http.app import DEFAULT_TELEMETRY_PATH
 from exporter.http.debug import debug_report_blocking
-from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, parse_listen
-from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS, setup_logging
+from exporter.http.limits import Limits
+from exporter.http.listener import parse_listen
+from exporter.logs import setup_logging
 from exporter.runtime import on_signals, raise_open_files_limit
 from exporter.scrape import Exporter
 from exporter.settings import (
@@ -68,98 +76,6 @@ def _load(path: str) -> Config:
         _fail(str(err))
 
 
-def _listen(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    try:
-        parse_listen(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    return value
-
-
-def _listens(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> tuple[str, ...]:
-    return tuple(_listen(ctx, param, one) for one in value)
-
-
-def _config_option(func: _F) -> _F:
-    return click.option(
-        "--config",
-        "--config.file",
-        "config_path",
-        required=True,
-        metavar="FILE",
-        help="YAML config file.",
-    )(func)
-
-
-def _listen_option(default: str, several: bool = False) -> Callable[[_F], _F]:
-    return click.option(
-        "--listen",
-        "--web.listen-address",
-        "listen",
-        default=(default,) if several else default,
-        multiple=several,
-        show_default=True,
-        callback=_listens if several else _listen,
-        metavar="HOST:PORT",
-        help="Address to listen on; repeat it to listen on several. :PORT is every address family."
-        if several
-        else "Address to listen on.",
-    )
-
-
-def _web_options(func: _F) -> _F:
-    func = click.option(
-        "--web.telemetry-path",
-        "telemetry_path",
-        default=DEFAULT_TELEMETRY_PATH,
-        show_default=True,
-        metavar="PATH",
-        help="Path of the exposition of every target.",
-    )(func)
-    return click.option(
-        "--web.max-connections",
-        "max_connections",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_CONNECTIONS,
-        show_default=True,
-        help="Open connections served at once; past it new ones are closed unanswered.",
-    )(func)
-
-
-def _logging_options(func: _F) -> _F:
-    """``--log-level`` / ``--log.level`` and ``--log-format`` / ``--log.format`` (promslog)."""
-    func = click.option(
-        "--log-level",
-        "--log.level",
-        "log_level",
-        type=click.Choice((*LEVELS, *LEVEL_ALIASES), case_sensitive=False),
-        default="info",
-        show_default=True,
-        metavar=f"[{'|'.join(LEVELS)}]",
-        help="Lowest level logged (debug: one line per API request).",
-    )(func)
-    return click.option(
-        "--log-format",
-        "--log.format",
-        "log_format",
-        type=click.Choice((*FORMATS, *FORMAT_ALIASES), case_sensitive=False),
-        default="logfmt",
-        show_default=True,
-        metavar=f"[{'|'.join(FORMATS)}]",
-        help="Log lines as logfmt or JSON.",
-    )(func)
-
-
-def _phones_option(func: _F) -> _F:
-    return click.option(
-        "--phones",
-        type=click.IntRange(0, 10_000_000),
-        default=1000,
-        show_default=True,
-        help="Softphones the simulator allocates.",
-    )(func)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="cec-phone-exporter")
 def cli() -> None:
@@ -170,7 +86,7 @@ def run_server(
     exporter: Exporter,
     listen: Sequence[str],
     web_config: WebConfigFile | None,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    limits: Limits | None = None,
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
@@ -181,7 +97,7 @@ def run_server(
     raise_open_files_limit()
     app = App(exporter, web_config, telemetry_path=telemetry_path)
     try:
-        server = serve(app, listen, max_connections)
+        server = serve(app, listen, limits)
     except OSError as err:
         exporter.close()
         _fail(f"cannot listen on {' '.join(listen)}: {err.strerror or err}", 1)
@@ -204,8 +120,8 @@ def run_server(
 
 
 @cli.command()
-@_config_option
-@_listen_option(DEFAULT_LISTEN, several=True)
+@config_option
+@listen_option(DEFAULT_LISTEN, several=True)
 @click.option(
     "--web-config",
     "--web.config.file",
@@ -213,18 +129,22 @@ def run_server(
     metavar="FILE",
     help="TLS and basic auth, exporter-toolkit format.",
 )
-@_web_options
-@_logging_options
+@web_options
+@logging_options
 def serve_command(
     config_path: str,
     listen: tuple[str, ...],
     web_config_path: str | None,
     telemetry_path: str,
     max_connections: int,
+    max_per_client: int,
+    head_timeout: float,
+    idle_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the exporter."""
+    limits = Limits(max_connections, max_per_client, head_timeout, idle_timeout)
     setup_logging(log_level, log_format)
     config = _load(config_path)
     web_config = None
@@ -235,16 +155,16 @@ def serve_command(
             _fail(f"web config: {err}")
     log.info("cec-phone-exporter %s, %d target(s)", __version__, len(config.targets))
     exporter = Exporter(config, config_path)
-    run_server(exporter, listen, web_config, max_connections, telemetry_path)
+    run_server(exporter, listen, web_config, limits, telemetry_path)
 
 
 serve_command.name = "serve"
 
 
 @cli.command()
-@_listen_option(DEFAULT_DEMO_LISTEN, several=True)
-@_phones_option
-@_logging_options
+@listen_option(DEFAULT_DEMO_LISTEN, several=True)
+@phones_option
+@logging_options
 def demo(listen: tuple[str, ...], phones: int, log_level: str, log_format: str) -> None:
     """Run the built-in CEC simulator and the exporter against it: real metrics, no account."""
     setup_logging(log_level, log_format)
@@ -273,8 +193,8 @@ def demo(listen: tuple[str, ...], phones: int, log_level: str, log_format: str) 
 
 
 @cli.command()
-@_listen_option(DEFAULT_SIMULATOR_LISTEN)
-@_phones_option
+@listen_option(DEFAULT_SIMULATOR_LISTEN)
+@phones_option
 @click.option(
     "--tenants",
     type=click.IntRange(1, 100_000),
@@ -315,7 +235,7 @@ def demo(listen: tuple[str, ...], phones: int, log_level: str, log_format: str) 
     metavar="JSON",
     help='Faults to inject from the start, e.g. \'[{"kind": "ret_code", "value": "2"}]\'.',
 )
-@_logging_options
+@logging_options
 def simulate(
     listen: str,
     phones: int,
@@ -360,14 +280,14 @@ def simulate(
 
 
 @cli.command("check-config")
-@_config_option
+@config_option
 def check_config(config_path: str) -> None:
     """Validate the config file and print a summary (never secrets); exit 0, or 2 if invalid."""
     click.echo(summary(_load(config_path)))
 
 
 @cli.command()
-@_config_option
+@config_option
 @click.option("--target", help="Collect only this target (as /probe does).")
 @click.option(
     "--debug",
@@ -375,7 +295,7 @@ def check_config(config_path: str) -> None:
     help="Print the debug probe's report instead: the collection log, the metrics and the "
     "effective config with secrets redacted.",
 )
-@_logging_options
+@logging_options
 def scrape(
     config_path: str, target: str | None, debug: bool, log_level: str, log_format: str
 ) -> None:
