@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import statistics
@@ -201,14 +202,13 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     )
 
 
-def frames(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(type, stream, payload) of each whole frame in ``data``."""
-    while len(data) >= 9:
-        length = int.from_bytes(data[:3], "big")
-        if len(data) < 9 + length:
-            return
-        yield data[3], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF, data[9 : 9 + length]
+def frames(data: bytes) -> tuple[list[tuple[int, int, bytes]], bytes]:
+    """(type, stream, payload) of each whole frame at the start of ``data``, and the rest."""
+    found = []
+    while len(data) >= 9 and len(data) >= 9 + (length := int.from_bytes(data[:3], "big")):
+        found.append((data[3], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF, data[9 : 9 + length]))
         data = data[9 + length :]
+    return found, data
 
 
 @dataclass
@@ -238,37 +238,56 @@ def h2_socket(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     return conn
 
 
-def h2_flood(port: int, ctx: ssl.SSLContext, unit: bytes, seconds: float) -> Flood:
-    """Send ``unit`` (one or more frames) over and over for ``seconds`` on one HTTP/2
-    connection, reading what comes back; stops once the server has closed it."""
+def h2_flood(
+    port: int,
+    ctx: ssl.SSLContext,
+    unit: bytes,
+    seconds: float,
+    first: bytes = b"",
+    quiet_after_goaway: bool = False,
+) -> Flood:
+    """Send ``first``, then ``unit`` (one or more frames) over and over for ``seconds`` on
+    one HTTP/2 connection (once a GOAWAY came, nothing more if ``quiet_after_goaway``),
+    reading what comes back, until the server has closed the socket itself: a TLS
+    close_notify alone is not a close (the server may wait for ours)."""
     found = Flood()
     conn = h2_socket(port, ctx)
+    conn.sendall(first)
     conn.setblocking(False)
     started = goaway_at = time.monotonic()
     pending = b""
     batch = unit * max(1, 16384 // len(unit))
     try:
         while time.monotonic() - started < seconds:
-            with contextlib.suppress(ssl.SSLWantWriteError, BlockingIOError):
-                conn.send(batch)
-                found.sent += len(batch) // len(unit)
+            if not (quiet_after_goaway and found.goaway is not None):
+                with contextlib.suppress(ssl.SSLWantWriteError, BlockingIOError):
+                    conn.send(batch)
+                    found.sent += len(batch) // len(unit)
             try:
                 data = conn.recv(65536)
             except (ssl.SSLWantReadError, BlockingIOError):
                 time.sleep(0.001)
                 continue
             if not data:
-                break
-            pending += data
-            for kind, _, payload in frames(pending):
+                break  # the server's close_notify: wait for the socket itself below
+            parsed, pending = frames(pending + data)
+            for kind, _, payload in parsed:
                 if kind == 0x7 and found.goaway is None:
                     found.goaway, goaway_at = int.from_bytes(payload[4:8], "big"), time.monotonic()
-            pending = pending[-65536:]
     except (OSError, ssl.SSLError):
         pass
-    else:
-        if time.monotonic() - started >= seconds:
-            return found  # still open at the end
+    with socket.socket(fileno=os.dup(conn.fileno())) as raw:  # the TCP socket under TLS
+        while (left := seconds - (time.monotonic() - started)) > 0:
+            raw.settimeout(left)
+            try:
+                if not raw.recv(65536):
+                    break
+            except TimeoutError:
+                return found  # still open at the end
+            except OSError:
+                break
+        else:
+            return found
     found.closed_after = time.monotonic() - goaway_at
     conn.close()
     return found
@@ -306,13 +325,12 @@ def rapid_reset(
     try:
         conn.sendall(unit)
         found.sent = streams
-        data = b""
+        pending = b""
         while chunk := conn.recv(65536):
-            data += chunk
-            for kind, _, payload in frames(data):
+            parsed, pending = frames(pending + chunk)
+            for kind, _, payload in parsed:
                 if kind == 0x7:
                     found.goaway = int.from_bytes(payload[4:8], "big")
-            data = data[-65536:]
     except (OSError, ssl.SSLError):
         pass
     found.closed_after = time.monotonic() - started

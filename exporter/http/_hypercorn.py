@@ -239,7 +239,8 @@ class _H2Guard:
                 self._body.pop(event.stream_id, None)
             try:
                 await self._handle([event])
-            except TooManyStreamsError:
+            except TooManyStreamsError:  # its stream was made, never started: unmade
+                self._protocol.streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                 return await self._calm("too many streams in flight")
         await self._protocol._flush()  # the acknowledgements and resets too
 
@@ -328,9 +329,8 @@ class _Connection(TCPServer):
     def end(self) -> None:
         """Stop reading, and close once what is written has gone (or the linger is up)."""
         self._ended = True
-        transport = self.writer.transport
-        transport.close()
-        asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.abort)
+        self.writer.transport.close()  # TLS: close_notify, then waits for the client's
+        asyncio.get_running_loop().call_later(_LINGER_SECONDS, self.slot.close)
 
     def _refuse_head(self) -> None:
         """The shared head budget is spent: 431 for this head, its bytes dropped now."""
