@@ -185,6 +185,10 @@ class FrontDoor:
         finally:
             writer.transport.abort()
             self._tasks.discard(task)
+            # Here, not only when the connection is lost: after a failed TLS handshake
+            # asyncio tells the protocol nothing, and the slot would be held for good.
+            protocol.slot.closed()
+            self.closed()
 
     def closed(self) -> None:
         """A connection is gone: hand its memory back soon (once for a burst of them)."""
