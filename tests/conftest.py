@@ -7,6 +7,7 @@ support.py and support_procs.py.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx2
 import pytest
 import trustme
 import yaml
-from support import RunningExporter
+from support import EXPORTER, RunningExporter, target_entry
 from support_procs import ServeProcess
 
 from exporter.http import App, serve
@@ -97,6 +98,30 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def front(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    serve_process: Callable[..., ServeProcess],
+) -> Callable[..., ServeProcess]:
+    """Factory: ``front(*args, log_level="debug", nofile=None)`` starts ``serve`` for one
+    small simulated target; ``nofile`` runs it under that open-files limit (soft and hard,
+    as ``prlimit`` sets it)."""
+    config = write_config(targets=[target_entry(simulator(phones=10), "sim")])
+
+    def start(*args: str, log_level: str = "debug", nofile: int | None = None) -> ServeProcess:
+        limit: tuple[str, ...] = ()
+        if nofile is not None:
+            prlimit = shutil.which("prlimit")
+            if prlimit is None:
+                pytest.skip("no prlimit on this machine")
+            limit = (prlimit, f"--nofile={nofile}:{nofile}")
+        flags = ("--config", str(config), "--log-level", log_level, *args)
+        return serve_process(*flags, program=(*limit, *EXPORTER)).start()
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -32,23 +32,6 @@ from exporter.simulator import Simulator
 Start = Callable[..., ServeProcess]
 
 
-@pytest.fixture
-def front(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],
-) -> Start:
-    """Factory: a started ``serve`` (debug log) for one small simulated target."""
-    config = write_config(targets=[target_entry(simulator(phones=10), "sim")])
-
-    def start(*args: str, **kwargs: object) -> ServeProcess:
-        return serve_process(
-            "--config", str(config), "--log-level", "debug", *args, **kwargs
-        ).start()
-
-    return start
-
-
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
     """Send ``data`` on a fresh connection; everything answered until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:

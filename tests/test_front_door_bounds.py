@@ -11,7 +11,6 @@ scraper keeps its connection between scrapes.
 from __future__ import annotations
 
 import resource
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from support import EXPORTER, MIB, target_entry, tls_client, web_yml
+from support import MIB, tls_client, web_yml
 from support_attacks import (
     HEALTHY,
     UNFINISHED_HANDSHAKE,
@@ -34,8 +33,6 @@ from support_attacks import (
 )
 from support_procs import Peaks, ServeProcess
 
-from exporter.simulator import Simulator
-
 Start = Callable[..., ServeProcess]
 
 
@@ -46,29 +43,6 @@ def _many_sockets() -> None:
     if hard != resource.RLIM_INFINITY and hard < 12000:
         pytest.skip("this machine's hard open-files limit is below 12,000")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-@pytest.fixture
-def front(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],
-) -> Start:
-    """Factory: a started ``serve`` for one small simulated target; ``nofile`` runs it under
-    that open-files limit (soft and hard, as ``prlimit`` sets it)."""
-    config = write_config(targets=[target_entry(simulator(phones=10), "sim")])
-
-    def start(*args: str, nofile: int | None = None) -> ServeProcess:
-        program: tuple[str, ...] = ()
-        if nofile is not None:
-            prlimit = shutil.which("prlimit")
-            if prlimit is None:
-                pytest.skip("no prlimit")
-            program = (prlimit, f"--nofile={nofile}:{nofile}")
-        process = serve_process("--config", str(config), *args, program=(*program, *EXPORTER))
-        return process.start()
-
-    return start
 
 
 def rss(server: ServeProcess) -> int:
@@ -106,7 +80,7 @@ def test_idle_tls_connections_cost_what_the_cap_was_sized_for(
     """asyncio's TLS protocol read into 256 KiB of its own per connection: 2,000 idle
     TLS connections took +578 MiB. The cap (2,048) is sized at ~50 KiB a connection."""
     web = str(web_yml(tmp_path, pki))
-    server = front("--web-config", web, "--web.max-connections-per-client", "2048")
+    server = front("--web-config", web, "--web.max-per-client", "2048")
     before = settled_rss(server, 1)
     with (
         Peaks(server.ps) as peaks,
@@ -169,7 +143,7 @@ def test_an_idle_flood_does_not_lock_the_scraper_out(front: Start, nofile: int |
     """At the cap new connections were refused: 5,000 idle kept-alive ones left a scraper
     17 of 89 answers (1 of 65 at nofile 128). Room is now made by closing the longest-idle
     connection, and the scraper's is never the longest idle."""
-    server = front(nofile=nofile)
+    server = front(log_level="info", nofile=nofile)
     with Background(lambda: kept_alive(server.port, 5000, hold=6)):
         time.sleep(1)
         scrapes = scrape_every(server.url + "/metrics", 0.5, 8)
@@ -187,7 +161,7 @@ def source_socket(port: int, address: str) -> socket.socket:
 
 
 def test_connections_per_client_address_are_bounded(front: Start) -> None:
-    server = front("--web.max-connections-per-client", "8")
+    server = front("--web.max-per-client", "8")
     with ExitStack() as stack:
         idle = [stack.enter_context(source_socket(server.port, "127.0.0.2")) for _ in range(8)]
         for conn in idle:

@@ -81,7 +81,7 @@ WEB_LIMITS: tuple[tuple[str, str, click.IntRange | None, str], ...] = (
         "for a new one, which is refused when none is idle.",
     ),
     (
-        "--web.max-connections-per-client",
+        "--web.max-per-client",
         "max_per_client",
         click.IntRange(1),
         "Open connections of one client address; at it, likewise within that address.",
