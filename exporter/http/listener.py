@@ -33,7 +33,6 @@ _T = TypeVar("_T")
 
 HEAD_LIMIT_BYTES = 1 << 20
 """A request head (request line and every header) is at most this long, or 431."""
-DEFAULT_MAX_CONNECTIONS = Limits.max_connections
 WRITE_STALL_SECONDS = 30.0
 """An answer of which the client takes no byte for this long is dropped with its
 connection: a client that reads nothing would hold both, and the unsent answer in
@@ -319,7 +318,6 @@ def open_server(
 
 
 __all__ = [
-    "DEFAULT_MAX_CONNECTIONS",
     "HEAD_LIMIT_BYTES",
     "FrontDoor",
     "Limits",
