@@ -228,7 +228,10 @@ def test_a_live_http2_connection_is_guarded(
     server = exporter_server(config, WebConfigFile(str(web), load_web_config(str(web))))
     with h2_tls(server.port, tls_client(pki)) as conn:
         conn.sendall(PREFACE + frame(0x4, 0, 0))
-        conn.recv(65536)  # the server's SETTINGS: the connection is made
+        conn.recv(65536)  # the server's SETTINGS, sent before it reads: wait for the read
+        deadline = time.monotonic() + 5
+        while not adjusted and time.monotonic() < deadline:
+            time.sleep(0.01)
     (protocol,) = adjusted
     assert isinstance(protocol, H2Protocol)
     assert isinstance(protocol._handle_events.__self__, _hypercorn._H2Guard)
