@@ -164,20 +164,26 @@ def exchange(port: int, data: bytes) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
-def test_a_live_connection_is_adjusted(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    exporter_server: Callable[..., RunningExporter],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    adjusted: list[object] = []
+@pytest.fixture
+def adjusted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every protocol adjusted from now on (``_adjust`` still does its work)."""
+    seen: list[Any] = []
     adjust = _hypercorn._adjust
 
     def spy(protocol: Any, connection: Any) -> None:
         adjust(protocol, connection)
-        adjusted.append(protocol)
+        seen.append(protocol)
 
     monkeypatch.setattr(_hypercorn, "_adjust", spy)
+    return seen
+
+
+def test_a_live_connection_is_adjusted(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+    adjusted: list[Any],
+) -> None:
     server = exporter_server(write_config(targets=[target_entry(simulator(phones=1), "sim")]))
     port = int(server.url.rsplit(":", 1)[1])
     good = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -211,18 +217,10 @@ def test_a_live_http2_connection_is_guarded(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
-    monkeypatch: pytest.MonkeyPatch,
+    adjusted: list[Any],
     pki: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    adjusted: list[Any] = []
-    adjust = _hypercorn._adjust
-
-    def spy(protocol: Any, connection: Any) -> None:
-        adjust(protocol, connection)
-        adjusted.append(protocol)
-
-    monkeypatch.setattr(_hypercorn, "_adjust", spy)
     web = web_yml(tmp_path, pki)
     config = write_config(targets=[target_entry(simulator(phones=1), "sim")])
     server = exporter_server(config, WebConfigFile(str(web), load_web_config(str(web))))

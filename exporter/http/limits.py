@@ -85,9 +85,6 @@ class Admission:
     _idle_slots: OrderedDict[Slot, float] = field(default_factory=OrderedDict)
     _heads: OrderedDict[Slot, None] = field(default_factory=OrderedDict)
     head_total: int = 0
-    evicted: int = 0
-    refused: int = 0
-    heads_refused: int = 0
 
     @property
     def open(self) -> int:
@@ -97,10 +94,8 @@ class Admission:
         """A slot for a new connection from ``address``, making room by closing the
         longest-idle kept-alive connection when a bound is reached; None: refuse it."""
         if self.per_client[address] >= self.max_per_client and not self._evict(address):
-            self.refused += 1
             return None
         if self.open >= self.max_connections and not self._evict(None):
-            self.refused += 1
             return None
         slot = Slot(self, address, close)
         self.slots.add(slot)
@@ -120,7 +115,6 @@ class Admission:
             "closing a connection of %s idle for %.1fs to make room", victim.address, idle_for
         )
         self._release(victim)
-        self.evicted += 1
         victim.close()
         return True
 
@@ -149,7 +143,6 @@ class Admission:
                 self.head_total,
                 newest.address,
             )
-            self.heads_refused += 1
             self._release(newest)
             newest.refuse_head()
 
