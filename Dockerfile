@@ -30,6 +30,11 @@
 # `--version`, cec_exporter_build_info and the OCI labels name the same revision.
 # scripts/image_smoke.sh builds and runs this image as CI does.
 
+# Python 3.12.2 or later: CPython's fix for TLS handshakes leaked on failure (gh-109534)
+# is in it. It does not cover the handshake timeout of asyncio's start_tls, which the
+# exporter serves TLS with: that cycle the exporter breaks itself (exporter/http/
+# handshake.py), so its memory stays bounded on any Python it supports, the Debian
+# 3.11.2 of scripts/image_smoke.sh's stand-in base included (docs/security.md).
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 
 # ---------------------------------------------------------------- builder

@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -93,6 +94,31 @@ def basic_auth(user: str, password: str) -> dict[str, str]:
     """The ``Authorization`` header of HTTP basic auth."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def web_yml(tmp_path: Path, pki: dict[str, Path], extra: str = "") -> Path:
+    """A web config in ``tmp_path`` serving TLS with the ``pki`` fixture's server certificate."""
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {pki['server']}\n  key_file: {pki['server']}\n{extra}"
+    )
+    return path
+
+
+def tls_client(pki: dict[str, Path] | None, cert: str | None = None) -> ssl.SSLContext:
+    """A client context trusting our server CA (or nothing, for the corpus's certificate)."""
+    if pki is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context(cafile=str(pki["server_ca"]))
+    if cert is not None:
+        ctx.load_cert_chain(str(pki[cert]))
+    return ctx
 
 
 # --- the command line and an exporter in this process --------------------------------------------

@@ -32,23 +32,6 @@ from exporter.simulator import Simulator
 Start = Callable[..., ServeProcess]
 
 
-@pytest.fixture
-def front(
-    simulator: Callable[..., Simulator],
-    write_config: Callable[..., Path],
-    serve_process: Callable[..., ServeProcess],
-) -> Start:
-    """Factory: a started ``serve`` (debug log) for one small simulated target."""
-    config = write_config(targets=[target_entry(simulator(phones=10), "sim")])
-
-    def start(*args: str, **kwargs: object) -> ServeProcess:
-        return serve_process(
-            "--config", str(config), "--log-level", "debug", *args, **kwargs
-        ).start()
-
-    return start
-
-
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
     """Send ``data`` on a fresh connection; everything answered until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
@@ -201,10 +184,17 @@ def test_kept_alive_connections_hold_no_thread_each(front: Start) -> None:
 
 
 def test_open_connections_are_capped_and_refused_cheaply(front: Start) -> None:
+    """At the cap a new connection is refused when no open one is idle (here each is busy
+    with a head under way); an idle one would be closed to make room
+    (test_front_door_bounds.py)."""
     server = front("--web.max-connections", "20")
     port = server.port
     time.sleep(0.5)  # the start-up probe's connection is closed by now
-    with kept_alive(port, 20):
+    with ExitStack() as stack:
+        for _ in range(20):
+            conn = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            conn.sendall(b"GET /-/healthy HTTP/1.1\r\n")  # busy: a head under way
+        time.sleep(0.5)
         # Past the cap: accepted and closed at once, nothing parsed, nothing answered.
         assert exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n") == b""
     deadline = time.monotonic() + 5

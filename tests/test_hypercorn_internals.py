@@ -1,6 +1,6 @@
-"""The names of hypercorn's and h11's that exporter.http._hypercorn relies on are still
-there, their loss is refused at start, and the adjustments made through them take effect
-on a real connection.
+"""The names of hypercorn's, h11's and h2's that exporter.http._hypercorn relies on (and
+asyncio's that exporter.http.handshake sets) are still there, their loss is refused at
+start, and the adjustments made through them take effect on a real connection.
 
 An upgrade that renames one of them fails here with its name, not in production, where
 the assignment would still succeed and the strict heads or the h2c refusal be lost.
@@ -10,6 +10,9 @@ HTTP/2 body data on a finished stream is tested end to end in test_web_tls.py
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.constants
+import asyncio.sslproto
 import re
 import socket
 import subprocess
@@ -26,9 +29,10 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
-from support import RunningExporter, target_entry
+from support import RunningExporter, target_entry, tls_client, web_yml
+from support_attacks import PREFACE, frame, h2_tls
 
-from exporter.http import _hypercorn
+from exporter.http import _hypercorn, handshake
 from exporter.http._hypercorn import (
     PRIVATE_NAMES,
     SETTINGS,
@@ -37,6 +41,7 @@ from exporter.http._hypercorn import (
     Reliance,
     check_internals,
 )
+from exporter.settings import WebConfigFile, load_web_config
 from exporter.simulator import Simulator
 
 NEEDED = re.escape("cec-phone-exporter needs hypercorn>=0.18,<0.19, h11>=0.16,<0.17")
@@ -159,20 +164,26 @@ def exchange(port: int, data: bytes) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+@pytest.fixture
+def adjusted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every protocol adjusted from now on (``_adjust`` still does its work)."""
+    seen: list[Any] = []
+    adjust = _hypercorn._adjust
+
+    def spy(protocol: Any, connection: Any) -> None:
+        adjust(protocol, connection)
+        seen.append(protocol)
+
+    monkeypatch.setattr(_hypercorn, "_adjust", spy)
+    return seen
+
+
 def test_a_live_connection_is_adjusted(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
     exporter_server: Callable[..., RunningExporter],
-    monkeypatch: pytest.MonkeyPatch,
+    adjusted: list[Any],
 ) -> None:
-    adjusted: list[object] = []
-    adjust = _hypercorn._adjust
-
-    def spy(protocol: Any) -> None:
-        adjust(protocol)
-        adjusted.append(protocol)
-
-    monkeypatch.setattr(_hypercorn, "_adjust", spy)
     server = exporter_server(write_config(targets=[target_entry(simulator(phones=1), "sim")]))
     port = int(server.url.rsplit(":", 1)[1])
     good = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -200,3 +211,46 @@ def test_a_live_connection_is_adjusted(
     answer = exchange(port, upgrade)[0]
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]  # answered as HTTP/1.1, no 101
     assert len(adjusted) == 4  # every connection went through the adjustment
+
+
+def test_a_live_http2_connection_is_guarded(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+    adjusted: list[Any],
+    pki: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    web = web_yml(tmp_path, pki)
+    config = write_config(targets=[target_entry(simulator(phones=1), "sim")])
+    server = exporter_server(config, WebConfigFile(str(web), load_web_config(str(web))))
+    with h2_tls(server.port, tls_client(pki)) as conn:
+        conn.sendall(PREFACE + frame(0x4, 0, 0))
+        conn.recv(65536)  # the server's SETTINGS, sent before it reads: wait for the read
+        deadline = time.monotonic() + 5
+        while not adjusted and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (protocol,) = adjusted
+    assert isinstance(protocol, H2Protocol)
+    assert isinstance(protocol._handle_events.__self__, _hypercorn._H2Guard)
+
+
+@pytest.mark.parametrize("reliance", handshake.PRIVATE_NAMES, ids=str)
+def test_each_asyncio_name_set_is_there(reliance: Reliance) -> None:
+    assert reliance.problem() is None
+
+
+def test_asyncio_tls_is_tuned_when_serving(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    exporter_server(write_config(targets=[target_entry(simulator(phones=1), "sim")]))
+    assert asyncio.sslproto.SSLProtocol.max_size == handshake.TLS_READ_BUFFER_BYTES
+    assert asyncio.constants.SSL_SHUTDOWN_TIMEOUT == handshake.TLS_SHUTDOWN_SECONDS
+
+
+def test_a_missing_asyncio_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(asyncio.sslproto.SSLProtocol, "max_size")
+    with pytest.raises(handshake.TLSInternalsChanged, match=r"SSLProtocol\.max_size is gone"):
+        handshake.tune_asyncio_tls()

@@ -26,9 +26,11 @@ from support import basic_auth, run_cli, sample, target_entry
 from support_procs import ServeProcess
 
 from exporter.http.app import MAX_REQUEST_BODY_BYTES
-from exporter.http.listener import HEAD_TIMEOUT_SECONDS as HEADER_READ_TIMEOUT_SECONDS
+from exporter.http.limits import Limits
 from exporter.settings import ConfigError, load_web_config
 from exporter.simulator import Simulator
+
+HEADER_READ_TIMEOUT_SECONDS = Limits.head_timeout
 
 
 def query_requests(sim: Simulator) -> int:

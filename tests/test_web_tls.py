@@ -21,10 +21,19 @@ import bcrypt
 import pytest
 import trustme
 from prometheus_client.exposition import generate_latest
-from support import RunningExporter, basic_auth, log_line, run_cli, sample, target_entry
+from support import (
+    RunningExporter,
+    basic_auth,
+    log_line,
+    run_cli,
+    sample,
+    target_entry,
+    tls_client,
+    web_yml,
+)
 
-from exporter.http import listener
 from exporter.http.auth import RateLimiter
+from exporter.http.limits import Limits
 from exporter.settings import RateLimit, WebConfigFile, load_web_config
 from exporter.simulator import Simulator
 
@@ -45,49 +54,6 @@ def serve_web(
         return exporter_server(config, WebConfigFile(str(path), load_web_config(str(path))))
 
     return start
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Server and client CAs, a server certificate for 127.0.0.1 and assorted clients."""
-    where = tmp_path_factory.mktemp("pki")
-    server_ca, client_ca, other_ca = trustme.CA(), trustme.CA(), trustme.CA()
-    blobs = {
-        "server_ca": server_ca.cert_pem,
-        "client_ca": client_ca.cert_pem,
-        "server": server_ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem,
-        "scraper": client_ca.issue_cert("scraper.example").private_key_and_cert_chain_pem,
-        "mailer": client_ca.issue_cert("ops@example.com").private_key_and_cert_chain_pem,
-        "by_ip": client_ca.issue_cert("127.0.0.2").private_key_and_cert_chain_pem,
-        "intruder": client_ca.issue_cert("intruder.example").private_key_and_cert_chain_pem,
-        "stranger": other_ca.issue_cert("scraper.example").private_key_and_cert_chain_pem,
-    }
-    paths = {}
-    for name, blob in blobs.items():
-        paths[name] = where / f"{name}.pem"
-        blob.write_to_path(str(paths[name]))
-    return paths
-
-
-def web_yml(tmp_path: Path, pki: dict[str, Path], extra: str = "") -> Path:
-    path = tmp_path / "web.yml"
-    path.write_text(
-        f"tls_server_config:\n  cert_file: {pki['server']}\n  key_file: {pki['server']}\n{extra}"
-    )
-    return path
-
-
-def client(pki: dict[str, Path] | None, cert: str | None = None) -> ssl.SSLContext:
-    """A client context trusting our server CA (or nothing, for the corpus's certificate)."""
-    if pki is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    ctx = ssl.create_default_context(cafile=str(pki["server_ca"]))
-    if cert is not None:
-        ctx.load_cert_chain(str(pki[cert]))
-    return ctx
 
 
 def get(
@@ -121,10 +87,10 @@ def test_client_auth_types_as_go_applies_them(
         (tmp_path / auth).mkdir()
         server = serve_web(web_yml(tmp_path / auth, pki, extra))
         for cert, outcome in outcomes.items():
-            assert get(server, client(pki, cert)) == outcome, (auth, cert)
+            assert get(server, tls_client(pki, cert)) == outcome, (auth, cert)
             # Under RequireAndVerifyClientCert the handshake comes before any path:
             # the health endpoints need a client certificate too.
-            assert get(server, client(pki, cert), "/metrics") in (
+            assert get(server, tls_client(pki, cert), "/metrics") in (
                 outcome,
                 200 if outcome == 200 else "refused",
             )
@@ -138,16 +104,16 @@ def test_client_allowed_sans(serve_web: Serve, pki: dict[str, Path], tmp_path: P
     )
     server = serve_web(web_yml(tmp_path, pki, extra))
     for cert in ("scraper", "mailer", "by_ip"):  # a DNS, an e-mail and an IP SAN
-        assert get(server, client(pki, cert)) == 200, cert
-    assert get(server, client(pki, "intruder")) == "refused"  # right CA, wrong SAN
-    assert get(server, client(pki, "stranger")) == "refused"  # right SAN, wrong CA
-    assert get(server, client(pki)) == "refused"
-    assert get(server, client(pki, "scraper")) == 200  # the refusals broke nothing
+        assert get(server, tls_client(pki, cert)) == 200, cert
+    assert get(server, tls_client(pki, "intruder")) == "refused"  # right CA, wrong SAN
+    assert get(server, tls_client(pki, "stranger")) == "refused"  # right SAN, wrong CA
+    assert get(server, tls_client(pki)) == "refused"
+    assert get(server, tls_client(pki, "scraper")) == 200  # the refusals broke nothing
 
 
 def test_corpus_client_san_files(serve_web: Serve, tmp_path: Path) -> None:
     """Upstream's own pair: client2_selfsigned carries "test3", allowed by the good file only."""
-    ctx = client(None)
+    ctx = tls_client(None)
     ctx.load_cert_chain(
         str(TESTDATA / "client2_selfsigned.pem"), str(TESTDATA / "client2_selfsigned.key")
     )
@@ -161,7 +127,7 @@ def test_corpus_client_san_files(serve_web: Serve, tmp_path: Path) -> None:
 
 
 def tls12_client(*ciphers: str) -> ssl.SSLContext:
-    ctx = client(None)
+    ctx = tls_client(None)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(":".join(ciphers))
     return ctx
@@ -194,17 +160,17 @@ def test_cipher_suites_and_their_order(serve_web: Serve) -> None:
 def test_curves_and_versions(serve_web: Serve, pki: dict[str, Path], tmp_path: Path) -> None:
     p521_only = serve_web(TESTDATA / "web_config_noAuth_someCurves.good.yml")  # and TLS 1.3 only
     for curve, works in (("secp521r1", True), ("secp384r1", False)):
-        ctx = client(None)
+        ctx = tls_client(None)
         ctx.set_ecdh_curve(curve)
         assert (negotiated(p521_only, ctx) is not None) is works, curve
     assert negotiated(p521_only, tls12_client("ECDHE-RSA-AES128-GCM-SHA256")) is None
     tls12_only = serve_web(TESTDATA / "web_config_noAuth_noHTTP2.good.yml")
-    tls13 = client(None)
+    tls13 = tls_client(None)
     tls13.minimum_version = ssl.TLSVersion.TLSv1_3
     assert negotiated(tls12_only, tls13) is None
-    assert negotiated(tls12_only, client(None)) == "ECDHE-RSA-AES256-GCM-SHA384"
+    assert negotiated(tls12_only, tls_client(None)) == "ECDHE-RSA-AES256-GCM-SHA384"
 
-    old = client(pki)
+    old = tls_client(pki)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1_1 is, on purpose
         old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
@@ -223,7 +189,9 @@ def test_one_tls_handshake_serves_many_requests(
     serve_web: Serve, pki: dict[str, Path], tmp_path: Path
 ) -> None:
     server = serve_web(web_yml(tmp_path, pki))
-    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=client(pki), timeout=10)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, context=tls_client(pki), timeout=10
+    )
     conn.connect()
     first_socket = conn.sock
     bodies = []
@@ -399,13 +367,14 @@ def test_cli_refuses_what_upstream_refuses(
 
 
 def test_kept_alive_connections_are_bounded(
-    serve_web: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
 ) -> None:
-    """A kept-alive connection has the head deadline to send its next request, whole."""
-    monkeypatch.setattr(listener, "HEAD_TIMEOUT_SECONDS", 1.0)
-    empty = tmp_path / "web.yml"
-    empty.write_text("")
-    server = serve_web(empty)
+    """A kept-alive connection may idle for the idle limit, which is not the head's deadline:
+    the next request, once begun, must be whole within the head deadline."""
+    config = write_config(targets=[target_entry(simulator(phones=1), "sim")])
+    server = exporter_server(config, None, Limits(head_timeout=1.0, idle_timeout=2.5))
     request = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
 
     def answer(conn: socket.socket) -> bytes:
@@ -419,15 +388,16 @@ def test_kept_alive_connections_are_bounded(
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
-        time.sleep(0.5)  # idle, within the deadline: the connection is still served
+        time.sleep(1.5)  # idle past the head deadline, within the idle limit: still served
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
         idle_since = time.monotonic()
-        assert conn.recv(4096) == b""  # closed once idle for the deadline
-        assert 0.8 < time.monotonic() - idle_since < 4
+        assert conn.recv(4096) == b""  # closed once idle for the idle limit
+        assert 2.2 < time.monotonic() - idle_since < 5
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(request)
         assert answer(conn).startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.5)  # idle first: the head's clock starts at its first byte
         started = time.monotonic()
         conn.settimeout(0.2)
         closed = False
@@ -442,7 +412,7 @@ def test_kept_alive_connections_are_bounded(
             if closed:
                 break
         assert closed
-        assert time.monotonic() - started < 4
+        assert 0.8 < time.monotonic() - started < 4
 
 
 # --- HTTP/2 ---------------------------------------------------------------------------------------
@@ -480,10 +450,10 @@ def h2_get(server: RunningExporter, ctx: ssl.SSLContext, path: str) -> tuple[str
 
 def test_http2_is_served_when_on(serve_web: Serve, pki: dict[str, Path], tmp_path: Path) -> None:
     on = serve_web(web_yml(tmp_path, pki))
-    assert h2_get(on, client(pki), "/-/healthy") == ("h2", 200)
-    assert h2_get(on, client(pki), "/metrics") == ("h2", 200)
+    assert h2_get(on, tls_client(pki), "/-/healthy") == ("h2", 200)
+    assert h2_get(on, tls_client(pki), "/metrics") == ("h2", 200)
     off = serve_web(web_yml(tmp_path, pki, "http_server_config:\n  http2: false\n"))
-    assert h2_get(off, client(pki), "/-/healthy") == ("http/1.1", 0)
+    assert h2_get(off, tls_client(pki), "/-/healthy") == ("http/1.1", 0)
 
 
 def test_http2_body_data_after_the_answer_is_ignored(
@@ -496,7 +466,7 @@ def test_http2_body_data_after_the_answer_is_ignored(
     import h2.events
 
     server = serve_web(web_yml(tmp_path, pki))
-    ctx = client(pki)
+    ctx = tls_client(pki)
     ctx.set_alpn_protocols(["h2"])
     head = [(":scheme", "https"), (":authority", "x"), (":path", "/-/healthy")]
     statuses: dict[int, int] = {}

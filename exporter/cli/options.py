@@ -17,6 +17,7 @@ import click
 from exporter.http.listener import parse_listen
 from exporter.logs import FORMAT_ALIASES, FORMATS, LEVEL_ALIASES, LEVELS
 from exporter.settings import Config, ConfigError, load_config
+from exporter.settings.readers import parse_duration
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -45,6 +46,14 @@ def load(path: str) -> Config:
         return load_config(path)
     except ConfigError as err:
         fail(str(err))
+
+
+def duration_seconds(value: str) -> float:
+    """A Go duration (``10s``, ``5m``, ``1m30s``, ``0``) in seconds, or click's BadParameter."""
+    try:
+        return parse_duration("", value.strip())
+    except ConfigError as err:
+        raise click.BadParameter(err.message) from None
 
 
 def _listen(_ctx: click.Context, _param: click.Parameter, value: str) -> str:

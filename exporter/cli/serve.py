@@ -16,16 +16,22 @@ import click
 from exporter import __version__
 from exporter.build import running_build
 from exporter.cec.text import fields
-from exporter.cli.options import config_option, fail, listen_option, load, logging_options
+from exporter.cli.options import (
+    config_option,
+    duration_seconds,
+    fail,
+    listen_option,
+    load,
+    logging_options,
+)
 from exporter.http import App, serve
 from exporter.http.app import DEFAULT_TELEMETRY_PATH
-from exporter.http.listener import DEFAULT_MAX_CONNECTIONS
+from exporter.http.limits import Limits
 from exporter.http.prefix import external_url, route_prefix
 from exporter.logs import setup_logging
 from exporter.runtime import every, on_signals, raise_open_files_limit
 from exporter.scrape import Exporter
 from exporter.settings import ConfigError, WebConfigFile, load_web_config
-from exporter.settings.readers import parse_duration
 
 log = logging.getLogger("exporter")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -35,15 +41,56 @@ MIN_AUTO_RELOAD_SECONDS = 1.0
 """A shorter interval would only re-read unchanged files: refused, not rounded."""
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+def _reload_interval(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     """A Prometheus-style duration (``30s``, ``1m``); 0 turns the watch off."""
-    try:
-        seconds = parse_duration("", value.strip())
-    except ConfigError as err:
-        raise click.BadParameter(err.message) from None
+    seconds = duration_seconds(value)
     if seconds != 0 and seconds < MIN_AUTO_RELOAD_SECONDS:
         raise click.BadParameter(f"must be 0 (off) or at least 1s, got {value!r}")
     return seconds
+
+
+def _timeout(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    """A duration above zero (``10s``, ``5m``)."""
+    seconds = duration_seconds(value)
+    if seconds <= 0:
+        raise click.BadParameter(f'must be a duration above zero such as "10s" or "5m": {value!r}')
+    return seconds
+
+
+WEB_LIMITS: tuple[tuple[str, str, click.IntRange | None, str], ...] = (
+    # flag, Limits field, type (None: a duration), help
+    (
+        "--web.max-connections",
+        "max_connections",
+        click.IntRange(1),
+        "Open connections served at once; at it the longest-idle kept-alive one is closed "
+        "for a new one, which is refused when none is idle.",
+    ),
+    (
+        "--web.max-per-client",
+        "max_per_client",
+        click.IntRange(1),
+        "Open connections of one client address; at it, likewise within that address.",
+    ),
+    (
+        "--web.read-header-timeout",
+        "head_timeout",
+        None,
+        "A TLS handshake, and each request head from its first byte, must be done within it.",
+    ),
+    (
+        "--web.idle-timeout",
+        "idle_timeout",
+        None,
+        "How long a kept-alive connection may wait for its next request.",
+    ),
+)
+"""The front door's ``Limits`` the command line sets, each defaulting to the field's."""
+
+
+def _shown(seconds: float) -> str:
+    """A default duration as the flag is written: ``10s``, ``5m``."""
+    return f"{seconds / 60:g}m" if seconds >= 60 and not seconds % 60 else f"{seconds:g}s"
 
 
 def _external_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -63,14 +110,15 @@ def _web_options(func: _F) -> _F:
         metavar="PATH",
         help="Path of the exposition of every target (under the route prefix).",
     )(func)
-    return click.option(
-        "--web.max-connections",
-        "max_connections",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_CONNECTIONS,
-        show_default=True,
-        help="Open connections served at once; past it new ones are closed unanswered.",
-    )(func)
+    for flag, name, kind, text in reversed(WEB_LIMITS):
+        default = getattr(Limits, name)
+        extra: dict[str, Any]
+        if kind is None:  # a duration, shown as it is written
+            shown, extra = _shown(default), {"metavar": "DURATION", "callback": _timeout}
+        else:
+            shown, extra = default, {"type": kind}
+        func = click.option(flag, name, default=shown, show_default=True, help=text, **extra)(func)
+    return func
 
 
 def _prefix_options(func: _F) -> _F:
@@ -95,7 +143,7 @@ def _prefix_options(func: _F) -> _F:
 def run_server(
     app: App,
     listen: Sequence[str],
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    limits: Limits | None = None,
     auto_reload: float = 0.0,
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
@@ -107,7 +155,7 @@ def run_server(
     exporter = app.exporter
     raise_open_files_limit()
     try:
-        server = serve(app, listen, max_connections)
+        server = serve(app, listen, limits)
     except OSError as err:
         exporter.close()
         fail(f"cannot listen on {' '.join(listen)}: {err.strerror or err}", 1)
@@ -151,7 +199,7 @@ def run_server(
     default="0",
     show_default=True,
     metavar="DURATION",
-    callback=_duration,
+    callback=_reload_interval,
     help="Look at the config file, the files it names and the web config this often (30s, "
     "1m) and reload as SIGHUP does when one changed; 0 never looks.",
 )
@@ -162,6 +210,9 @@ def serve_command(
     web_config_path: str | None,
     telemetry_path: str,
     max_connections: int,
+    max_per_client: int,
+    head_timeout: float,
+    idle_timeout: float,
     prefix: str | None,
     url: str | None,
     auto_reload: float,
@@ -194,4 +245,5 @@ def serve_command(
         telemetry_path=telemetry_path,
         prefix=route_prefix(prefix, url),
     )
-    run_server(app, listen, max_connections, auto_reload)
+    limits = Limits(max_connections, max_per_client, head_timeout, idle_timeout)
+    run_server(app, listen, limits, auto_reload)

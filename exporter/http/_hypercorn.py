@@ -1,63 +1,66 @@
-"""hypercorn, adjusted: the one module that reaches into hypercorn's and h11's internals.
+"""hypercorn, adjusted: the one module that reaches into hypercorn's, h11's and h2's internals.
 
-The listener (``exporter.http.listener``) accepts, counts and TLS-wraps connections and
+The listener (``exporter.http.listener``) admits, counts and TLS-wraps connections and
 hands each stream to ``Connections.serve``; from there hypercorn parses and answers,
 adjusted here: a strict HTTP/1.1 head (no obs-fold or bare LF, exactly one valid
-Content-Length, never with Transfer-Encoding, HTTP/1.x only); no HTTP/2 in clear text;
-HTTP/2 body data for a stream already answered is acknowledged and dropped; a client
-that has half-closed is let go after its last answer; an answer the client reads nothing
-of for ``write_stall`` seconds is dropped with its connection.
+Content-Length, never with Transfer-Encoding, HTTP/1.x only); no HTTP/2 in clear text; a
+head's deadline apart from the idle keep-alive limit; the bytes of an unfinished head
+reported to the shared budget (``exporter.http.limits``); HTTP/2 control frames and
+request bodies bounded (``_H2Guard``); a client that has half-closed let go after its
+last answer; an answer the client reads nothing of for ``write_stall`` s dropped.
 
-That takes names hypercorn and h11 do not promise (``PRIVATE_NAMES``), and why:
+That takes names hypercorn, h11 and h2 do not promise (``PRIVATE_NAMES``), and why:
 
 - ``h11._receivebuffer.ReceiveBuffer`` (a private module), its ``maybe_extract_lines``
   and ``__len__``: the strict buffer subclasses it to check each head it extracts.
-- ``h11.Connection._receive_buffer``: replaced by the strict buffer on each connection.
+- ``h11.Connection._receive_buffer``: replaced by the strict buffer on each connection;
+  its length is the unfinished head's bytes, and a refused head's are dropped with it.
 - ``hypercorn.asyncio.tcp_server.TCPServer``: hypercorn's connection, subclassed and
   built with keyword arguments (its ``__init__`` parameters are checked). ``_read_data``
-  is overridden (to adjust the protocol before anything is read, and to stop the idle
-  timer once the client has closed); ``protocol_send`` too (the write deadline, and the
-  close after the last answer). ``protocol`` (set in ``run``), ``reader``, ``writer``,
-  ``send_lock`` and ``idle_task`` (an ``AsyncioSingleTask``: ``stop``) are used by both.
+  is replaced (the protocol adjusted before anything is read; the head's deadline; the
+  bytes held; the idle timer stopped once the client has closed); ``protocol_send`` is
+  overridden (the write deadline, idle or busy reported, the close after the last
+  answer). ``protocol`` (set in ``run``), ``reader``, ``writer``, ``send_lock`` and
+  ``idle_task`` (an ``AsyncioSingleTask``: ``stop``) are used by both.
 - ``hypercorn.protocol.ProtocolWrapper.protocol``: the H11Protocol or H2Protocol inside.
 - ``H11Protocol.connection`` (its h11 connection: the buffer, and pipelined requests
   still unanswered) and ``H11Protocol._check_protocol``, replaced on each connection: it
   is what switches to HTTP/2 on ``Upgrade: h2c`` or a prior-knowledge preface.
-- ``H2Protocol._handle_events``, wrapped on each connection (late body data), with
+- ``H2Protocol._handle_events``, wrapped on each connection (the guard), with
   ``H2Protocol._flush``, ``.streams`` and ``.connection`` (h2's public H2Connection).
 - ``hypercorn.asyncio.worker_context.WorkerContext`` and its ``terminated`` event, set at
   shutdown so that idle connections close; ``hypercorn.app_wrappers.ASGIWrapper``;
   ``hypercorn.events``' ``Closed``, ``RawData`` (``.data``) and ``Updated`` (``.idle``).
 
 And the ``Config`` settings ``hypercorn_config`` assigns (``SETTINGS``): public, but one
-hypercorn renamed would be assigned all the same, and ignored.
+renamed would be assigned all the same, and ignored.
 
-All are checked when this module is imported, so that an upgrade is refused at start
-rather than found out per connection, or never: a private module or class that is gone
-fails the import; ``check_internals`` raises InternalsChanged for a name that is gone, a
-method whose parameters changed, or a hypercorn name our subclass would now hide, naming
-it with the versions needed (``SUPPORTED``, pyproject's pins) and those installed. An
-instance attribute, which no instance has before a connection, is looked for in the code
-of the method that sets it.
-
-The ASGI type aliases are hypercorn's public ``hypercorn.typing``: imported where they
-are used, not re-exported from here.
+All are checked when this module is imported (``exporter.http.reliance``): a private
+module or class that is gone fails the import; ``check_internals`` raises InternalsChanged
+for a name gone, a method whose parameters changed, or a hypercorn name our subclass would
+hide, with the versions needed (``SUPPORTED``, pyproject's pins) and those installed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
+import ssl
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from contextlib import suppress
 
+import h2.errors
 import h2.events
+import h2.exceptions
 import h11
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import ASGIFramework
+from priority.priority import TooManyStreamsError
+
+from exporter.http.limits import Limits, Slot
+from exporter.http.reliance import Reliance, problems_of, versions_needed
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +69,12 @@ SUPPORTED = {"hypercorn": ">=0.18,<0.19", "h11": ">=0.16,<0.17", "h2": ">=4.1,<5
 
 
 class InternalsChanged(ImportError):
-    """The installed hypercorn or h11 lack (or changed) a name this module relies on."""
+    """The installed hypercorn, h11 or h2 lack (or changed) a name this module relies on."""
 
 
 def _versions() -> str:
     """The versions needed and those installed, for InternalsChanged's message."""
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "none"
-
-    needed = ", ".join(f"{name}{pins}" for name, pins in SUPPORTED.items())
-    found = ", ".join(f"{name} {installed(name)}" for name in SUPPORTED)
-    return f"cec-phone-exporter needs {needed} (installed: {found})"
+    return versions_needed(SUPPORTED)
 
 
 try:  # a private module, and classes that are not part of hypercorn's API
@@ -94,51 +88,6 @@ try:  # a private module, and classes that are not part of hypercorn's API
     from hypercorn.protocol.h11 import H11Protocol
 except ImportError as err:
     raise InternalsChanged(f"{err}: {_versions()}") from err
-
-
-@dataclass(frozen=True)
-class Reliance:
-    """A name of hypercorn's or h11's this module relies on, and how it is checked.
-
-    A method, class attribute or field is looked up on ``owner``; an instance attribute
-    among the names the code of ``set_in``, the method that sets it, uses. A method that
-    is called, overridden or replaced must still take ``parameters`` after ``self`` (any
-    further one with a default), or our calls and overrides would break per connection.
-    """
-
-    owner: type
-    name: str
-    set_in: str = ""
-    parameters: tuple[str, ...] | None = None
-
-    def __str__(self) -> str:
-        return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.name}"
-
-    def problem(self) -> str | None:
-        """What is wrong with the installed packages' ``owner.name``, or None."""
-        if self.set_in:
-            code = getattr(getattr(self.owner, self.set_in, None), "__code__", None)
-            if code is None or self.name not in code.co_names:
-                return f"{self} (set in {self.set_in}) is gone"
-            return None
-        if not (hasattr(self.owner, self.name) or self.name in inspect.get_annotations(self.owner)):
-            return f"{self} is gone"
-        if self.parameters is None:
-            return None
-        try:
-            signature = inspect.signature(getattr(self.owner, self.name))
-        except (TypeError, ValueError):
-            return f"{self} is no longer a method"
-        taken = list(signature.parameters.values())[1:]  # after self
-        names = tuple(parameter.name for parameter in taken)
-        further = taken[len(self.parameters) :]
-        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        if names[: len(self.parameters)] != self.parameters or any(
-            parameter.default is parameter.empty and parameter.kind not in variadic
-            for parameter in further
-        ):
-            return f"{self} takes ({', '.join(names)}), not ({', '.join(self.parameters)})"
-        return None
 
 
 PRIVATE_NAMES: tuple[Reliance, ...] = (
@@ -169,7 +118,7 @@ PRIVATE_NAMES: tuple[Reliance, ...] = (
     Reliance(RawData, "data"),
     Reliance(Updated, "idle"),
 )
-"""Every name of hypercorn's or h11's used here that they do not promise to keep."""
+"""Every name of hypercorn's, h11's or h2's used here that they do not promise to keep."""
 
 SETTINGS: tuple[Reliance, ...] = tuple(
     Reliance(HypercornConfig, name)
@@ -197,14 +146,11 @@ _LENGTH = b"content-length"
 
 
 class _StrictBuffer(ReceiveBuffer):
-    """h11's receive buffer, refusing what RFC 9112 lets a server refuse.
-
-    h11 unfolds obs-fold, takes a bare LF as a line end, lets Transfer-Encoding
-    override a Content-Length, merges equal Content-Lengths (and a list of them) into
-    one, accepts chunked framing from HTTP/1.0, and serves any HTTP/x.y as 1.x; each
-    is a way to make two parsers on one path (a proxy and us) read one head
-    differently, so such a head gets 400 (505 for another major version).
-    """
+    """h11's receive buffer, refusing what RFC 9112 lets a server refuse: h11 unfolds
+    obs-fold, takes a bare LF as a line end, lets Transfer-Encoding override a
+    Content-Length, merges equal Content-Lengths, accepts chunked framing from HTTP/1.0
+    and serves any HTTP/x.y as 1.x; each lets two parsers on one path (a proxy and us)
+    read one head differently, so such a head gets 400 (505 for another major version)."""
 
     def maybe_extract_lines(self) -> list[bytearray] | None:
         size = len(self)
@@ -237,75 +183,166 @@ class _StrictBuffer(ReceiveBuffer):
         return lines
 
 
+def _h11_of(protocol: H11Protocol | H2Protocol) -> h11.Connection | None:  # HTTP/1.1's
+    inner = protocol.connection if isinstance(protocol, H11Protocol) else None
+    return inner if isinstance(inner, h11.Connection) else None
+
+
 async def _plain_http1(_request: h11.Request) -> None:
     """Stands for hypercorn's h2c switch: the request stays an HTTP/1.1 one."""
 
 
-def _ignore_late_data(protocol: H2Protocol) -> None:
-    """Let ``protocol`` take body data for a stream already answered.
+# --- HTTP/2 -------------------------------------------------------------------------------
 
-    A client may still be sending a body when the answer has gone (an early 405 or
-    413): hypercorn looks the finished stream up for the data (it does so safely for
-    the stream's end only), and the KeyError ends the whole connection with a warning.
-    The data is acknowledged, so the connection's flow-control window stays open.
-    """
-    handle = protocol._handle_events
+_E = h2.events
+_PINGS = (_E.RemoteSettingsChanged, _E.SettingsAcknowledged, _E.PingReceived, _E.PingAckReceived)
+_CONTROL = (*_PINGS, _E.PriorityUpdated, _E.WindowUpdated, _E.StreamReset, _E.UnknownFrameReceived)
+"""Frames that ask for work but no answer: a flood of any of them is ended."""
 
-    async def handle_events(events: list[h2.events.Event]) -> None:
+
+class _H2Guard:
+    """Bounds on an HTTP/2 connection, between h2 and hypercorn's handling of its events.
+
+    Control frames (``_CONTROL``, and empty DATA) draw on a bucket of ``CONTROL_BURST``
+    refilled at ``CONTROL_PER_SECOND``: past it, or past hypercorn's 1,000 streams in
+    flight, the connection ends with GOAWAY ENHANCE_YOUR_CALM (a debug line only). Body
+    data past ``BODY_LIMIT`` bytes, or for a stream already answered, resets the stream
+    and reopens only the connection's window: no endpoint reads a body, and an open
+    window let a client send without end."""
+
+    CONTROL_BURST = 1000
+    CONTROL_PER_SECOND = 100.0
+    BODY_LIMIT = 64 * 1024
+
+    def __init__(self, protocol: H2Protocol, end: _Connection) -> None:
+        self._protocol, self._end = protocol, end
+        self._handle = protocol._handle_events
+        self._allowance, self._at = float(self.CONTROL_BURST), time.monotonic()
+        self._body: dict[int, int] = {}
+        protocol._handle_events = self.handle_events  # type: ignore[method-assign]
+
+    async def handle_events(self, events: list[h2.events.Event]) -> None:
+        connection = self._protocol.connection
         for event in events:  # one by one: an earlier event may open the stream
-            if (
-                isinstance(event, h2.events.DataReceived)
-                and event.stream_id not in protocol.streams
-            ):
-                protocol.connection.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id
-                )
-            else:
-                await handle([event])
-        await protocol._flush()  # the acknowledgements too
+            empty = isinstance(event, h2.events.DataReceived) and not event.flow_controlled_length
+            if (isinstance(event, _CONTROL) or empty) and not self._spend():
+                return await self._calm("control frames past the budget")
+            if isinstance(event, h2.events.DataReceived):
+                stream, size = event.stream_id, event.flow_controlled_length
+                self._body[stream] = taken = self._body.get(stream, 0) + size
+                if stream not in self._protocol.streams or taken > self.BODY_LIMIT:
+                    with suppress(h2.exceptions.StreamClosedError):  # reset already
+                        connection.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+                    connection.acknowledge_received_data(size, stream)  # the connection's only
+                    continue
+            if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                self._body.pop(event.stream_id, None)
+            try:
+                await self._handle([event])
+            except TooManyStreamsError:  # its stream was made, never started: unmade
+                self._protocol.streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                return await self._calm("too many streams in flight")
+        await self._protocol._flush()  # the acknowledgements and resets too
 
-    protocol._handle_events = handle_events  # type: ignore[method-assign]
+    def _spend(self) -> bool:  # one control frame from the bucket; False once it is empty
+        now, refill = time.monotonic(), (time.monotonic() - self._at) * self.CONTROL_PER_SECOND
+        self._allowance, self._at = min(self.CONTROL_BURST, self._allowance + refill) - 1, now
+        return self._allowance >= 0
+
+    async def _calm(self, why: str) -> None:
+        log.debug("HTTP/2 connection ended (ENHANCE_YOUR_CALM): %s", why)  # debug: any client
+        self._protocol.connection.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        await self._protocol._flush()
+        self._end.end()
 
 
-def _adjust(protocol: H11Protocol | H2Protocol) -> None:
-    """The strict buffer and no h2c switch for HTTP/1.1; the late-data filter for HTTP/2."""
-    if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, h11.Connection):
-        protocol.connection._receive_buffer = _StrictBuffer()
+def _adjust(protocol: H11Protocol | H2Protocol, connection: _Connection) -> None:
+    """The strict buffer and no h2c switch for HTTP/1.1; the guard for HTTP/2."""
+    if (parser := _h11_of(protocol)) is not None and isinstance(protocol, H11Protocol):
+        parser._receive_buffer = _StrictBuffer()
         # No HTTP/2 in clear text (h2c upgrade or prior knowledge), as Go's net/http:
         # HTTP/2 is for TLS connections that chose it by ALPN.
         protocol._check_protocol = _plain_http1  # type: ignore[method-assign,assignment]
     elif isinstance(protocol, H2Protocol):
-        _ignore_late_data(protocol)
+        _H2Guard(protocol, connection)
 
 
 # --- connections --------------------------------------------------------------------------
 
+_HEAD_REFUSED = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n"
+_READ_BYTES = 64 * 1024  # at a time, as hypercorn reads
+_LINGER_SECONDS = 1.0
+"""How long the last bytes of a connection we end (GOAWAY, 431) may take to leave."""
+
 
 class _Connection(TCPServer):
-    """hypercorn's connection, its protocol adjusted, with a deadline on writes.
+    """hypercorn's connection, adjusted, reporting what it does to its admission ``slot``.
 
-    Once the client has closed, the idle timer is stopped and the connection closes
-    after the last answer: hypercorn would otherwise hold the socket open until the
-    keep-alive timeout, and a connect-and-close flood would pile up descriptors.
-    """
+    A request head must be complete within ``head_timeout`` of the connection's start or
+    of its first byte; between requests it may idle for hypercorn's keep-alive timeout.
+    Once the client has closed, it closes after the last answer (not at the timeout)."""
 
-    write_stall: float
-    """Seconds an answer may wait for the client to take a byte of it."""
+    slot: Slot
+    head_timeout: float
+    write_stall: float  # seconds an answer may wait for the client to take a byte of it
+    _head_due: float | None = None
+    _between_requests = False
+    _ended = False
 
     async def _read_data(self) -> None:
-        _adjust(self.protocol.protocol)  # ``run`` has just made it; nothing is read yet
-        await super()._read_data()
+        _adjust(self.protocol.protocol, self)  # ``run`` has just made it; nothing is read yet
+        self.slot.refuse_head = self._refuse_head
+        loop = asyncio.get_running_loop()
+        self._head_due = loop.time() + self.head_timeout
+        while not self.reader.at_eof() and not self._ended:
+            wait = None if self._head_due is None else max(0.0, self._head_due - loop.time())
+            try:
+                data = await asyncio.wait_for(self.reader.read(_READ_BYTES), wait)
+            except (OSError, TimeoutError, ssl.SSLError):
+                break
+            if data and self._between_requests:  # a next request begins: its head's clock
+                self._between_requests = False
+                self._head_due = loop.time() + self.head_timeout
+                self.slot.active()
+            await self.protocol.handle(RawData(data))
+            self.slot.held(self._head_bytes())
+        await self.protocol.handle(Closed())
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
             await self._write(event.data)
             return
-        # An answer done, the connection would idle until the keep-alive timeout even
-        # when the client has half-closed and no request of its is left: close it now.
-        if isinstance(event, Updated) and event.idle and self._client_done():
-            event = Closed()
+        if isinstance(event, Updated):
+            self._head_due = None  # a head is complete, or an answer done
+            self._between_requests = event.idle
+            if event.idle:
+                self.slot.idle()
+                # An answer done, the connection would idle until the keep-alive timeout
+                # even when the client has half-closed and no request of its is left.
+                if self._client_done():
+                    event = Closed()
+            else:
+                self.slot.active()
         await super().protocol_send(event)
+
+    def end(self) -> None:
+        """Stop reading, and close once what is written has gone (or the linger is up)."""
+        self._ended = True
+        self.writer.transport.close()  # TLS: close_notify, then waits for the client's
+        asyncio.get_running_loop().call_later(_LINGER_SECONDS, self.slot.close)
+
+    def _refuse_head(self) -> None:
+        """The shared head budget is spent: 431 for this head, its bytes dropped now."""
+        if (parser := _h11_of(self.protocol.protocol)) is not None:
+            parser._receive_buffer = _StrictBuffer()
+        if not self.writer.transport.is_closing():
+            self.writer.write(_HEAD_REFUSED)
+        self.end()
+
+    def _head_bytes(self) -> int:  # of an incomplete request head (HTTP/1.1)
+        parser = _h11_of(self.protocol.protocol)
+        return len(parser._receive_buffer) if parser and parser.their_state is h11.IDLE else 0
 
     async def _write(self, data: bytes) -> None:
         """hypercorn's write, with a deadline on the client's progress in reading."""
@@ -335,38 +372,28 @@ class _Connection(TCPServer):
         """Whether the client has sent its last byte and every request in it was taken."""
         if not self.reader.at_eof():
             return False
-        inner = self.protocol.protocol
-        if isinstance(inner, H11Protocol) and isinstance(inner.connection, h11.Connection):
-            return not inner.connection.trailing_data[0]  # pipelined requests still to answer
-        return True
+        parser = _h11_of(self.protocol.protocol)
+        return parser is None or not parser.trailing_data[0]  # pipelined requests unanswered
 
 
 def check_internals(relied_on: Sequence[Reliance] = PRIVATE_NAMES + SETTINGS) -> None:
-    """Raise InternalsChanged naming what the installed hypercorn and h11 fail of
+    """Raise InternalsChanged naming what the installed hypercorn, h11 and h2 fail of
     ``relied_on``, and any name of theirs that _Connection would hide."""
-    problems = [problem for reliance in relied_on if (problem := reliance.problem())]
-    theirs = set(dir(TCPServer)) | set(TCPServer.__init__.__code__.co_names)
-    ours = set(vars(_Connection)) | set(inspect.get_annotations(_Connection))
-    problems += [
-        f"{TCPServer.__module__}.TCPServer.{name} is new: _Connection's {name} would hide it"
-        for name in sorted(ours & theirs - _OVERRIDDEN)
-        if not name.startswith("__")
-    ]
-    if problems:
+    if problems := problems_of(relied_on, TCPServer, _Connection, _OVERRIDDEN):
         raise InternalsChanged(f"{'; '.join(problems)}: {_versions()}")
 
 
 check_internals()
 
 
-def hypercorn_config(head_limit: int, head_timeout: float) -> HypercornConfig:
-    """hypercorn's settings: the head's size and time limits (``head_timeout`` is also the
-    keep-alive), no ``Server`` header, no logs of its own above debug."""
+def hypercorn_config(head_limit: int, idle_timeout: float) -> HypercornConfig:
+    """hypercorn's settings: a head's size limit, how long a kept-alive connection may idle,
+    no ``Server`` header, no logs of its own above debug."""
     config = HypercornConfig()
     config.include_server_header = False
     config.h11_max_incomplete_size = head_limit
     config.h2_max_header_list_size = head_limit
-    config.keep_alive_timeout = head_timeout
+    config.keep_alive_timeout = idle_timeout
     config.accesslog = None
     quiet = logging.getLogger("hypercorn.error")
     quiet.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
@@ -377,13 +404,16 @@ def hypercorn_config(head_limit: int, head_timeout: float) -> HypercornConfig:
 class Connections:
     """hypercorn serving one ASGI app's connections, adjusted as above."""
 
-    def __init__(self, app: ASGIFramework, head_limit: int, head_timeout: float) -> None:
+    def __init__(
+        self, app: ASGIFramework, limits: Limits, head_limit: int, write_stall: float
+    ) -> None:
         self._app = ASGIWrapper(app)
-        self._config = hypercorn_config(head_limit, head_timeout)
+        self._config = hypercorn_config(head_limit, limits.idle_timeout)
         self._context = WorkerContext(None)  # shared: its ``terminated`` reaches every one
+        self._head_timeout, self._write_stall = limits.head_timeout, write_stall
 
     async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, write_stall: float
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
     ) -> None:
         """HTTP on one accepted stream (TLS already done) until either side closes."""
         connection = _Connection(
@@ -395,8 +425,13 @@ class Connections:
             reader=reader,
             writer=writer,
         )
-        connection.write_stall = write_stall
-        await connection
+        connection.slot = slot
+        connection.head_timeout = self._head_timeout
+        connection.write_stall = self._write_stall
+        try:
+            await connection
+        finally:  # protocol and connection refer to each other: a cycle, and a 1 MiB head
+            del connection.protocol  # in it, held until a full gc pass
 
     async def close(self) -> None:
         """Tell every connection the server is stopping: idle ones close now."""

@@ -30,7 +30,8 @@ from exporter.http.auth import BasicAuth, FairQueue, RateLimiter, VerdictCache
 from exporter.http.debug import debug_report
 from exporter.http.discovery import service_discovery
 from exporter.http.landing import landing_page
-from exporter.http.listener import DEFAULT_MAX_CONNECTIONS, Server, open_server
+from exporter.http.limits import Limits
+from exporter.http.listener import Server, open_server
 from exporter.http.prefix import local_path
 from exporter.scrape import Exporter
 from exporter.scrape.families import Families
@@ -338,13 +339,11 @@ class App:
         return Response(500, message)
 
 
-def serve(
-    app: App, listen: str | Sequence[str], max_connections: int = DEFAULT_MAX_CONNECTIONS
-) -> Server:
+def serve(app: App, listen: str | Sequence[str], limits: Limits | None = None) -> Server:
     """Listen on every address (HTTPS when the web config has TLS), serving ``app`` on the
     exporter's loop from now on; raises OSError or ValueError before serving anything."""
     asgi = cast(ASGIFramework, app)  # hypercorn's scope types are TypedDicts of these dicts
-    return open_server(asgi, app.web, listen, max_connections, app.exporter.run)
+    return open_server(asgi, app.web, listen, limits or Limits(), app.exporter.run)
 
 
 __all__ = ["App", "Request", "Response", "serve"]

@@ -1,12 +1,12 @@
 """The listener: accepts connections on the exporter's own event loop, for hypercorn to serve.
 
 hypercorn (h11 and h2) parses and answers (``exporter.http._hypercorn`` holds every
-adjustment made to it); it was chosen by measurement (docs/development.md, "HTTP server"). Around it
-this module adds what a hostile client needs kept in check: open connections are capped
-and refused past the cap before anything is read or parsed; TLS runs per connection with
-the web config's current context (a renewed certificate applies to the next connection)
-and checks ``client_allowed_sans``; a request head is at most 1 MiB (431) and must come
-within a deadline; an answer the client reads nothing of is dropped.
+adjustment made to it); it was chosen by measurement (docs/development.md, "HTTP server").
+Around it this module adds what a hostile client needs kept in check: each connection is
+admitted or refused (``exporter.http.limits``) before anything is read or parsed; TLS runs
+per connection with the web config's current context (``exporter.http.handshake``); a
+request head is at most 1 MiB (431); an answer the client reads nothing of is dropped;
+the memory a burst of connections took is handed back once they are gone.
 """
 
 from __future__ import annotations
@@ -14,32 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import ssl
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from exporter.http._hypercorn import Connections
+from exporter.http.handshake import handshake, tune_asyncio_tls
+from exporter.http.limits import Admission, Limits, Slot
+from exporter.runtime import return_free_memory
 from exporter.settings import WebConfigFile
-from exporter.settings.tls import client_sans
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 HEAD_LIMIT_BYTES = 1 << 20
 """A request head (request line and every header) is at most this long, or 431."""
-HEAD_TIMEOUT_SECONDS = 10.0
-"""A TLS handshake, and each request head, must be complete within this. The head's
-clock starts when the connection opens or the previous answer is sent, so it is also
-how long a kept-alive connection may stay idle."""
-DEFAULT_MAX_CONNECTIONS = 2048
-"""Open connections served at once; past it new ones are closed at once. About
-30-35 KiB each (bench/bench_attacks.py), so the default stays well inside a 256 MiB
-container."""
 WRITE_STALL_SECONDS = 30.0
 """An answer of which the client takes no byte for this long is dropped with its
 connection: a client that reads nothing would hold both, and the unsent answer in
@@ -48,6 +41,11 @@ FD_RESERVE = 64
 """Descriptors kept free of connections: targets' sockets, files, the log."""
 GRACE_SECONDS = 3.0
 """At shutdown, how long answers in flight may take to finish."""
+READ_BYTES = 16 * 1024
+"""Read from a socket at a time, and buffered before reading pauses (twice this): asyncio
+reads 256 KiB at a time, and 300 clients sending heads held 100 MiB in read buffers."""
+TRIM_SECONDS = 1.0
+"""Freed memory is handed back at most this often, and only after connections closed."""
 
 
 def connection_cap(wanted: int) -> int:
@@ -104,69 +102,81 @@ class _BodyDrained:
 # --- connections --------------------------------------------------------------------------
 
 
-class _Refused(asyncio.Protocol):
-    """A connection past the cap: closed as soon as it is accepted, nothing read."""
+class _Admitted(asyncio.StreamReaderProtocol):
+    """A connection, admitted (or refused) as it is accepted, counted until it closes."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        super().__init__(asyncio.StreamReader(limit=READ_BYTES), door.handle)
+        self._door = door
+        self.slot: Slot | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        transport.abort()
-
-
-class _Counted(asyncio.StreamReaderProtocol):
-    """A served connection, counted from accept to close."""
-
-    def __init__(self, door: FrontDoor, reader: asyncio.StreamReader) -> None:
-        super().__init__(reader, door.handle)
-        self._door = door
-        self._open = True
-        door.open += 1
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.slot = self._door.admission.admit(address, transport.abort)
+        if self.slot is None:  # refused: nothing read, nothing answered
+            transport.abort()
+            return
+        if isinstance(getattr(transport, "max_size", None), int):  # asyncio's recv() size
+            transport.max_size = READ_BYTES  # type: ignore[attr-defined]
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._open:
-            self._open = False
-            self._door.open -= 1
-        super().connection_lost(exc)
+        if self.slot is not None:
+            self.slot.closed()
+            self._door.closed()
+            # As an end of input, not an error: an error kept in the reader refers to the
+            # frames that read it, a cycle that held the reader's buffer to a full gc.
+            super().connection_lost(None)
 
 
 @dataclass
 class FrontDoor:
-    """Accepts connections for one ASGI app, up to ``max_connections`` at a time."""
+    """Accepts connections for one ASGI app, within ``limits``."""
 
     app: ASGIFramework
     web: WebConfigFile
-    max_connections: int
-    open: int = 0
+    limits: Limits = field(default_factory=Limits)
     tls: bool = False
+    admission: Admission = field(init=False)
     _http: Connections = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _servers: list[asyncio.Server] = field(default_factory=list)
+    _trim: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
-        # The limits are read now, not at import, so that a test can shorten them.
-        self._http = Connections(_BodyDrained(self.app), HEAD_LIMIT_BYTES, HEAD_TIMEOUT_SECONDS)
+        self.admission = Admission(self.limits.max_connections, self.limits.max_per_client)
+        # Read now, not at import, so that a test can shorten them.
+        self._http = Connections(
+            _BodyDrained(self.app), self.limits, HEAD_LIMIT_BYTES, WRITE_STALL_SECONDS
+        )
 
-    def _protocol(self) -> asyncio.Protocol:
-        if self.open >= self.max_connections:
-            return _Refused()
-        return _Counted(self, asyncio.StreamReader(limit=64 * 1024))
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return self.admission.open
 
     async def listen(self, address: str) -> list[tuple[str, int]]:
         """Start listening on ``address``; the (host, port) pairs actually bound."""
         host, port = parse_listen(address)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._protocol, host, port, backlog=1024)
+        server = await loop.create_server(lambda: _Admitted(self), host, port, backlog=1024)
         self._servers.append(server)
         return [sock.getsockname()[:2] for sock in server.sockets]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection: TLS if configured, then HTTP until either side closes."""
+        """One admitted connection: TLS if configured, then HTTP until either side closes."""
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        protocol = writer.transport.get_protocol()
+        assert isinstance(protocol, _Admitted)
+        assert protocol.slot is not None
         try:
-            if self.tls and not await self._handshake(writer):
+            if self.tls and not await handshake(writer, self.web, self.limits.head_timeout):
                 return
-            await self._http.serve(reader, writer, WRITE_STALL_SECONDS)
+            await self._http.serve(reader, writer, protocol.slot)
         except OSError as err:  # a client that goes away is routine
             log.debug("connection dropped: %r", err)
         except Exception as err:  # noqa: BLE001  # hypercorn's, on input it did not expect
@@ -174,28 +184,19 @@ class FrontDoor:
         finally:
             writer.transport.abort()
             self._tasks.discard(task)
+            # Here, not only when the connection is lost: after a failed TLS handshake
+            # asyncio tells the protocol nothing, and the slot would be held for good.
+            protocol.slot.closed()
+            self.closed()
 
-    async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
-        """The TLS handshake with the context in force now; False when refused."""
-        tls = self.web.current().tls
-        if tls is None:  # TLS cannot be turned off without a restart: serve nothing
-            return False
-        peer = writer.get_extra_info("peername")
-        try:
-            await writer.start_tls(tls.context, ssl_handshake_timeout=HEAD_TIMEOUT_SECONDS)
-        except (TimeoutError, OSError) as err:
-            log.debug("TLS handshake with %s failed: %r", peer, err)
-            return False
-        allowed = tls.client_allowed_sans
-        if allowed is not None:
-            ssl_object: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
-            sans = client_sans(ssl_object.getpeercert() or {}) if ssl_object else set()
-            if not sans & set(allowed):
-                log.debug(
-                    "client %s refused: its certificate has none of client_allowed_sans", peer
-                )
-                return False
-        return True
+    def closed(self) -> None:
+        """A connection is gone: hand its memory back soon (once for a burst of them)."""
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_SECONDS, self._trimmed)
+
+    def _trimmed(self) -> None:
+        self._trim = None
+        return_free_memory()
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, let answers in flight finish (briefly)."""
@@ -206,6 +207,8 @@ class FrontDoor:
             await asyncio.wait(set(self._tasks), timeout=GRACE_SECONDS)
         for server in self._servers:
             await server.wait_closed()
+        if self._trim is not None:
+            self._trim.cancel()
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
@@ -286,7 +289,7 @@ def open_server(
     app: ASGIFramework,
     web: WebConfigFile,
     listen: str | Sequence[str],
-    max_connections: int,
+    limits: Limits,
     run: _Runner,
 ) -> Server:
     """Listen on every address (HTTPS when the web config has TLS), serving ``app`` on the
@@ -294,9 +297,11 @@ def open_server(
     addresses = [listen] if isinstance(listen, str) else list(listen)
     for address in addresses:
         parse_listen(address)
+    tune_asyncio_tls()
+    cap = connection_cap(limits.max_connections)
+    limits = replace(limits, max_connections=cap, max_per_client=min(limits.max_per_client, cap))
     # Fixed for the server's life: the listener speaks HTTPS or it does not.
-    tls = web.current().tls is not None
-    door = FrontDoor(app, web, connection_cap(max_connections), tls=tls)
+    door = FrontDoor(app, web, limits, tls=web.current().tls is not None)
 
     async def start() -> list[tuple[str, int]]:
         quiet_accept_errors(asyncio.get_running_loop())
@@ -313,10 +318,9 @@ def open_server(
 
 
 __all__ = [
-    "DEFAULT_MAX_CONNECTIONS",
     "HEAD_LIMIT_BYTES",
-    "HEAD_TIMEOUT_SECONDS",
     "FrontDoor",
+    "Limits",
     "Server",
     "connection_cap",
     "open_server",
