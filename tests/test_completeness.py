@@ -147,6 +147,49 @@ def test_later_pages_without_total_do_not_make_the_count_incomplete(
     assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # read once
 
 
+@pytest.mark.parametrize("without", [(0,), (0, 1), (0, 2)])
+def test_a_first_page_without_total_takes_the_first_total_a_later_page_gives(
+    simulator: StartSim, serve: Callable[..., RunningExporter], without: tuple[int, ...]
+) -> None:
+    """Any field may be missing, ``total`` on the first page too: every record was read."""
+    sim = simulator(phones=250, tenants=2)
+    sim.set_faults([Fault("no_total", pages=without)])
+    text = serve(target_entry(sim, page_size=100, max_concurrency=2)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") == 250
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # read once
+
+
+def test_without_any_total_the_pages_are_read_up_to_the_first_short_one(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    sim = simulator(phones=250, tenants=2)
+    sim.set_faults([Fault("no_total")])
+    text = serve(target_entry(sim, page_size=100, max_concurrency=2)).metrics()
+    assert sample(text, "cec_up", target="sim") == 1
+    assert sample(text, "cec_softphones_allocated", target="sim") is None  # none was given
+    assert counts(text) == expected_counts(sim)
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}
+
+
+def test_totals_given_after_a_first_page_without_one_must_agree() -> None:
+    def page(total: int | None, numbers: range) -> bytes:
+        result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
+        if total is not None:
+            result["total"] = total
+        return json.dumps({"retCode": "0", "result": result}).encode()
+
+    builder = SnapshotBuilder()
+    builder.add(parse_page(page(None, range(2))))
+    builder.add(parse_page(page(4, range(2, 3))))
+    assert builder.total == 4
+    builder.add(parse_page(page(4, range(3, 4))))
+    assert builder.incomplete() is None
+    builder.add(parse_page(page(5, range(4, 5))))
+    assert builder.incomplete() == "total changed while paging (4 -> 5)"
+
+
 def test_a_later_page_with_another_total_still_makes_the_count_incomplete() -> None:
     def page(total: int | None, numbers: range) -> bytes:
         result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}

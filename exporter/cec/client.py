@@ -253,22 +253,31 @@ class CecClient:
         return snapshot
 
     async def _read_pages(self, run: CollectionRun) -> SnapshotBuilder:
-        """One pass over every page, from the first, folded into a fresh builder."""
+        """One pass over every page, from the first, folded into a fresh builder.
+
+        Pages are read one by one until one gives ``total`` (the first, as a rule), then
+        the rest ``max_concurrency`` at a time. Without any ``total``, up to a short page.
+        """
         target = self.target
         builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
-        first = await self.query_page(run, 0)
-        builder.add(first)
-        if first.total is None:
-            await self._read_until_short_page(run, builder, len(first.keys))
-            return builder
-        pages = max(1, math.ceil(first.total / target.page_size))
+        offset = 0
+        while builder.total is None:
+            page = await self.query_page(run, offset)
+            builder.add(page)
+            offset += target.page_size
+            if len(page.keys) < target.page_size and builder.total is None:
+                return builder  # a short page, and no total to check it against
+            if builder.total is None and builder.pages >= target.max_pages:
+                raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
+        total = builder.total
+        pages = max(1, math.ceil(total / target.page_size))
         if pages > target.max_pages:
             raise PageLimitError(
-                f"total {first.total} needs {pages} pages, more than max_pages "
+                f"total {total} needs {pages} pages, more than max_pages "
                 f"{target.max_pages} at page_size {target.page_size}"
             )
-        builder.expect(first.total)  # now a trusted size: one allocation for the keys
-        offsets = iter(range(target.page_size, first.total, target.page_size))
+        builder.expect(total)  # now a trusted size: one allocation for the keys
+        offsets = iter(range(offset, total, target.page_size))
 
         async def worker() -> None:
             for offset in offsets:  # shared iterator: each offset is taken once
@@ -276,19 +285,6 @@ class CecClient:
 
         await _run_workers(run, target.max_concurrency, worker)
         return builder
-
-    async def _read_until_short_page(
-        self, run: CollectionRun, builder: SnapshotBuilder, first_size: int
-    ) -> None:
-        """Without a ``total``, page on sequentially until a short page or ``max_pages``."""
-        size, offset = first_size, 0
-        while size >= self.target.page_size:
-            if builder.pages >= self.target.max_pages:
-                raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
-            offset += self.target.page_size
-            page = await self.query_page(run, offset)
-            builder.add(page)
-            size = len(page.keys)
 
 
 def _retryable(err: CecError) -> bool:

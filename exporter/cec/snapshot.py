@@ -67,7 +67,7 @@ class SnapshotBuilder:
     """Phone records counted, after de-duplication."""
     duplicates: int = 0
     later_total: int | None = None
-    """A ``total`` a later page reported that differs from the first page's, if any."""
+    """A ``total`` a later page reported that differs from the first one given, if any."""
     total_changed: bool = False
     phones_truncated: bool = False
     _counts: Counter[int] = field(default_factory=Counter)
@@ -79,12 +79,13 @@ class SnapshotBuilder:
     """tenant_id -> its index in the roster's ``tenants``, in order of appearance."""
 
     def add(self, page: Page) -> None:
-        """Fold one page in; the first page's ``total`` is the one reported.
+        """Fold one page in; the first ``total`` a page gives is the one reported.
 
-        A later page that leaves ``total`` out reports no other total (any field may be
-        missing); only a different number makes the count incomplete.
+        A page that leaves ``total`` out reports no other total (any field may be
+        missing, on the first page too); only a different number makes the count
+        incomplete.
         """
-        if self.pages == 0:
+        if self.total is None:
             self.total = page.total
         elif page.total is not None and page.total != self.total and not self.total_changed:
             log.debug("total changed while paging: %s -> %s", self.total, page.total)
@@ -113,8 +114,8 @@ class SnapshotBuilder:
     def incomplete(self) -> str | None:
         """Why the pages added do not make a whole count, or None when they do.
 
-        Complete means: the records counted equal the first page's ``total`` and no later
-        page reported another ``total``. A short page, or a list that shifted while
+        Complete means: the records counted equal the first ``total`` given and no page
+        reported another. A short page, or a list that shifted while
         paging (one phone on two pages, another on none), fails this. Without a
         ``total`` there is nothing to check against.
         """
