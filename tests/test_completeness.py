@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import RunningExporter, expected_counts, sample, target_entry
+from support import RunningExporter, expected_counts, sample, samples_named, target_entry
 from support import softphone_counts as counts
 
 from exporter.cec.parse import parse_page
@@ -75,6 +75,31 @@ def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
     snapshot = builder.build()
     assert snapshot.counts == {("", Status.REGISTERED): 3}
     assert snapshot.duplicates == 2
+
+
+def test_one_key_with_two_contents_is_the_record_at_the_lower_offset_in_any_arrival_order(
+    simulator: StartSim, serve: Callable[..., RunningExporter]
+) -> None:
+    """Page 7 repeats phone 250 (page 2) in another tenant and status: page 2's record is
+    the phone, whichever page arrives first, so nothing flips and no change is counted."""
+    sim = simulator(phones=1_000, tenants=4, suspended_ratio=0.2)
+    settings = {"page_size": 100, "max_concurrency": 4}
+    running = serve(
+        target_entry(sim, **settings), target_entry(sim, name="each", per_phone_metrics=True)
+    )
+    twin = Fault("twin", pages=(7,), value=250)
+    for slow in (2, 7, 2):  # page 7 arrives first, then page 2, then page 7 again
+        sim.set_faults([twin, Fault("slow", pages=(slow,), value=0.3)])
+        text = running.metrics()
+        for target in ("sim", "each"):
+            assert sample(text, "cec_up", target=target) == 1
+            assert counts(text, target) == expected_counts(sim), f"page {slow} slow"
+            moved = samples_named(text, "cec_softphone_allocation_changes_total")
+            flipped = samples_named(text, "cec_softphone_status_changes_total")
+            assert [n for labels, n in moved + flipped if n and labels["target"] == target] == []
+        series = samples_named(text, "cec_softphone_registered")
+        assert [s["tenant_id"] for s, _ in series if s["phone_num"] == "88880250"] == ["tenant-2"]
+    assert sim.stats()["faults_applied"]["twin"] == 6
 
 
 @pytest.mark.parametrize(

@@ -263,7 +263,7 @@ class CecClient:
         offset = 0
         while builder.total is None:
             page = await self.query_page(run, offset)
-            builder.add(page)
+            builder.add(page, offset)
             offset += target.page_size
             if len(page.keys) < target.page_size and builder.total is None:
                 return builder  # a short page, and no total to check it against
@@ -281,7 +281,7 @@ class CecClient:
 
         async def worker() -> None:
             for offset in offsets:  # shared iterator: each offset is taken once
-                builder.add(await self.query_page(run, offset))
+                builder.add(await self.query_page(run, offset), offset)
 
         await _run_workers(run, target.max_concurrency, worker)
         return builder

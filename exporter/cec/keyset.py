@@ -8,7 +8,10 @@ loop costs about as much per key as building and merging a set per page.
 
 Each key carries a 32-bit value in a parallel array (4 bytes a slot more): what a
 phone was (tenant and status, ``exporter.cec.snapshot``), so that two collections
-can be compared key by key without a Python object per phone.
+can be compared key by key without a Python object per phone. While pages are added,
+a third array holds where in the vendor's list each key was found: a key found again
+at a lower position takes that record's value, so the record at the lower offset is
+the phone whatever order the pages arrive in (``settle`` frees it once all are in).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from itertools import compress
+from typing import NamedTuple
 
 _MIN_SLOTS = 256
 _ABSENT = 0xFFFFFFFF  # never a value: the low two bits (a status) are never both set
@@ -27,14 +31,25 @@ def _slots_for(keys: int) -> int:
     return max(_MIN_SLOTS, 1 << (2 * keys - 1).bit_length()) if keys > 0 else _MIN_SLOTS
 
 
+class Added(NamedTuple):
+    """What adding one page's keys found already held."""
+
+    repeats: list[int]
+    """Positions (in the page) of keys already held from a lower list position: not added."""
+    displaced: list[tuple[int, int, int]]
+    """(position in the page, value and list position it replaced) of keys held from a
+    higher list position: this record is the phone now, the one held before the repeat."""
+
+
 class KeySet:
     """Distinct non-None ints (hashes: any 64-bit signed value), added a page at a time."""
 
-    __slots__ = ("_mask", "_table", "_used", "_values")
+    __slots__ = ("_mask", "_positions", "_table", "_used", "_values")
 
     def __init__(self) -> None:
         self._table = array("q", bytes(8 * _MIN_SLOTS))  # 0 marks an empty slot
         self._values = array("I", bytes(4 * _MIN_SLOTS))  # the value of the key in that slot
+        self._positions = array("I", bytes(4 * _MIN_SLOTS))  # where in the list it was found
         self._mask = _MIN_SLOTS - 1
         self._used = 0
 
@@ -48,24 +63,34 @@ class KeySet:
             return
         old, self._table, self._mask = self._table, array("q", bytes(8 * slots)), slots - 1
         old_values, self._values = self._values, array("I", bytes(4 * slots))
-        table, values, mask = self._table, self._values, self._mask
-        for held, value in compress(zip(old, old_values, strict=False), old):
+        old_positions, self._positions = self._positions, array("I", bytes(4 * slots))
+        table, values, positions, mask = self._table, self._values, self._positions, self._mask
+        rows = zip(old, old_values, old_positions, strict=True)
+        for held, value, position in compress(rows, old):
             slot = (held >> 1) & mask  # all distinct: each goes to the first free slot
             while table[slot]:
                 slot = (slot + 1) & mask
             table[slot] = held
             values[slot] = value
+            positions[slot] = position
 
-    def add(self, keys: Sequence[int | None], values: Sequence[int] = ()) -> list[int]:
-        """Add ``keys`` (with ``values``, one each, when given; a repeat keeps its first);
-        returns the positions of those already held (None is never held)."""
+    def settle(self) -> None:
+        """Every page is in: free the list positions (a key set kept as a baseline is read,
+        not added to; 4 bytes a slot, 8 MiB at a million phones)."""
+        self._positions = array("I")
+
+    def add(self, keys: Sequence[int | None], values: Sequence[int] = (), first: int = 0) -> Added:
+        """Add ``keys`` (with ``values``, one each, when given), found in the vendor's list
+        from position ``first`` on. A key held already keeps the record at the lower
+        position: its value, or this one's (``displaced``). None is never held."""
         self.reserve(len(keys))
-        return self._insert(keys, values or bytes(len(keys)))
+        return self._insert(keys, values or bytes(len(keys)), first)
 
-    def _insert(self, keys: Sequence[int | None], new_values: Sequence[int]) -> list[int]:
-        table, values, mask = self._table, self._values, self._mask
+    def _insert(self, keys: Sequence[int | None], new_values: Sequence[int], first: int) -> Added:
+        table, values, positions, mask = self._table, self._values, self._positions, self._mask
         repeats: list[int] = []
-        for position, raw in enumerate(keys):
+        displaced: list[tuple[int, int, int]] = []
+        for index, raw in enumerate(keys):
             if raw is None:
                 continue
             # Stored with the low bit set, so never 0; the slot comes from the other
@@ -75,15 +100,21 @@ class KeySet:
             held = table[slot]
             while held:
                 if held == key:
-                    repeats.append(position)
+                    if first + index < positions[slot]:  # this record is the phone
+                        displaced.append((index, values[slot], positions[slot]))
+                        values[slot] = new_values[index]
+                        positions[slot] = first + index
+                    else:
+                        repeats.append(index)
                     break
                 slot = (slot + 1) & mask
                 held = table[slot]
             else:
                 table[slot] = key
-                values[slot] = new_values[position]
-        self._used += len(keys) - len(repeats) - keys.count(None)
-        return repeats
+                values[slot] = new_values[index]
+                positions[slot] = first + index
+        self._used += len(keys) - len(repeats) - len(displaced) - keys.count(None)
+        return Added(repeats, displaced)
 
     def value_counts(self) -> Counter[int]:
         """How many keys hold each value (C-level: no Python loop per key)."""

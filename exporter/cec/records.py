@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,12 +95,10 @@ class Page:
         known = {pair: value(text_of(pair[0]), status_of(pair[1])) for pair in pairs}
         return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
 
-    def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
-        """(phone_num, tenant_id, status value) of each phone not in ``skip``."""
-        columns = zip(self.numbers, self.tenants, self.codes, strict=True)
-        for position, (number, tenant, code) in enumerate(columns):
-            if position not in skip:
-                yield number, text_of(tenant), status_of(code)
+    def rows(self) -> Iterator[tuple[str, str, str]]:
+        """(phone_num, tenant_id, status value) of each phone, in the order received."""
+        for number, tenant, code in zip(self.numbers, self.tenants, self.codes, strict=True):
+            yield number, text_of(tenant), status_of(code)
 
     @property
     def phones(self) -> tuple[Phone, ...]:

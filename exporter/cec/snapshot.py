@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from exporter.cec.keyset import KeySet
+from exporter.cec.keyset import Added, KeySet
 from exporter.cec.records import REGISTERED, STATUSES, Endpoint, Page, Status
 
 log = logging.getLogger(__name__)
@@ -74,16 +73,19 @@ class SnapshotBuilder:
     """Phones by roster value (tenant index and status): counted in C, named in ``build``."""
     _endpoints: set[Endpoint] = field(default_factory=set)
     _seen: KeySet = field(default_factory=KeySet)  # Page.keys says why 64-bit hashes do
-    _phones: dict[tuple[str, str], bool] = field(default_factory=dict)
+    _phones: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(tenant_id, phone_num) -> list position << 1 | registered: the lowest position wins."""
     _tenants: dict[str, int] = field(default_factory=dict)
     """tenant_id -> its index in the roster's ``tenants``, in order of appearance."""
 
-    def add(self, page: Page) -> None:
-        """Fold one page in; the first ``total`` a page gives is the one reported.
+    def add(self, page: Page, offset: int = 0) -> None:
+        """Fold in one page, asked for at ``offset``; the first ``total`` a page gives is
+        the one reported.
 
         A page that leaves ``total`` out reports no other total (any field may be
         missing, on the first page too); only a different number makes the count
-        incomplete.
+        incomplete. A phone found twice (one key) with two contents is the record at the
+        lower offset, whatever order the pages arrive in.
         """
         if self.total is None:
             self.total = page.total
@@ -93,15 +95,18 @@ class SnapshotBuilder:
         self.pages += 1
         self._endpoints.update(page.endpoints)
         values = page.pair_values(self._roster_value)
-        repeats = self._seen.add(page.keys, values)
-        self.duplicates += len(repeats)
+        added = self._seen.add(page.keys, values, offset)
+        repeats, displaced = added
+        self.duplicates += len(repeats) + len(displaced)
         counts = Counter(values)
-        for position in repeats:  # phones seen before (on this page or another): counted once
-            counts[values[position]] -= 1
+        for index in repeats:  # phones held from a lower offset: counted once
+            counts[values[index]] -= 1
+        for _, was, _ in displaced:  # held from a higher offset: this record replaces it
+            counts[was] -= 1
         self._counts.update(counts)
-        self.records += len(page.keys) - len(repeats)
+        self.records += len(page.keys) - len(repeats) - len(displaced)
         if self.per_phone:
-            self._add_phones(page.rows(set(repeats)))
+            self._add_phones(page, offset, added)
 
     def _roster_value(self, tenant: str, status: str) -> int:
         index = self._tenants.setdefault(tenant, len(self._tenants))
@@ -125,19 +130,30 @@ class SnapshotBuilder:
             return f"counted {self.records} phone records, but total is {self.total}"
         return None
 
-    def _add_phones(self, rows: Iterable[tuple[str, str, str]]) -> None:
+    def _add_phones(self, page: Page, offset: int, added: Added) -> None:
+        """Per-phone series: each (tenant, number) is the record at the lowest offset."""
         phones = self._phones
-        for number, tenant_id, status in rows:
-            if not number:
+        if added.displaced:
+            tenants = tuple(self._tenants)
+            for index, was, position in added.displaced:  # the record it replaced goes
+                replaced = (tenants[was >> 2], page.numbers[index])
+                if phones.get(replaced, -1) >> 1 == position:
+                    del phones[replaced]
+        skip = set(added.repeats)
+        for index, (number, tenant_id, status) in enumerate(page.rows()):
+            if not number or index in skip:
                 continue
-            if len(phones) < self.per_phone_cap:
-                phones[(tenant_id, number)] = status == REGISTERED
-            else:
+            entry = (offset + index) << 1 | (status == REGISTERED)
+            held = phones.get((tenant_id, number))
+            if held is None and len(phones) >= self.per_phone_cap:
                 self.phones_truncated = True
+            elif held is None or entry < held:
+                phones[(tenant_id, number)] = entry
 
     def build(self) -> Snapshot:
-        """The snapshot of everything added so far."""
+        """The snapshot of every page added: the last step (no page is added after)."""
         tenants = tuple(self._tenants)
+        self._seen.settle()
         return Snapshot(
             total=self.total,
             counts={
@@ -146,7 +162,7 @@ class SnapshotBuilder:
                 if n
             },
             endpoints=tuple(sorted(self._endpoints)),
-            phones=dict(self._phones) if self.per_phone else None,
+            phones={k: bool(v & 1) for k, v in self._phones.items()} if self.per_phone else None,
             pages=self.pages,
             duplicates=self.duplicates,
             phones_truncated=self.phones_truncated,
