@@ -65,9 +65,6 @@ EMPTY_WHEN_HEALTHY = {
     "retCode failures by code [A]": (
         "cec_api_ret_code_failures_total has a series per ret_code seen; none was yet"
     ),
-    "HTTP errors by status code [A]": (
-        "cec_api_http_errors_total has a series per HTTP error status seen; none was yet"
-    ),
     "Softphones per tenant [C]": "no phone record has an unknown status yet",
 }
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
     QUERY_API,
+    RETRYABLE_STATUS,
     TOKEN_API,
     CecError,
     CredentialError,
@@ -44,7 +45,6 @@ from exporter.cec.upstream import Upstream
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
