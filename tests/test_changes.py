@@ -193,10 +193,15 @@ def test_cache_hits_and_coalesced_scrapes_count_nothing_again(serve: Serve) -> N
     sim.update(latency_ms=150)
     sim.change_phones("flap", 2)
     time.sleep(ttl + 0.2)
+    sim.reset_stats()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # six scrapes, one collection
         texts = list(pool.map(lambda _: exp.metrics("/probe?target=sim"), range(6)))
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}, "not one collection"
+    for text in texts:  # each scrape shows the one comparison, counted once
+        assert sum(status_changes(text).values()) == 6 + 4
     after = status_changes(exp.metrics())
-    assert sum(after.values()) == 6 + 4, texts[0]
+    assert sum(after.values()) == 6 + 4
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # from the cache
 
 
 def test_a_reload_that_changes_the_target_starts_a_new_baseline(
