@@ -77,7 +77,7 @@ def compare_us(pages: list[bytes], repeat: int) -> float | None:
     None for an older commit without change tracking (timed for comparison).
     """
     try:
-        from exporter.cec.snapshot import compare
+        from exporter.cec.roster import compare
     except ImportError:
         return None
     before, after = (getattr(parse_and_fold(pages), "roster", None) for _ in range(2))

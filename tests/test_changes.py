@@ -6,6 +6,7 @@ a real exporter scrapes it over loopback, and the counters are read from ``/metr
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from collections import Counter
@@ -19,7 +20,9 @@ from hypothesis import strategies as st
 from support import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
 
 from exporter.cec.records import Page
-from exporter.cec.snapshot import Roster, SnapshotBuilder, compare
+from exporter.cec.roster import compare
+from exporter.cec.snapshot import Deduplicated, SnapshotBuilder
+from exporter.scrape.changes import ChangeTracker
 from exporter.simulator import Fault, Simulator
 
 STATUS = "cec_softphone_status_changes_total"
@@ -313,16 +316,18 @@ _PHONES = st.dictionaries(
 Phones = dict[int, tuple[str, int | None]]
 
 
-def roster(phones: Phones) -> Roster:
-    """The roster a collection of these phones (key -> tenant, status code) builds."""
-    builder = SnapshotBuilder()
-    keys = tuple(phones)
-    tenants = tuple(tenant for tenant, _ in phones.values())
-    codes = tuple(code for _, code in phones.values())
-    builder.add(Page("0", "", len(keys), (), keys, ("",) * len(keys), tenants, codes))
-    built = builder.build().roster
-    assert built is not None
-    return built
+def fold(phones: Phones, last: Deduplicated | None = None) -> SnapshotBuilder:
+    """A collection of these phones (key -> tenant, status code) folded in pages of 100, as
+    the client folds the one after ``last``."""
+    builder = SnapshotBuilder.after(last)
+    items = list(phones.items())
+    for offset in range(0, len(items), 100):
+        page = items[offset : offset + 100]
+        keys = tuple(key for key, _ in page)
+        tenants = tuple(tenant for _, (tenant, _) in page)
+        codes = tuple(code for _, (_, code) in page)
+        builder.add(Page("0", "", len(items), (), keys, ("",) * len(keys), tenants, codes), offset)
+    return builder
 
 
 def status_name(code: int | None) -> str:
@@ -353,5 +358,39 @@ def test_compare_matches_a_plain_diff(
                 allocation[(now[0], "added")] += 1
         elif status_name(was[1]) != status_name(now[1]):
             status[(now[0], status_name(was[1]), status_name(now[1]))] += 1
-    found = compare(roster(before), roster(after))
-    assert (found.status, found.allocation) == (dict(status), dict(allocation))
+    first = fold(before).deduplicated
+    for second in (fold(after), fold(after, first)):  # tenants in any order, or the same
+        found = compare(first.roster, second.deduplicated.roster)
+        assert (found.status, found.allocation) == (dict(status), dict(allocation))
+    assert fold(before, first).deduplicated is first  # the same listing: taken over
+    shuffled = fold(dict(reversed(before.items())), first).deduplicated
+    assert compare(first.roster, shuffled.roster).total == 0  # the same phones in another order
+
+
+def test_a_million_phone_comparison_leaves_the_loop_free_to_answer(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """Comparing a million phones takes half a second: in steps, the exporter's loop answers
+    ``/-/healthy`` between them (it stalled for the whole of it)."""
+    exp = exporter_server(write_config(targets=[target_entry(simulator(phones=1))]))
+    tenants = ("t0", "t1", "t2")
+    phones: Phones = {hash(("id", n)) | 1: (tenants[n % 3], n % 2) for n in range(1_000_000)}
+    tracker = ChangeTracker()
+    first = fold(phones)
+    exp.exporter.run(tracker.observe(first.build()))  # the baseline
+    for key in list(phones)[::100]:  # 10,000 phones change status
+        phones[key] = (phones[key][0], 1 - (phones[key][1] or 0))
+    second = fold(phones, first.deduplicated).build()
+    observed = asyncio.run_coroutine_threadsafe(tracker.observe(second), exp.exporter.loop)
+    answers: list[float] = []
+    while not observed.done():
+        started = time.perf_counter()
+        assert exp.get("/-/healthy").status_code == 200
+        answers.append(time.perf_counter() - started)
+    found = observed.result()[1].found
+    assert found is not None
+    assert found.total == 10_000
+    assert len(answers) > 5, "the comparison ended before it could be watched"
+    assert max(answers) < 0.05, f"/-/healthy took up to {max(answers):.3f} s"

@@ -35,7 +35,8 @@ from exporter.cec.errors import (
 from exporter.cec.parse import parse_page, parse_token
 from exporter.cec.records import Page, Token
 from exporter.cec.run import CollectionRun
-from exporter.cec.snapshot import Snapshot, SnapshotBuilder
+from exporter.cec.snapshot import Deduplicated, Snapshot, SnapshotBuilder
+from exporter.cec.steps import in_steps
 from exporter.cec.target import TargetConfig
 from exporter.cec.text import fields, register_secret
 from exporter.cec.trace import CollectionTrace
@@ -72,6 +73,9 @@ class CecClient:
         # Shared with every target of the same vendor app (base_url, app_key, secret).
         self.tokens = upstream.token_cache(target)
         self._reported: Token | None = None  # the token whose expiry the observer last saw
+        # The last success's records de-duplicated: a collection that lists the same takes
+        # them over (SnapshotBuilder.after), which costs no key set and no comparison.
+        self._last: Deduplicated | None = None
 
     async def aclose(self) -> None:
         """Give the shared pool back (its last user closes the connections)."""
@@ -159,7 +163,10 @@ class CecClient:
         """One page; a 401 costs one new token (shared with concurrent pages) and one retry."""
         fetch = functools.partial(self._fetch_token, run, tries)
         token = self._report(await self.tokens.get(fetch, self.target.name))
-        run.trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
+        if not run.trace.token_noted:  # the first decision only: no text to make per page
+            run.trace.token(
+                f"token reused: valid for another {token.expires_at - time.time():.0f}s"
+            )
         payload = self._query_payload(offset)
 
         async def send(token: Token) -> Page:
@@ -230,6 +237,7 @@ class CecClient:
         """Read every page; an incomplete read is retried once from the first page."""
         started = time.monotonic()
         builder = await self._read_pages(run)
+        await in_steps(builder.deduplicating())  # a million phones: the loop serves meanwhile
         problem = builder.incomplete()
         if problem is not None:
             # Another pass costs about as long as this one: start it only if it can finish.
@@ -241,10 +249,12 @@ class CecClient:
             )
             run.trace.note(f"{problem}; reading again from the first page")
             builder = await self._read_pages(run)
+            await in_steps(builder.deduplicating())
             problem = builder.incomplete()
             if problem is not None:
                 raise IncompleteError(f"{problem}, twice in a row")
         snapshot = builder.build()
+        self._last = builder.deduplicated
         if snapshot.phones_truncated:
             log.warning(
                 "per-phone series capped",
@@ -259,7 +269,7 @@ class CecClient:
         the rest ``max_concurrency`` at a time. Without any ``total``, up to a short page.
         """
         target = self.target
-        builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
+        builder = SnapshotBuilder.after(self._last, per_phone=target.per_phone_metrics)
         offset = 0
         while builder.total is None:
             page = await self.query_page(run, offset)
@@ -276,7 +286,6 @@ class CecClient:
                 f"total {total} needs {pages} pages, more than max_pages "
                 f"{target.max_pages} at page_size {target.page_size}"
             )
-        builder.expect(total)  # now a trusted size: one allocation for the keys
         offsets = iter(range(offset, total, target.page_size))
 
         async def worker() -> None:

@@ -89,11 +89,17 @@ class Page:
     Tenants and codes are read per distinct pair when counting (a page has a few),
     not per phone: that is most of what parsing a page would cost."""
 
-    def pair_values(self, value: Callable[[str, str], int]) -> list[int]:
-        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair."""
-        pairs = set(zip(self.tenants, self.codes, strict=True))
-        known = {pair: value(text_of(pair[0]), status_of(pair[1])) for pair in pairs}
-        return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
+    def pair_values(
+        self, value: Callable[[str, str], int], known: dict[tuple[object, object], int]
+    ) -> list[int]:
+        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair
+        as decoded and remembered in ``known`` (from one page to the next: the same few)."""
+        try:
+            return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
+        except KeyError:  # a pair not seen before
+            for pair in set(zip(self.tenants, self.codes, strict=True)).difference(known):
+                known[pair] = value(text_of(pair[0]), status_of(pair[1]))
+            return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
         """(phone_num, tenant_id, status value) of each phone, in the order received."""

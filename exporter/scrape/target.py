@@ -153,7 +153,7 @@ class TargetCollector:
             error = f"internal error: {type(err).__name__}"
         else:
             self.last_success = time.time()
-            snapshot, changes = self._changes.observe(snapshot)  # once per real collection
+            snapshot, changes = await self._changes.observe(snapshot)  # once per collection
             return Collection(
                 target=self.config.name,
                 snapshot=snapshot,
