@@ -197,7 +197,9 @@ class Transport:
             finally:
                 seconds = time.monotonic() - started
                 self._observer.request_done(api, outcome, seconds, status, ret_code)
-                if api == QUERY_API and outcome == "success":
+                if ret_code is not None:
+                    ret_code = clip(ret_code, RET_CODE_CHARS)
+                elif api == QUERY_API and outcome == "success":
                     ret_code = "0"  # it passed the retCode check
                 record = RequestRecord(
                     at=max(0.0, run.trace.elapsed() - seconds),
@@ -207,7 +209,7 @@ class Transport:
                     outcome=outcome,
                     seconds=seconds,
                     status=status,
-                    ret_code=None if ret_code is None else clip(ret_code, RET_CODE_CHARS),
+                    ret_code=ret_code,
                     ret_msg=None if ret_msg is None else clip(ret_msg, TRACE_TEXT_CHARS),
                     waited=waited,
                 )
