@@ -225,6 +225,32 @@ class Peaks:
         self._thread.join()
 
 
+class HealthWatch:
+    """Asks ``url``/-/healthy every 10 ms in a thread while the ``with`` block runs: ``worst``
+    is the longest answer, what a stalled event loop makes a liveness probe wait."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.worst, self.answers = url + "/-/healthy", 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx2.Client(timeout=30) as http:
+            while not self._stop.wait(0.01):
+                started = time.perf_counter()
+                http.get(self.url).raise_for_status()
+                self.worst = max(self.worst, time.perf_counter() - started)
+                self.answers += 1
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def cpu_seconds(proc: psutil.Process) -> float:
     """User + system CPU seconds of ``proc`` (all its threads) so far."""
     times = proc.cpu_times()
