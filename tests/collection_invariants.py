@@ -38,7 +38,7 @@ import random
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +92,11 @@ def roster(sim: Simulator) -> Roster:
     return phones
 
 
-def changes_between(before: Roster, after: Roster) -> Counter[tuple[str, ...]]:
-    """What the change counters add from ``before`` to ``after`` (SPEC section 6)."""
+def changes_between(
+    before: Mapping[Hashable, tuple[str, str]], after: Mapping[Hashable, tuple[str, str]]
+) -> Counter[tuple[str, ...]]:
+    """What the change counters add from ``before`` to ``after`` (phone -> tenant, status):
+    (tenant, from, to) and (tenant, ``added`` or ``removed``), as SPEC section 6 has it."""
     found: Counter[tuple[str, ...]] = Counter()
     for key in before.keys() | after.keys():
         was, now = before.get(key), after.get(key)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from collection_invariants import changes_between
 from hypothesis import given
 from hypothesis import strategies as st
 from support import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
@@ -348,17 +349,13 @@ def test_compare_matches_a_plain_diff(
     after = dict(list(before.items())[removed:])
     after.update({keys[i]: value for i, value in edits if i < len(keys)})
     after.update(new)
-    status: Counter[tuple[str, str, str]] = Counter()
-    allocation: Counter[tuple[str, str]] = Counter()
-    for key in before.keys() | after.keys():
-        was, now = before.get(key), after.get(key)
-        if was is None or now is None or was[0] != now[0]:
-            if was is not None:
-                allocation[(was[0], "removed")] += 1
-            if now is not None:
-                allocation[(now[0], "added")] += 1
-        elif status_name(was[1]) != status_name(now[1]):
-            status[(now[0], status_name(was[1]), status_name(now[1]))] += 1
+    named = {  # the plain diff of the invariant test, on named statuses
+        key: {phone: (tenant, status_name(code)) for phone, (tenant, code) in phones.items()}
+        for key, phones in (("before", before), ("after", after))
+    }
+    diff = changes_between(named["before"], named["after"])
+    status = {change: n for change, n in diff.items() if len(change) == 3}
+    allocation = {change: n for change, n in diff.items() if len(change) == 2}
     first = fold(before).deduplicated
     for second in (fold(after), fold(after, first)):  # tenants in any order, or the same
         found = compare(first.roster, second.deduplicated.roster)

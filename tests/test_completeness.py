@@ -198,13 +198,15 @@ def test_without_any_total_the_pages_are_read_up_to_the_first_short_one(
     assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}
 
 
-def test_totals_given_after_a_first_page_without_one_must_agree() -> None:
-    def page(total: int | None, numbers: range) -> bytes:
-        result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
-        if total is not None:
-            result["total"] = total
-        return json.dumps({"retCode": "0", "result": result}).encode()
+def page(total: int | None, numbers: range) -> bytes:
+    """A queryPhone body listing phones ``numbers`` (ids alike), with ``total`` if not None."""
+    result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
+    if total is not None:
+        result["total"] = total
+    return json.dumps({"retCode": "0", "result": result}).encode()
 
+
+def test_totals_given_after_a_first_page_without_one_must_agree() -> None:
     builder = SnapshotBuilder()
     builder.add(parse_page(page(None, range(2))))
     builder.add(parse_page(page(4, range(2, 3))))
@@ -216,12 +218,6 @@ def test_totals_given_after_a_first_page_without_one_must_agree() -> None:
 
 
 def test_a_later_page_with_another_total_still_makes_the_count_incomplete() -> None:
-    def page(total: int | None, numbers: range) -> bytes:
-        result: dict[str, object] = {"phone": [{"id": n, "phoneNum": str(n)} for n in numbers]}
-        if total is not None:
-            result["total"] = total
-        return json.dumps({"retCode": "0", "result": result}).encode()
-
     builder = SnapshotBuilder()
     for body in (page(3, range(2)), page(None, range(2, 3))):
         builder.add(parse_page(body))
