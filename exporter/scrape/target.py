@@ -121,8 +121,12 @@ class TargetCollector:
         collection = Collection.failed(
             self.config.name, error, 0.0, self.last_success, reason="deadline"
         )
-        self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
+        self._remember(collection)
         return collection
+
+    def _remember(self, collection: Collection) -> None:
+        """Add ``collection`` to the history (a new tuple: the web threads read it)."""
+        self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
 
     def _cancelled_by_reload(self, task: asyncio.Task[Collection | None]) -> bool:
         """Whether ``task`` was stopped by ``aclose`` (and not the scrape waiting on it).
@@ -145,7 +149,7 @@ class TargetCollector:
         """One collection of the target, remembered in the history."""
         collection = await self._read(deadline, CollectionTrace())
         if collection is not None:
-            self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
+            self._remember(collection)
         return collection
 
     async def _read(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
