@@ -266,19 +266,27 @@ class CecClient:
         """One pass over every page, from the first, folded into a fresh builder.
 
         Pages are read one by one until one gives ``total`` (the first, as a rule), then
-        the rest ``max_concurrency`` at a time. Without any ``total``, up to a short page.
+        the rest ``max_concurrency`` at a time. Without any ``total``, up to a short page
+        that the next one, empty, shows to be the last.
         """
         target = self.target
         builder = SnapshotBuilder.after(self._last, per_phone=target.per_phone_metrics)
-        offset = 0
+        offset, short = 0, None
         while builder.total is None:
             page = await self.query_page(run, offset)
             builder.add(page, offset)
-            offset += target.page_size
-            if len(page.keys) < target.page_size and builder.total is None:
-                return builder  # a short page, and no total to check it against
-            if builder.total is None and builder.pages >= target.max_pages:
+            if builder.total is not None:
+                offset += target.page_size
+                break
+            if short is not None:  # a page after a short one: it had no end, or this one
+                if page.keys:
+                    builder.gap = short
+                return builder
+            if len(page.keys) < target.page_size:
+                short = offset  # the end, if the next page is empty: nothing to count against
+            elif builder.pages >= target.max_pages:
                 raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
+            offset += target.page_size
         total = builder.total
         pages = max(1, math.ceil(total / target.page_size))
         if pages > target.max_pages:

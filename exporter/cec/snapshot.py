@@ -103,6 +103,9 @@ class SnapshotBuilder:
     later_total: int | None = None
     """A ``total`` a later page reported that differs from the first one given, if any."""
     total_changed: bool = False
+    gap: int | None = None
+    """The offset of a short page followed by one that was not empty, with no total to
+    count against: records are missing (the client finds it, ``incomplete`` says it)."""
     phones_truncated: bool = False
     last: Deduplicated | None = None
     """The last collection's result, taken over when this one lists the same."""
@@ -232,6 +235,8 @@ class SnapshotBuilder:
         """
         if self.total_changed:
             return f"total changed while paging ({self.total} -> {self.later_total})"
+        if self.gap is not None and self.total is None:
+            return f"no total reported, and the short page at offset {self.gap} was not the last"
         if self.total is not None and self.records != self.total:
             return f"counted {self.records} phone records, but total is {self.total}"
         return None
