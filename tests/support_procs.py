@@ -257,6 +257,21 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def run_seconds(proc: psutil.Process) -> float:
+    """CPU seconds of ``proc``'s living threads, to the nanosecond (Linux schedstat);
+    ``cpu_seconds`` counts in clock ticks (10 ms), a twentieth of a 20,000-phone scrape.
+    Off Linux, ``cpu_seconds``."""
+    try:
+        tasks = list(Path(f"/proc/{proc.pid}/task").iterdir())
+    except OSError:
+        return cpu_seconds(proc)
+    nanoseconds = 0
+    for task in tasks:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            nanoseconds += int((task / "schedstat").read_text().split()[0])
+    return nanoseconds / 1e9
+
+
 def machine() -> str:
     """The CPU model, usable cores, Python and kernel a figure was measured on."""
     model = platform.processor() or "unknown CPU"
