@@ -13,6 +13,7 @@ import platform
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -225,30 +226,47 @@ class Peaks:
         self._thread.join()
 
 
+_HEALTH_POLLER = """
+import select, sys, time, httpx2
+with httpx2.Client(timeout=30) as http:
+    http.get(sys.argv[1]).raise_for_status()
+    print("watching", flush=True)
+    worst, answers = 0.0, 0
+    while not select.select([sys.stdin], [], [], 0.01)[0]:  # stdin closed: stop
+        started = time.perf_counter()
+        http.get(sys.argv[1]).raise_for_status()
+        worst, answers = max(worst, time.perf_counter() - started), answers + 1
+    print(answers, worst, flush=True)
+"""
+
+
 class HealthWatch:
-    """Asks ``url``/-/healthy every 10 ms in a thread while the ``with`` block runs: ``worst``
-    is the longest answer, what a stalled event loop makes a liveness probe wait."""
+    """Asks ``url``/-/healthy every 10 ms while the ``with`` block runs (connected before it
+    starts): ``worst`` is the longest answer, what a stalled event loop makes a liveness
+    probe wait. From a process of its own, as the kubelet asks: a thread of the exporter's
+    process would wait for the GIL, not for the loop."""
 
     def __init__(self, url: str) -> None:
         self.url, self.worst, self.answers = url + "/-/healthy", 0.0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx2.Client(timeout=30) as http:
-            while not self._stop.wait(0.01):
-                started = time.perf_counter()
-                http.get(self.url).raise_for_status()
-                self.worst = max(self.worst, time.perf_counter() - started)
-                self.answers += 1
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> HealthWatch:
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HEALTH_POLLER, self.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "watching":
+            raise AssertionError(f"{self.url} did not answer")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._proc is not None
+        out, _ = self._proc.communicate(timeout=60)
+        answers, worst = out.split()
+        self.answers, self.worst = int(answers), float(worst)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
