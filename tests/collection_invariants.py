@@ -353,8 +353,10 @@ class Run:
         phones = self.sims["alpha"].config.phones
         pages = max(math.ceil(phones / self.entries[n].get("page_size", 100)) for n in alpha)
         timeout, k = 3.0, self.rng.randint(1, max(1, len(alpha) - 1))
-        self.budget = round((k * pages + 1) / (timeout - 0.5), 2)  # k collections and a token
-        self._reload(set(alpha))
+        budget = round((k * pages + 1) / (timeout - 0.5), 2)  # k collections and a token
+        if budget != self.budget:  # else the same targets: their collectors are kept
+            self.budget = budget
+            self._reload(set(alpha))
         for sim in self.sims.values():
             sim.clear_faults()
         answer = self._ask("/metrics", timeout, list(self.entries))
