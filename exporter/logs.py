@@ -3,14 +3,18 @@
 Secrets are kept out of log calls by construction; redaction (``exporter.cec.redact``,
 the redactor vendor text goes through too) is a second line of defence that also
 covers third-party loggers. A call's context comes as ``extra=fields(...)``.
+A line that could come with every request goes through a ``Throttle``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
+import threading
+import time
 
 from exporter.cec.redact import redact
 from exporter.cec.text import utc
@@ -97,3 +101,21 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     root.setLevel(_PYTHON_LEVELS[level])
     for noisy in ("httpx2", "httpcore2", "hpack", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Lets a log line that could repeat on every request through once per ``seconds``."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool:
+        """True at most once per ``seconds``: log now."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.seconds:
+                return False
+            self._last = now
+            return True

@@ -6,6 +6,7 @@ a real exporter scrapes it over loopback, and the counters are read from ``/metr
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from collections import Counter
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from collection_invariants import changes_between
 from hypothesis import given
 from hypothesis import strategies as st
 from support import RunningExporter, run_cli, sample, samples_named, softphone_counts, target_entry
+from support_procs import HealthWatch
 
 from exporter.cec.records import Page
-from exporter.cec.snapshot import Roster, SnapshotBuilder, compare
+from exporter.cec.roster import compare
+from exporter.cec.snapshot import Deduplicated, SnapshotBuilder
+from exporter.scrape.changes import ChangeTracker
 from exporter.simulator import Fault, Simulator
 
 STATUS = "cec_softphone_status_changes_total"
@@ -193,10 +198,15 @@ def test_cache_hits_and_coalesced_scrapes_count_nothing_again(serve: Serve) -> N
     sim.update(latency_ms=150)
     sim.change_phones("flap", 2)
     time.sleep(ttl + 0.2)
+    sim.reset_stats()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # six scrapes, one collection
         texts = list(pool.map(lambda _: exp.metrics("/probe?target=sim"), range(6)))
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}, "not one collection"
+    for text in texts:  # each scrape shows the one comparison, counted once
+        assert sum(status_changes(text).values()) == 6 + 4
     after = status_changes(exp.metrics())
-    assert sum(after.values()) == 6 + 4, texts[0]
+    assert sum(after.values()) == 6 + 4
+    assert sim.stats()["query_requests_by_page"] == {0: 1, 1: 1, 2: 1}  # from the cache
 
 
 def test_a_reload_that_changes_the_target_starts_a_new_baseline(
@@ -308,16 +318,18 @@ _PHONES = st.dictionaries(
 Phones = dict[int, tuple[str, int | None]]
 
 
-def roster(phones: Phones) -> Roster:
-    """The roster a collection of these phones (key -> tenant, status code) builds."""
-    builder = SnapshotBuilder()
-    keys = tuple(phones)
-    tenants = tuple(tenant for tenant, _ in phones.values())
-    codes = tuple(code for _, code in phones.values())
-    builder.add(Page("0", "", len(keys), (), keys, ("",) * len(keys), tenants, codes))
-    built = builder.build().roster
-    assert built is not None
-    return built
+def fold(phones: Phones, last: Deduplicated | None = None) -> SnapshotBuilder:
+    """A collection of these phones (key -> tenant, status code) folded in pages of 100, as
+    the client folds the one after ``last``."""
+    builder = SnapshotBuilder.after(last)
+    items = list(phones.items())
+    for offset in range(0, len(items), 100):
+        page = items[offset : offset + 100]
+        keys = tuple(key for key, _ in page)
+        tenants = tuple(tenant for _, (tenant, _) in page)
+        codes = tuple(code for _, (_, code) in page)
+        builder.add(Page("0", "", len(items), (), keys, ("",) * len(keys), tenants, codes), offset)
+    return builder
 
 
 def status_name(code: int | None) -> str:
@@ -337,16 +349,42 @@ def test_compare_matches_a_plain_diff(
     after = dict(list(before.items())[removed:])
     after.update({keys[i]: value for i, value in edits if i < len(keys)})
     after.update(new)
-    status: Counter[tuple[str, str, str]] = Counter()
-    allocation: Counter[tuple[str, str]] = Counter()
-    for key in before.keys() | after.keys():
-        was, now = before.get(key), after.get(key)
-        if was is None or now is None or was[0] != now[0]:
-            if was is not None:
-                allocation[(was[0], "removed")] += 1
-            if now is not None:
-                allocation[(now[0], "added")] += 1
-        elif status_name(was[1]) != status_name(now[1]):
-            status[(now[0], status_name(was[1]), status_name(now[1]))] += 1
-    found = compare(roster(before), roster(after))
-    assert (found.status, found.allocation) == (dict(status), dict(allocation))
+    named = {  # the plain diff of the invariant test, on named statuses
+        key: {phone: (tenant, status_name(code)) for phone, (tenant, code) in phones.items()}
+        for key, phones in (("before", before), ("after", after))
+    }
+    diff = changes_between(named["before"], named["after"])
+    status = {change: n for change, n in diff.items() if len(change) == 3}
+    allocation = {change: n for change, n in diff.items() if len(change) == 2}
+    first = fold(before).deduplicated
+    for second in (fold(after), fold(after, first)):  # tenants in any order, or the same
+        found = compare(first.roster, second.deduplicated.roster)
+        assert (found.status, found.allocation) == (dict(status), dict(allocation))
+    assert fold(before, first).deduplicated is first  # the same listing: taken over
+    shuffled = fold(dict(reversed(before.items())), first).deduplicated
+    assert compare(first.roster, shuffled.roster).total == 0  # the same phones in another order
+
+
+def test_a_million_phone_comparison_leaves_the_loop_free_to_answer(
+    simulator: Callable[..., Simulator],
+    write_config: Callable[..., Path],
+    exporter_server: Callable[..., RunningExporter],
+) -> None:
+    """Comparing a million phones takes half a second: in steps, the exporter's loop answers
+    ``/-/healthy`` between them (it stalled for the whole of it)."""
+    exp = exporter_server(write_config(targets=[target_entry(simulator(phones=1))]))
+    tenants = ("t0", "t1", "t2")
+    phones: Phones = {hash(("id", n)) | 1: (tenants[n % 3], n % 2) for n in range(1_000_000)}
+    tracker = ChangeTracker()
+    first = fold(phones)
+    exp.exporter.run(tracker.observe(first.build()))  # the baseline
+    for key in list(phones)[::100]:  # 10,000 phones change status
+        phones[key] = (phones[key][0], 1 - (phones[key][1] or 0))
+    second = fold(phones, first.deduplicated).build()
+    with HealthWatch(exp.url) as health:
+        observed = asyncio.run_coroutine_threadsafe(tracker.observe(second), exp.exporter.loop)
+        found = observed.result(timeout=60)[1].found
+    assert found is not None
+    assert found.total == 10_000
+    assert health.answers > 5, "the comparison ended before it could be watched"
+    assert health.worst < 0.05, f"/-/healthy took up to {health.worst:.3f} s"

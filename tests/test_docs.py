@@ -44,8 +44,9 @@ DEMO_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q . && .venv/bin/cec-phone-exporter demo"
 )
 TEST_COMMAND = "bash scripts/test.sh"
-# Left out of the copy a shell block runs in: bulky or machine-specific.
-COPY_IGNORE = shutil.ignore_patterns(
+# Left out of the copy a shell block runs in, when git cannot list a clone's files: what is
+# bulky or built, and the real-account files the README has a user make (git-ignored).
+_BULKY = shutil.ignore_patterns(
     ".git",
     ".venv",
     ".venv-*",
@@ -57,6 +58,13 @@ COPY_IGNORE = shutil.ignore_patterns(
     "build",
     "dist",
 )
+_REAL_ACCOUNT = {"config.yml", "secrets"}
+
+
+def copy_ignore(folder: str, names: list[str]) -> set[str]:
+    """What ``shutil.copytree`` leaves out of ``folder`` in the copy of the repository."""
+    ignored = set(_BULKY(folder, names))
+    return ignored | (_REAL_ACCOUNT & set(names)) if Path(folder) == REPO else ignored
 
 
 # --- (a) the documented commands run ---------------------------------------------------------
@@ -69,11 +77,35 @@ SHELL_BLOCKS = [
 ]
 
 
+def clone_files() -> list[str] | None:
+    """The files a clone of this checkout holds, as git lists them (tracked, or new and not
+    ignored), or None outside a git work tree: never the ignored ``config.yml`` and
+    ``secrets/`` a user made for a real account by the README's steps."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    listed = subprocess.run(
+        [git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        return None
+    return [name for name in listed.stdout.decode().split("\0") if (REPO / name).is_file()]
+
+
 @pytest.fixture
 def fresh_checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A copy of the repository whose ``.venv`` is this test's installation; its environment."""
+    """A copy of the repository as a clone has it, whose ``.venv`` is this test's
+    installation; its environment."""
     work = tmp_path / "checkout"
-    shutil.copytree(REPO, work, ignore=COPY_IGNORE)
+    names = clone_files()
+    if names is None:  # a source tree without git: all but what is bulky or built
+        shutil.copytree(REPO, work, ignore=copy_ignore)
+    for name in names or ():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, work / name)
     (work / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     bin_dir = str(Path(sys.executable).parent)
     env = {

@@ -358,3 +358,23 @@ def test_tls_certificate_that_does_not_verify_passes_with_ca_file(
     tokens = [requests(text, name).get(f"{T}:success", 0) for name in ("trusted", "insecure")]
     assert sum(tokens) == 1
     assert_clean_logs(caplog, sim)
+
+
+def test_the_statuses_retried_and_401_exist_at_zero_so_a_first_burst_shows(
+    harness: Callable[..., Harness],
+) -> None:
+    """A first 503 burst must show in ``increase()``: its series was there at 0 before."""
+    h = harness()
+    text = h.scrape()
+    assert_up(text, h.sim)
+    statuses = {"401", "429", "500", "502", "503", "504"}
+    zeros = {
+        (labels["api"], labels["status_code"]): value
+        for labels, value in samples_named(text, "cec_api_http_errors_total")
+        if labels["target"] == "sim"
+    }
+    assert zeros == {(api, status): 0 for api in (Q, T) for status in statuses}
+    h.sim.add_fault(Fault("http_status", value=503, pages=(1,), times=2, retry_after=0))
+    text = h.scrape()
+    assert_up(text, h.sim)  # retried: the third try of page 1 succeeds
+    assert http_errors(text) == {f"{Q}:503": 2}

@@ -20,6 +20,7 @@ from exporter.cec.errors import InvalidResponse
 from exporter.cec.keyset import KeySet
 from exporter.cec.parse import parse_page, parse_token
 from exporter.cec.records import Page, Status, Token
+from exporter.cec.roster import Roster, compare
 from exporter.cec.snapshot import SnapshotBuilder
 from exporter.cec.text import VENDOR_TEXT_CHARS
 
@@ -399,11 +400,12 @@ def test_folding_counts_each_identity_once(
     builder = SnapshotBuilder(per_phone=True)
     expected: Counter[tuple[str, Status]] = Counter()
     seen: set[int] = set()
-    duplicates = 0
+    duplicates = offset = 0
     for picks in pages:
         records = [phones[i % len(phones)] for i in picks]
         page = parse_page(encode({"retCode": "0", "result": {"phone": records}}))
-        builder.add(page)
+        builder.add(page, offset)
+        offset += len(records)
         for phone in page.phones:
             if phone.key is not None and phone.key in seen:
                 duplicates += 1
@@ -416,6 +418,39 @@ def test_folding_counts_each_identity_once(
     assert snapshot.duplicates == duplicates
     assert snapshot.phones is not None
     assert all(number.strip() == number and number for _, number in snapshot.phones)
+
+
+@FUZZ
+@given(
+    pool_of_phones,
+    st.lists(st.lists(st.integers(0, 7), max_size=6), min_size=1, max_size=5),
+    st.randoms(use_true_random=False),
+)
+def test_folding_is_the_same_in_any_page_order(
+    phones: list[dict[str, object]], pages: list[list[int]], rng: Any
+) -> None:
+    """Pages arrive in any order: the record at the lower offset is the phone, so the counts,
+    the per-phone series and the roster do not depend on which page came first."""
+    parsed, offset = [], 0
+    for picks in pages:
+        records = [phones[i % len(phones)] for i in picks]
+        parsed.append((parse_page(encode({"retCode": "0", "result": {"phone": records}})), offset))
+        offset += len(records)
+
+    def fold(order: list[tuple[Page, int]]) -> tuple[tuple[Any, ...], Roster]:
+        builder = SnapshotBuilder(per_phone=True)
+        for page, at in order:
+            builder.add(page, at)
+        snapshot = builder.build()
+        assert snapshot.roster is not None
+        found = snapshot.counts, snapshot.phones, snapshot.duplicates, builder.records
+        return found, snapshot.roster
+
+    shuffled = list(parsed)
+    rng.shuffle(shuffled)
+    (in_order, before), (any_order, after) = fold(parsed), fold(shuffled)
+    assert any_order == in_order
+    assert compare(before, after).total == 0  # phone by phone, the same rosters
 
 
 @FUZZ
@@ -433,7 +468,8 @@ def test_folding_counts_each_identity_once(
     st.integers(0, 2000),
 )
 def test_keyset_holds_each_key_once(pages: list[list[int | None]], hint: int) -> None:
-    """``KeySet`` against a plain set, through resizes: the 63 high bits are the identity."""
+    """``KeySet`` against a plain set, through resizes: the 63 high bits are the identity,
+    and 0 is no key (a phone with neither id nor number)."""
     keys = KeySet()
     model: set[int] = set()
     if hint % 2:
@@ -441,19 +477,19 @@ def test_keyset_holds_each_key_once(pages: list[list[int | None]], hint: int) ->
     for page in pages:
         expected = []
         for position, key in enumerate(page):
-            if key is None:
+            if not key:
                 continue
             if key | 1 in model:
                 expected.append(position)
             model.add(key | 1)
-        assert keys.add(page) == expected
+        assert keys.add([key or 0 for key in page]) == expected
         assert len(keys) == len(model)
 
 
 def test_keyset_finds_every_key_again_after_growing() -> None:
     keys = KeySet()
     pages = [[hash(("id", str(n))) for n in range(start, start + 100)] for start in (0, 1000, 2000)]
-    pages += [list(range(k << 20, (k << 20) + 200, 2)) for k in range(10)]  # runs of slots
+    pages += [list(range((k << 20) + 2, (k << 20) + 202, 2)) for k in range(10)]  # runs of slots
     for page in pages:
         assert keys.add(page) == []
     assert len(keys) == 1300

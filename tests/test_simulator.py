@@ -399,6 +399,18 @@ def test_fault_no_total_leaves_total_out_of_the_chosen_pages(
     assert legacy["regIPAddress"]
 
 
+def test_fault_twin_repeats_a_phone_with_another_tenant_and_status(
+    sim: Simulator, client: httpx2.Client
+) -> None:
+    token = get_token(client)
+    sim.set_faults([Fault("twin", pages=(2,), value=30), Fault("twin", pages=(1,))])
+    pages = [query(client, token, o, 100).json()["result"]["phone"] for o in (0, 100, 200)]
+    assert [len(page) for page in pages] == [100, 101, 51]
+    for twin, phone in ((pages[2][0], pages[0][30]), (pages[1][0], pages[0][0])):
+        assert (twin["id"], twin["phoneNum"]) == (phone["id"], phone["phoneNum"])
+        assert (twin["tenantId"], status_name(twin)) != (phone["tenantId"], status_name(phone))
+
+
 @pytest.mark.parametrize(
     ("fault", "check"),
     [

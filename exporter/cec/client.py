@@ -23,6 +23,7 @@ from exporter.cec.budget import Booking
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import (
     QUERY_API,
+    RETRYABLE_STATUS,
     TOKEN_API,
     BudgetExceeded,
     CecError,
@@ -38,7 +39,8 @@ from exporter.cec.parse import parse_page, parse_token
 from exporter.cec.records import Page, Token
 from exporter.cec.redact import hold_secret, release_secrets
 from exporter.cec.run import CollectionRun
-from exporter.cec.snapshot import Snapshot, SnapshotBuilder
+from exporter.cec.snapshot import Deduplicated, Snapshot, SnapshotBuilder
+from exporter.cec.steps import in_steps
 from exporter.cec.target import TargetConfig
 from exporter.cec.text import fields
 from exporter.cec.token import TokenCache
@@ -49,7 +51,6 @@ from exporter.cec.upstream import Upstream
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 3
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
@@ -86,6 +87,9 @@ class CecClient:
         hold_secret(self, "app_key", target.app_key)
         if target.app_secret.value is not None:
             hold_secret(self, "app_secret", target.app_secret.value)
+        # The last success's records de-duplicated: a collection that lists the same takes
+        # them over (SnapshotBuilder.after), which costs no key set and no comparison.
+        self._last: Deduplicated | None = None
 
     async def aclose(self) -> None:
         """Give the shared pool back (its last user closes the connections); what this
@@ -203,7 +207,10 @@ class CecClient:
         cache, secret = self._token_cache(rejected=False)
         fetch = functools.partial(self._fetch_token, run, tries, secret)
         token = self._report(await cache.get(fetch, self.target.name))
-        run.trace.token(f"token reused: valid for another {token.expires_at - time.time():.0f}s")
+        if not run.trace.token_noted:  # the first decision only: no text to make per page
+            run.trace.token(
+                f"token reused: valid for another {token.expires_at - time.time():.0f}s"
+            )
         payload = self._query_payload(offset)
 
         async def send(token: Token) -> Page:
@@ -307,6 +314,7 @@ class CecClient:
         """Read every page; an incomplete read is retried once from the first page."""
         started = time.monotonic()
         builder = await self._read_pages(run)
+        await in_steps(builder.deduplicating())  # a million phones: the loop serves meanwhile
         problem = builder.incomplete()
         if problem is not None:
             # Another pass costs about as long as this one: start it only if it can finish.
@@ -320,10 +328,12 @@ class CecClient:
             )
             run.trace.note(f"{problem}; reading again from the first page")
             builder = await self._read_pages(run)
+            await in_steps(builder.deduplicating())
             problem = builder.incomplete()
             if problem is not None:
                 raise IncompleteError(f"{problem}, twice in a row")
         snapshot = builder.build()
+        self._last = builder.deduplicated
         if snapshot.phones_truncated:
             log.warning(
                 "per-phone series capped",
@@ -332,45 +342,49 @@ class CecClient:
         return snapshot
 
     async def _read_pages(self, run: CollectionRun) -> SnapshotBuilder:
-        """One pass over every page, from the first, folded into a fresh builder."""
+        """One pass over every page, from the first, folded into a fresh builder.
+
+        Pages are read one by one until one gives ``total`` (the first, as a rule), then
+        the rest ``max_concurrency`` at a time. Without any ``total``, up to a short page
+        that the next one, empty, shows to be the last.
+        """
         target = self.target
-        builder = SnapshotBuilder(per_phone=target.per_phone_metrics)
-        first = await self.query_page(run, 0)
-        builder.add(first)
-        if first.total is None:
-            await self._read_until_short_page(run, builder, len(first.keys))
-            return builder
-        pages = self._pages = max(1, math.ceil(first.total / target.page_size))
+        builder = SnapshotBuilder.after(self._last, per_phone=target.per_phone_metrics)
+        offset, short = 0, None
+        while builder.total is None:
+            page = await self.query_page(run, offset)
+            builder.add(page, offset)
+            if builder.total is not None:
+                offset += target.page_size
+                break
+            if short is not None:  # a page after a short one: it had no end, or this one
+                if page.keys:
+                    builder.gap = short
+                self._pages = builder.pages
+                return builder
+            if len(page.keys) < target.page_size:
+                short = offset  # the end, if the next page is empty: nothing to count against
+            elif builder.pages >= target.max_pages:
+                raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
+            offset += target.page_size
+        total = builder.total
+        pages = self._pages = max(1, math.ceil(total / target.page_size))
         if pages > target.max_pages:
             raise PageLimitError(
-                f"total {first.total} needs {pages} pages, more than max_pages "
+                f"total {total} needs {pages} pages, more than max_pages "
                 f"{target.max_pages} at page_size {target.page_size}"
             )
-        if run.booking is not None and not run.booking.need(pages - 1):
-            raise BudgetExceeded(run.booking.refusal(pages - 1, "after the first page"))
-        builder.expect(first.total)  # now a trusted size: one allocation for the keys
-        offsets = iter(range(target.page_size, first.total, target.page_size))
+        rest = range(offset, total, target.page_size)
+        if run.booking is not None and not run.booking.need(len(rest)):
+            raise BudgetExceeded(run.booking.refusal(len(rest), "after the first page"))
+        offsets = iter(rest)
 
         async def worker() -> None:
             for offset in offsets:  # shared iterator: each offset is taken once
-                builder.add(await self.query_page(run, offset))
+                builder.add(await self.query_page(run, offset), offset)
 
         await _run_workers(run, target.max_concurrency, worker)
         return builder
-
-    async def _read_until_short_page(
-        self, run: CollectionRun, builder: SnapshotBuilder, first_size: int
-    ) -> None:
-        """Without a ``total``, page on sequentially until a short page or ``max_pages``."""
-        size, offset = first_size, 0
-        while size >= self.target.page_size:
-            if builder.pages >= self.target.max_pages:
-                raise PageLimitError(f"no total reported and max_pages {builder.pages} reached")
-            offset += self.target.page_size
-            page = await self.query_page(run, offset)
-            builder.add(page)
-            size = len(page.keys)
-        self._pages = builder.pages
 
 
 def _retryable(err: CecError) -> bool:

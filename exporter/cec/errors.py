@@ -35,6 +35,11 @@ REASONS = (
 )
 """Every reason a collection can fail for; ``budget``: the app's ``requests_per_second``
 could not fit the whole collection before its deadline, so it was refused unsent."""
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+"""HTTP statuses the client tries again after (with backoff), as a vendor's gateway asks."""
+FORESEEN_STATUS = (401, *sorted(RETRYABLE_STATUS))
+"""Error statuses the client expects (401: a token to renew), whose request counters exist
+at 0 from the start, so that the first burst of one shows in ``increase()``."""
 
 
 class CecError(Exception):

@@ -8,7 +8,8 @@ loop costs about as much per key as building and merging a set per page.
 
 Each key carries a 32-bit value in a parallel array (4 bytes a slot more): what a
 phone was (tenant and status, ``exporter.cec.snapshot``), so that two collections
-can be compared key by key without a Python object per phone.
+can be compared key by key without a Python object per phone. Keys are added in the
+order of the vendor's list, so the one held is the record at the lowest offset.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Sequence
 from itertools import compress
 
 _MIN_SLOTS = 256
-_ABSENT = 0xFFFFFFFF  # never a value: the low two bits (a status) are never both set
+ABSENT = 0xFFFFFFFF
+"""Never a value (its low two bits, a status, are never both set): a key ``before`` lacks."""
 
 
 def _slots_for(keys: int) -> int:
@@ -28,7 +30,8 @@ def _slots_for(keys: int) -> int:
 
 
 class KeySet:
-    """Distinct non-None ints (hashes: any 64-bit signed value), added a page at a time."""
+    """Distinct non-zero ints (hashes: any 64-bit signed value), added a page at a time; 0
+    is no key (a phone with neither id nor number)."""
 
     __slots__ = ("_mask", "_table", "_used", "_values")
 
@@ -56,17 +59,17 @@ class KeySet:
             table[slot] = held
             values[slot] = value
 
-    def add(self, keys: Sequence[int | None], values: Sequence[int] = ()) -> list[int]:
+    def add(self, keys: Sequence[int], values: Sequence[int] = ()) -> list[int]:
         """Add ``keys`` (with ``values``, one each, when given; a repeat keeps its first);
-        returns the positions of those already held (None is never held)."""
+        returns the positions of those already held (0 is never held)."""
         self.reserve(len(keys))
         return self._insert(keys, values or bytes(len(keys)))
 
-    def _insert(self, keys: Sequence[int | None], new_values: Sequence[int]) -> list[int]:
+    def _insert(self, keys: Sequence[int], new_values: Sequence[int]) -> list[int]:
         table, values, mask = self._table, self._values, self._mask
         repeats: list[int] = []
         for position, raw in enumerate(keys):
-            if raw is None:
+            if not raw:
                 continue
             # Stored with the low bit set, so never 0; the slot comes from the other
             # 63 bits, so the stored value alone finds its slot again on a resize.
@@ -82,34 +85,35 @@ class KeySet:
             else:
                 table[slot] = key
                 values[slot] = new_values[position]
-        self._used += len(keys) - len(repeats) - keys.count(None)
+        self._used += len(keys) - len(repeats) - keys.count(0)
         return repeats
 
-    def value_counts(self) -> Counter[int]:
-        """How many keys hold each value (C-level: no Python loop per key)."""
-        return Counter(compress(self._values, self._table))
+    @property
+    def slots(self) -> int:
+        """The table's size: ``pair_counts`` takes a range of these."""
+        return len(self._table)
 
-    def pair_counts(self, before: KeySet) -> dict[tuple[int, int], int]:
-        """For each key here: (its value, its value in ``before`` or -1 when absent) -> keys.
+    def pair_counts(self, before: KeySet, start: int = 0, stop: int | None = None) -> Counter[int]:
+        """For each key in slots ``start`` to ``stop`` here: its value and its value in
+        ``before`` (or ``ABSENT``), packed as ``value << 32 | before's``, counted.
 
-        Each pair is packed into one int in a flat array and counted at the end in C: a
-        ``Counter`` update per key would cost a third more.
+        A range, so that a million keys can be compared a slice at a time. Each pair is
+        packed into one int in a flat array and counted at the end in C: a ``Counter``
+        update per key would cost a third more.
         """
         table, values, mask = before._table, before._values, before._mask
+        here = self._table[start:stop]
         packed = array("Q")
         append = packed.append
-        for key, value in compress(zip(self._table, self._values, strict=True), self._table):
+        for key, value in compress(zip(here, self._values[start:stop], strict=True), here):
             slot = (key >> 1) & mask
             held = table[slot]
             while held != key:
                 if not held:
-                    append(value << 32 | _ABSENT)
+                    append(value << 32 | ABSENT)
                     break
                 slot = (slot + 1) & mask
                 held = table[slot]
             else:
                 append(value << 32 | values[slot])
-        return {
-            (pair >> 32, -1 if pair & _ABSENT == _ABSENT else pair & _ABSENT): n
-            for pair, n in Counter(packed).items()
-        }
+        return Counter(packed)

@@ -214,7 +214,10 @@ def _injective_ids(ids: tuple[int | str, ...], all_ints: bool) -> tuple[int | st
     ``all_ints``: the caller knows every id is an int (the usual page), so no type check.
     """
     ints = cast("tuple[int, ...]", ids) if all_ints else [i for i in ids if type(i) is int]
-    if not ints or (min(ints) > -_HASH_MODULUS and max(ints) < _HASH_MODULUS and -1 not in ints):
+    if not ints:
+        return ids
+    lowest = min(ints)  # -1 can only be there when some id is negative
+    if lowest > -_HASH_MODULUS and max(ints) < _HASH_MODULUS and (lowest > -1 or -1 not in ints):
         return ids  # the usual case: checked at C speed, nothing to change
     return tuple(map(_hashable_id, ids))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -89,18 +89,22 @@ class Page:
     Tenants and codes are read per distinct pair when counting (a page has a few),
     not per phone: that is most of what parsing a page would cost."""
 
-    def pair_values(self, value: Callable[[str, str], int]) -> list[int]:
-        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair."""
-        pairs = set(zip(self.tenants, self.codes, strict=True))
-        known = {pair: value(text_of(pair[0]), status_of(pair[1])) for pair in pairs}
-        return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
+    def pair_values(
+        self, value: Callable[[str, str], int], known: dict[tuple[object, object], int]
+    ) -> list[int]:
+        """``value(tenant_id, status value)`` of each phone, computed once per distinct pair
+        as decoded and remembered in ``known`` (from one page to the next: the same few)."""
+        try:
+            return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
+        except KeyError:  # a pair not seen before
+            for pair in set(zip(self.tenants, self.codes, strict=True)).difference(known):
+                known[pair] = value(text_of(pair[0]), status_of(pair[1]))
+            return list(map(known.__getitem__, zip(self.tenants, self.codes, strict=True)))
 
-    def rows(self, skip: Container[int] = ()) -> Iterator[tuple[str, str, str]]:
-        """(phone_num, tenant_id, status value) of each phone not in ``skip``."""
-        columns = zip(self.numbers, self.tenants, self.codes, strict=True)
-        for position, (number, tenant, code) in enumerate(columns):
-            if position not in skip:
-                yield number, text_of(tenant), status_of(code)
+    def rows(self) -> Iterator[tuple[str, str, str]]:
+        """(phone_num, tenant_id, status value) of each phone, in the order received."""
+        for number, tenant, code in zip(self.numbers, self.tenants, self.codes, strict=True):
+            yield number, text_of(tenant), status_of(code)
 
     @property
     def phones(self) -> tuple[Phone, ...]:

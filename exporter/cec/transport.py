@@ -114,6 +114,9 @@ class Transport:
         # Absolute URLs, built once: a path is parsed and merged with base_url per request
         # (two URL parses, a tenth of the client's CPU per page).
         self._urls = {p: self.http.build_request("POST", p).url for p in (TOKEN_PATH, QUERY_PATH)}
+        # Built once too: from a float, httpx2 checks ``isinstance(x, SupportsFloat)`` (a
+        # Protocol, slow) on every request.
+        self._timeout = httpx2.Timeout(target.timeout_seconds)
 
     @property
     def http(self) -> httpx2.AsyncClient:
@@ -151,7 +154,7 @@ class Transport:
                     self._urls[path],
                     headers=headers,
                     json=payload,
-                    timeout=self.target.timeout_seconds,
+                    timeout=self._timeout,
                 ) as response:
                     status = response.status_code
                     if status != 200:
@@ -188,7 +191,9 @@ class Transport:
             finally:
                 seconds = time.monotonic() - started
                 self._observer.request_done(api, outcome, seconds, status, ret_code)
-                if api == QUERY_API and outcome == "success":
+                if ret_code is not None:
+                    ret_code = clip(ret_code, RET_CODE_CHARS)
+                elif api == QUERY_API and outcome == "success":
                     ret_code = "0"  # it passed the retCode check
                 record = RequestRecord(
                     at=max(0.0, run.trace.elapsed() - seconds),
@@ -198,7 +203,7 @@ class Transport:
                     outcome=outcome,
                     seconds=seconds,
                     status=status,
-                    ret_code=None if ret_code is None else clip(ret_code, RET_CODE_CHARS),
+                    ret_code=ret_code,
                     ret_msg=None if ret_msg is None else clip(ret_msg, TRACE_TEXT_CHARS),
                     waited=waited,
                 )
@@ -206,19 +211,20 @@ class Transport:
 
     def _record(self, run: CollectionRun, record: RequestRecord) -> None:
         """One debug log line per request (never a secret), and the collection's record."""
-        log.debug(
-            "API request",
-            extra=fields(
-                target=self.target.name,
-                api=record.api,
-                offset=record.offset,
-                status=record.status,
-                ret_code=record.ret_code,
-                duration=record.seconds,
-                attempt=record.attempt,
-                outcome=record.outcome,
-            ),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # its fields cost a tenth of a page's fold
+            log.debug(
+                "API request",
+                extra=fields(
+                    target=self.target.name,
+                    api=record.api,
+                    offset=record.offset,
+                    status=record.status,
+                    ret_code=record.ret_code,
+                    duration=record.seconds,
+                    attempt=record.attempt,
+                    outcome=record.outcome,
+                ),
+            )
         run.trace.request(record)
 
     async def _read_capped(self, response: httpx2.Response) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -33,7 +34,7 @@ from exporter.http.landing import landing_page
 from exporter.http.limits import Limits
 from exporter.http.listener import Server, open_server
 from exporter.http.prefix import local_path
-from exporter.scrape import Exporter
+from exporter.scrape import Exporter, Scrape
 from exporter.scrape.families import Families
 from exporter.settings import WebConfig, WebConfigFile, redacted_config
 
@@ -287,13 +288,20 @@ class App:
             headers.append(("Content-Encoding", "gzip"))
         return Response(200, body, content_type, headers)
 
+    async def _answer(self, request: Request, scrape: Scrape) -> Response:
+        """The exposition of ``scrape``; how long it took widens the next scrapes' margin."""
+        started = time.monotonic()
+        response = await self._encode(request, scrape.registry)
+        self.exporter.answered(scrape, time.monotonic() - started)
+        return response
+
     async def _metrics(self, request: Request) -> Response:
         # node_exporter's collect[] filter: `collect[]=exporter` gives the exporter's own
         # metrics without collecting any target (sharded replicas: docs/scaling.md).
         wanted = request.query.get("collect[]")
         if wanted is None:
             scrape = await self.exporter.scrape(None, request.scrape_timeout)
-            return await self._encode(request, scrape.registry)
+            return await self._answer(request, scrape)
         if set(wanted) != {"exporter"}:
             message = b"collect[] accepts only exporter (the exporter's own metrics)\n"
             return Response(400, message)
@@ -309,7 +317,7 @@ class App:
             report, _ = await debug_report(self.exporter, names[0], request.scrape_timeout)
             return Response(200, report.encode())
         scrape = await self.exporter.scrape(names[0], request.scrape_timeout)
-        return await self._encode(request, scrape.registry)
+        return await self._answer(request, scrape)
 
     async def _landing(self, request: Request) -> Response:
         page = landing_page(

@@ -18,11 +18,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporter.cec.errors import APIS, OUTCOMES, REASONS
+from exporter.cec.errors import APIS, FORESEEN_STATUS, OUTCOMES, REASONS
 
-HTTP_STATUSES_AT_ZERO = ("401", "429", "500", "502", "503", "504")
-"""The error statuses a vendor gateway answers in bursts: their series exist from the start,
-so ``increase()`` sees the first burst and the dashboard draws 0, not "No data"."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MAX_LABEL_CODE = 8
 
@@ -69,15 +66,15 @@ class ApiMetrics:
         self._token_expiry: dict[str, float] = {}
 
     def add_target(self, target: str) -> None:
-        """Start every outcome, common HTTP error and failure reason at zero, so ``rate()``
-        sees the first one."""
+        """Start every outcome, failure reason and foreseen HTTP error status at zero, so
+        ``rate()`` and ``increase()`` see the first one."""
         with self._lock:
             for api in APIS:
                 _ = self._latency[(target, api)]
                 for outcome in OUTCOMES:
                     _ = self._requests[(target, api, outcome)]
-                for status in HTTP_STATUSES_AT_ZERO:
-                    _ = self._http_errors[(target, api, status)]
+                for status in FORESEEN_STATUS:
+                    _ = self._http_errors[(target, api, str(status))]
             for reason in REASONS:
                 self._failures.setdefault((target, reason), 0)
             self._abandoned.setdefault(target, 0)

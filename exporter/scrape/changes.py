@@ -11,14 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from exporter.cec.snapshot import (
-    ALLOCATION_CHANGES,
-    STATUS_PAIRS,
-    Changes,
-    Roster,
-    Snapshot,
-    compare,
-)
+from exporter.cec.roster import ALLOCATION_CHANGES, STATUS_PAIRS, Changes, Roster, comparing
+from exporter.cec.snapshot import Snapshot
+from exporter.cec.steps import in_steps
 
 EXAMPLES = 5
 """Phone numbers the debug probe names per collection (with per_phone_metrics)."""
@@ -51,10 +46,12 @@ class ChangeTracker:
         self._status: dict[tuple[str, str, str], int] = {}
         self._allocation: dict[tuple[str, str], int] = {}
 
-    def observe(self, snapshot: Snapshot) -> tuple[Snapshot, ChangeReport]:
+    async def observe(self, snapshot: Snapshot) -> tuple[Snapshot, ChangeReport]:
         """Compare a successful collection with the baseline, count, and make it the baseline.
 
         Returns the snapshot without its roster (the tracker keeps that) and the report.
+        The comparison lets the event loop run between its steps: at a million phones it
+        takes half a second, which would hold up every scrape and health check.
         """
         roster = snapshot.roster
         before, before_phones = self._baseline, self._phones
@@ -68,7 +65,9 @@ class ChangeTracker:
                 status.setdefault((tenant, was, now), 0)
             for change in ALLOCATION_CHANGES:
                 allocation.setdefault((tenant, change), 0)
-        found = None if before is None or roster is None else compare(before, roster)
+        found = (
+            None if before is None or roster is None else await in_steps(comparing(before, roster))
+        )
         examples: tuple[str, ...] = ()
         if found is not None:
             for pair, n in found.status.items():

@@ -26,7 +26,12 @@ from exporter.cec import Upstream
 from exporter.cec.text import fields
 from exporter.runtime import LoopThread
 from exporter.scrape.api_metrics import ApiMetrics
-from exporter.scrape.collection import Collection, CollectionSummary, collection_timeout
+from exporter.scrape.collection import (
+    AfterCut,
+    Collection,
+    CollectionSummary,
+    collection_timeout,
+)
 from exporter.scrape.families import Families, collection_families, exporter_families
 from exporter.scrape.target import TargetCollector
 from exporter.settings import Config, ConfigError, load_config
@@ -59,6 +64,9 @@ class Exporter:
     ) -> None:
         self.config_path = config_path
         self.api_metrics = ApiMetrics()
+        self.after_cut = AfterCut()
+        """What the work after the collections' deadline takes: the scrapes' margin grows
+        with it (``collection_timeout``)."""
         self.upstream = Upstream(config.max_inflight_requests)
         self._io = loop or LoopThread()
         self._targets: dict[str, TargetCollector] = {}
@@ -159,11 +167,14 @@ class Exporter:
         self, names: list[str], scrape_timeout: float | None, now: float
     ) -> dict[str, float]:
         """The instant (``time.monotonic()``) by which each named target's collection must
-        end, for a scrape that started ``now``: the scrape's timeout less a margin, capped
-        by the target's ``timeout_seconds``. Names not configured are left out."""
+        end, for a scrape that started ``now``: the scrape's timeout less a margin that
+        grows with the work after the cut, capped by the target's ``timeout_seconds``
+        (``now`` itself: too little time to start it). Names not configured are left out."""
         targets = self._targets
+        after_cut = self.after_cut.seconds(len(names))
         return {
-            name: now + collection_timeout(scrape_timeout, targets[name].config.timeout_seconds)
+            name: now
+            + collection_timeout(scrape_timeout, targets[name].config.timeout_seconds, after_cut)
             for name in names
             if name in targets
         }
@@ -182,8 +193,22 @@ class Exporter:
                     return collection
             return None
 
+        began = time.monotonic()
         found = await asyncio.gather(*(one(name, at) for name, at in deadlines.items()))
-        return [collection for collection in found if collection is not None]
+        collections = [collection for collection in found if collection is not None]
+        # What cutting the collections that ran into their deadline cost, for the next
+        # scrapes' margins (those given no time at all were never started).
+        cut = [deadlines[c.target] for c in collections if c.reason == "deadline"]
+        cut = [at for at in cut if at > began]
+        ended = time.monotonic()
+        if cut and ended > max(cut):
+            self.after_cut.cut(len(cut), ended - max(cut))
+        return collections
+
+    def answered(self, scrape: Scrape, seconds: float) -> None:
+        """The answer to ``scrape`` took ``seconds`` to build and encode (after its
+        collections): the next scrapes of its size leave that much time for it."""
+        self.after_cut.answered(len(scrape.deadlines), seconds)
 
     async def scrape(
         self, target: str | None = None, scrape_timeout: float | None = None

@@ -14,13 +14,15 @@ import time
 
 from exporter.cec import CecClient, CecError, CollectionTrace, Deadline, TargetConfig, Upstream
 from exporter.cec.text import fields
+from exporter.logs import Throttle
 from exporter.scrape.api_metrics import ApiMetrics
 from exporter.scrape.changes import ChangeTracker
-from exporter.scrape.collection import Collection, CollectionSummary
+from exporter.scrape.collection import COLLECTION_FLOOR_SECONDS, Collection, CollectionSummary
 
 log = logging.getLogger(__name__)
 
 HISTORY = 10  # recent collections kept per target for the landing page
+_TOO_SHORT = Throttle(60.0)  # one line a minute for every target's refused collections
 
 
 class TargetCollector:
@@ -68,6 +70,8 @@ class TargetCollector:
         cached = self._cached
         if cached is not None and started - cached.finished_mono < self.config.cache_ttl_seconds:
             return cached.aged(started - cached.finished_mono)
+        if deadline <= started:  # the scrape's timeout left no time (collection_timeout)
+            return self._refused()
         # A longer scrape never fails for a shorter one: it extends the shared deadline,
         # or, once that has fired (the collection is being cancelled), waits for the end
         # of that collection and starts its own.
@@ -111,6 +115,27 @@ class TargetCollector:
             reason="deadline",
         )
 
+    def _refused(self) -> Collection:
+        """A collection not started: no time for any vendor request. Counted as ``deadline``
+        (no request is), remembered, logged once a minute however many scrapes ask."""
+        if _TOO_SHORT.ready():
+            log.warning(
+                "scrape timeout too short to collect: failing as deadline without asking the "
+                "vendor (logged once a minute)",
+                extra=fields(target=self.config.name, floor=COLLECTION_FLOOR_SECONDS),
+            )
+        self._observer.collection_failed("deadline")
+        error = f"the scrape timeout left less than {COLLECTION_FLOOR_SECONDS}s: nothing sent"
+        collection = Collection.failed(
+            self.config.name, error, 0.0, self.last_success, reason="deadline"
+        )
+        self._remember(collection)
+        return collection
+
+    def _remember(self, collection: Collection) -> None:
+        """Add ``collection`` to the history (a new tuple: the web threads read it)."""
+        self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
+
     def _cancelled_by_reload(self, task: asyncio.Task[Collection | None]) -> bool:
         """Whether ``task`` was stopped by ``aclose`` (and not the scrape waiting on it).
 
@@ -132,7 +157,7 @@ class TargetCollector:
         """One collection of the target, remembered in the history."""
         collection = await self._read(deadline, CollectionTrace())
         if collection is not None:
-            self.history = (*self.history[1 - HISTORY :], CollectionSummary.of(collection))
+            self._remember(collection)
         return collection
 
     async def _read(self, deadline: Deadline, trace: CollectionTrace) -> Collection | None:
@@ -161,7 +186,7 @@ class TargetCollector:
             error = f"internal error: {type(err).__name__}"
         else:
             self.last_success = time.time()
-            snapshot, changes = self._changes.observe(snapshot)  # once per real collection
+            snapshot, changes = await self._changes.observe(snapshot)  # once per collection
             return Collection(
                 target=self.config.name,
                 snapshot=snapshot,

@@ -188,12 +188,18 @@ def _query_phone(state: SimState, config: SimConfig, headers: Message, body: byt
             "short": sum(_amount(f, 1) for f in faults if f.kind == "short_page"),
             "shift": sum(_amount(f, -1) for f in faults if f.kind == "shift"),
             "no_total": any(f.kind == "no_total" for f in faults),
+            "twin": next((_twin_of(f, offset, limit) for f in faults if f.kind == "twin"), None),
         }
         return Reply(body=_page_body(config, offset, limit, changes))
 
 
 def _amount(fault: Fault, default: int) -> int:
     return int(fault.value) if fault.value is not None else default
+
+
+def _twin_of(fault: Fault, offset: int, limit: int) -> int:
+    """The list position a ``twin`` fault repeats: its value, else the previous page's first."""
+    return _amount(fault, max(offset - limit, 0))
 
 
 def _page_body(config: SimConfig, offset: int, limit: int, changes: dict[str, Any]) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 APIS = ("queryPhone", "tokenByAkSk")
 # Delays run before the answer; modifiers alter a normal page; every other kind *is* the answer.
 DELAY_KINDS = frozenset({"hang", "slow"})
-MODIFIER_KINDS = frozenset({"total_shift", "duplicate", "short_page", "shift", "no_total"})
+MODIFIER_KINDS = frozenset({"total_shift", "duplicate", "twin", "short_page", "shift", "no_total"})
 _SHARED_KINDS = frozenset(
     {"http_status", "malformed_json", "html", "truncated", "not_object", "huge", "close"}
 )
@@ -124,6 +124,9 @@ def _value_problem(kind: str, value: Value) -> str | None:
     if kind == "short_page":
         ok = _is_int(value) and value >= 1
         return None if ok else "must be a positive record count"
+    if kind == "twin":
+        ok = _is_int(value) and value >= 0
+        return None if ok else "must be a phone's position in the list (0 or more)"
     if kind in ("not_object", "result_wrong_type"):
         return None if value in ("list", "string") else "must be 'list' or 'string'"
     return "takes no value"

@@ -233,6 +233,16 @@ def phone_record(config: SimConfig, i: int) -> dict[str, object]:
     return record
 
 
+def twin_record(config: SimConfig, i: int) -> dict[str, object]:
+    """Phone ``i``'s record with its key (``id``, ``phoneNum``) and another content: the
+    tenant ``<tenant>-twin`` and the other status (registered <-> suspended)."""
+    record = phone_record(config, i)
+    record["tenantId"] = f"{record['tenantId']}-twin"
+    registered = record.get("status") in (0, "0")
+    record["status"] = _number(config, 1 if registered else 0)
+    return record
+
+
 def pool_endpoint(node: int) -> dict[str, str]:
     """Distinct registration addresses of pool node ``node`` (1-based)."""
     return {
@@ -252,6 +262,7 @@ def page_result(
     short: int = 0,
     shift: int = 0,
     no_total: bool = False,
+    twin: int | None = None,
 ) -> dict[str, object]:
     """The ``result`` object for one page; only this page's phones are generated.
 
@@ -260,6 +271,8 @@ def page_result(
     ``shift`` moves the page's window by that many records, as when phones are added or
     removed before it while paging: -1 repeats the previous page's last phone and loses
     this page's last one. ``no_total`` leaves ``total`` out (any field may be missing).
+    ``twin`` prepends the phone at that list position with its ``id`` and ``phoneNum`` but
+    another tenant and status: one key, two contents (the lower position is the phone).
     """
     start = max(0, offset + shift)
     indices = list(config.edits.indices(start, min(start + limit, config.phones)))
@@ -269,6 +282,8 @@ def page_result(
         indices.insert(0, config.edits.index(max(offset - limit, 0)))
     total = _number(config, config.phones + total_shift)
     phones = [phone_record(config, i) for i in indices]
+    if twin is not None and twin < config.phones and config.mode != "legacy":
+        phones.insert(0, twin_record(config, config.edits.index(twin)))
     result: dict[str, object] = {} if no_total else {"total": total}
     if config.mode == "legacy":
         return {
