@@ -21,9 +21,9 @@ from typing import cast
 
 from exporter.cec.keyset import KeySet
 from exporter.cec.records import REGISTERED, STATUSES, Endpoint, Page, Status
-from exporter.cec.text import fields
 from exporter.cec.roster import Roster
 from exporter.cec.steps import at_once
+from exporter.cec.text import fields
 
 log = logging.getLogger(__name__)
 
