@@ -69,8 +69,15 @@ class CecClient:
     """The HTTP client for one target; ``read_snapshot`` returns a ``Snapshot``."""
 
     def __init__(
-        self, target: TargetConfig, observer: RequestObserver, upstream: Upstream | None = None
+        self,
+        target: TargetConfig,
+        observer: RequestObserver,
+        upstream: Upstream | None = None,
+        previous: CecClient | None = None,
     ) -> None:
+        """``previous``: the client of the same target name that a reload replaces; what it
+        learnt of the list's size and the vendor's pace carries over (a target whose size
+        is unknown costs a whole scrape's budget to learn it again)."""
         self.target = target
         self._observer = observer
         self._upstream = upstream = upstream or Upstream()
@@ -83,6 +90,11 @@ class CecClient:
         """Pages a pass over the list took last time: what a collection books of a budget."""
         self._request_seconds = 0.0
         """How long a request took last time (the median): the last one must end in time."""
+        if previous is not None:
+            self._request_seconds = previous._request_seconds
+            if previous._pages is not None:  # as many records, at this page size
+                records = previous._pages * previous.target.page_size
+                self._pages = max(1, math.ceil(records / target.page_size))
         # What this target sends stays redacted for as long as it lives (``aclose``).
         hold_secret(self, "app_key", target.app_key)
         if target.app_secret.value is not None:

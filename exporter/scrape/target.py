@@ -41,11 +41,14 @@ class TargetCollector:
         previous: TargetCollector | None = None,
     ) -> None:
         """``previous``: the collector of the same name that a reload replaces. Its last
-        success and history belong to the target's name and carry over; its cache and
-        change baseline belong to the old settings and do not."""
+        success, history and what its client learnt of the list's size belong to the
+        target's name and carry over; its cache and change baseline belong to the old
+        settings and do not."""
         self.config = config
         self._observer = api_metrics.observer(config.name)
-        self.client = CecClient(config, self._observer, upstream)
+        self.client = CecClient(
+            config, self._observer, upstream, None if previous is None else previous.client
+        )
         self.history: tuple[CollectionSummary, ...] = () if previous is None else previous.history
         """Summaries of the most recent collections, oldest first (the landing page).
 
