@@ -46,9 +46,8 @@ class TargetCollector:
         settings and do not."""
         self.config = config
         self._observer = api_metrics.observer(config.name)
-        self.client = CecClient(
-            config, self._observer, upstream, None if previous is None else previous.client
-        )
+        before = None if previous is None else previous.client
+        self.client: CecClient = CecClient(config, self._observer, upstream, before)
         self.history: tuple[CollectionSummary, ...] = () if previous is None else previous.history
         """Summaries of the most recent collections, oldest first (the landing page).
 
