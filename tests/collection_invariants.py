@@ -223,8 +223,9 @@ class Run:
     def _reload(self, changed: set[str]) -> None:
         self._write_config()
         assert self.http.post("/-/reload").status_code == 200, self.exporter.output[-3000:]
-        for name in changed:  # a new collector: a new baseline, counters from 0
-            self.tracked[name] = Tracked(self.tracked[name].app)
+        for name in changed:  # a new collector: a new baseline, counters from 0; its last
+            old = self.tracked[name]  # success stays the name's (not a success of its own)
+            self.tracked[name] = Tracked(old.app, last_success=old.last_success)
 
     # --- the steps ------------------------------------------------------------------------
 
