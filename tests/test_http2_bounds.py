@@ -86,12 +86,21 @@ def test_a_rapid_reset_with_credentials_is_ended_quietly(
     assert_quiet(h2_server)
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["flooding", "quiet-after-goaway"])
 def test_a_socket_is_closed_right_after_its_goaway(
-    h2_server: ServeProcess, pki: dict[str, Path]
+    h2_server: ServeProcess, pki: dict[str, Path], quiet: bool
 ) -> None:
     """After the GOAWAY for a CONTINUATION flood the socket stayed open, unread, until the
-    client left."""
-    flood = h2_flood(h2_server.port, tls_client(pki), CONTINUATION_FLOOD, 8, first=HEADERS_BEGUN)
+    client left. A client that goes quiet at the GOAWAY, sending no close_notify of its
+    own, was held for the whole TLS shutdown timeout (5 s) where h2 found the error."""
+    flood = h2_flood(
+        h2_server.port,
+        tls_client(pki),
+        CONTINUATION_FLOOD,
+        8,
+        first=HEADERS_BEGUN,
+        quiet_after_goaway=quiet,
+    )
     assert flood.goaway is not None, flood
     assert flood.closed_after is not None, "still open after 8 s"
     assert flood.closed_after < 2.5, flood

@@ -27,7 +27,8 @@ That takes names hypercorn, h11 and h2 do not promise (``PRIVATE_NAMES``), and w
   still unanswered) and ``H11Protocol._check_protocol``, replaced on each connection: it
   is what switches to HTTP/2 on ``Upgrade: h2c`` or a prior-knowledge preface.
 - ``H2Protocol._handle_events``, wrapped on each connection (the guard), with
-  ``H2Protocol._flush``, ``.streams`` and ``.connection`` (h2's public H2Connection).
+  ``H2Protocol._flush``, ``.streams`` and ``.connection`` (h2's public H2Connection),
+  whose ``state_machine`` (not documented) says whether a GOAWAY has ended it.
 - ``hypercorn.asyncio.worker_context.WorkerContext`` and its ``terminated`` event, set at
   shutdown so that idle connections close; ``hypercorn.app_wrappers.ASGIWrapper``;
   ``hypercorn.events``' ``Closed``, ``RawData`` (``.data``) and ``Updated`` (``.idle``).
@@ -51,6 +52,7 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -114,6 +116,7 @@ PRIVATE_NAMES: tuple[Reliance, ...] = (
     Reliance(H2Protocol, "_flush", parameters=()),
     Reliance(H2Protocol, "streams", set_in="__init__"),
     Reliance(H2Protocol, "connection", set_in="__init__"),
+    Reliance(h2.connection.H2Connection, "state_machine", set_in="__init__"),
     Reliance(WorkerContext, "terminated", set_in="__init__"),
     Reliance(RawData, "data"),
     Reliance(Updated, "idle"),
@@ -256,6 +259,13 @@ class _H2Guard:
         self._end.end()
 
 
+def _goaway_sent(wrapper: ProtocolWrapper) -> bool:
+    """Whether the connection is HTTP/2 and has ended by GOAWAY, either side's."""
+    protocol = wrapper.protocol
+    closed = h2.connection.ConnectionState.CLOSED
+    return isinstance(protocol, H2Protocol) and protocol.connection.state_machine.state is closed
+
+
 def _adjust(protocol: H11Protocol | H2Protocol, connection: _Connection) -> None:
     """The strict buffer and no h2c switch for HTTP/1.1; the guard for HTTP/2."""
     if (parser := _h11_of(protocol)) is not None and isinstance(protocol, H11Protocol):
@@ -324,6 +334,10 @@ class _Connection(TCPServer):
                     event = Closed()
             else:
                 self.slot.active()
+        elif isinstance(event, Closed) and not self._ended and _goaway_sent(self.protocol):
+            # h2 itself ended it (a protocol error: its GOAWAY is out). hypercorn's close
+            # would wait the whole TLS shutdown timeout for a client gone quiet.
+            self.end()
         await super().protocol_send(event)
 
     def end(self) -> None:
