@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -61,6 +60,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import ASGIFramework
 from priority.priority import TooManyStreamsError
 
+from exporter.http.heads import HeadRefused, strict_head
 from exporter.http.limits import Limits, Slot
 from exporter.http.reliance import Reliance, problems_of, versions_needed
 
@@ -143,46 +143,17 @@ _OVERRIDDEN = frozenset({"_read_data", "protocol_send"})
 # --- strict HTTP/1.1 heads ------------------------------------------------------------
 
 
-_REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ (HTTP/[0-9]\.[0-9])")
-_HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
-_LENGTH = b"content-length"
-
-
 class _StrictBuffer(ReceiveBuffer):
-    """h11's receive buffer, refusing what RFC 9112 lets a server refuse: h11 unfolds
-    obs-fold, takes a bare LF as a line end, lets Transfer-Encoding override a
-    Content-Length, merges equal Content-Lengths, accepts chunked framing from HTTP/1.0
-    and serves any HTTP/x.y as 1.x; each lets two parsers on one path (a proxy and us)
-    read one head differently, so such a head gets 400 (505 for another major version)."""
+    """h11's receive buffer, with each head it extracts checked by ``strict_head``."""
 
     def maybe_extract_lines(self) -> list[bytearray] | None:
         size = len(self)
         lines = super().maybe_extract_lines()
         if lines:
-            taken = size - len(self)
-            # Every line and the blank one after them end in CRLF, or some end in LF.
-            if taken != sum(len(line) + 2 for line in lines) + 2:
-                raise h11.RemoteProtocolError("bare LF in a request head", 400)
-            if any(line[:1] in (bytearray(b" "), bytearray(b"\t")) for line in lines[1:]):
-                raise h11.RemoteProtocolError("obs-fold in a request head", 400)
-            fields = [bytes(line).partition(b":") for line in lines[1:]]
-            names = [name.lower() for name, _, _ in fields]
-            lengths = [
-                value.strip() for name, _, value in fields if name.lower() == b"content-length"
-            ]
-            if len(lengths) > 1 or any(not length.isdigit() for length in lengths):
-                raise h11.RemoteProtocolError("not exactly one Content-Length", 400)
-            if _LENGTH in names and b"transfer-encoding" in names:
-                # RFC 9112 6.1: a server may refuse the pair, the classic smuggling vector.
-                raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
-            # Trailers come through here too: only a request line has a version.
-            request = _REQUEST_LINE.fullmatch(lines[0])
-            if request is not None:
-                version = request.group(1)
-                if version not in _HTTP1:
-                    raise h11.RemoteProtocolError("HTTP version not supported", 505)
-                if version == b"HTTP/1.0" and b"transfer-encoding" in names:
-                    raise h11.RemoteProtocolError("Transfer-Encoding in HTTP/1.0", 400)
+            try:
+                strict_head(lines, size - len(self))
+            except HeadRefused as err:
+                raise h11.RemoteProtocolError(str(err), err.status) from None
         return lines
 
 
