@@ -69,6 +69,7 @@ def test_there_are_enough_bad_configs() -> None:
 
 
 @pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
+@pytest.mark.slow
 def test_check_config_refuses(
     path: Path, check_results: dict[Path, subprocess.CompletedProcess[str]]
 ) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from support import RunningExporter, sample, samples_named, target_entry
 
 from exporter.cec.budget import Booking, Budget
@@ -44,6 +45,7 @@ def per_target(text: str, name: str, **labels: str) -> dict[str, float]:
     return found
 
 
+@pytest.mark.slow
 def test_a_budget_for_half_the_targets_keeps_half_up_and_the_other_half_next_time(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -85,6 +87,7 @@ def test_a_budget_for_half_the_targets_keeps_half_up_and_the_other_half_next_tim
     assert len(ever_up) == TARGETS, "a target was starved"
 
 
+@pytest.mark.slow
 def test_one_apps_requests_stay_paced_after_another_app_held_every_inflight_place(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -136,6 +139,7 @@ def test_one_apps_requests_stay_paced_after_another_app_held_every_inflight_plac
 # --- whole collections on one shared budget, end to end --------------------------------------
 
 
+@pytest.mark.slow
 def test_rate_budget_is_shared_per_app(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -201,6 +205,7 @@ def test_a_collection_the_budget_cannot_fit_is_refused_and_next_time_sends_nothi
     assert "(reason budget): requests_per_second 2: 10 requests cannot end" in debug
 
 
+@pytest.mark.slow
 def test_a_reload_keeps_what_the_budget_knows_of_each_target(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -285,6 +290,7 @@ def probe_small(running: RunningExporter) -> float:
     return duration
 
 
+@pytest.mark.slow
 def test_a_target_that_gave_up_leaves_the_shared_budget_to_the_next(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -300,6 +306,7 @@ def test_a_target_that_gave_up_leaves_the_shared_budget_to_the_next(
     assert probe_small(running) < 1.6
 
 
+@pytest.mark.slow
 def test_a_small_target_beside_a_busy_one_on_one_budget_is_served_fairly(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

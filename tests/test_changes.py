@@ -182,6 +182,7 @@ def test_a_failure_in_between_keeps_the_baseline_and_is_compared_once(serve: Ser
         )
 
 
+@pytest.mark.slow
 def test_cache_hits_and_coalesced_scrapes_count_nothing_again(serve: Serve) -> None:
     ttl = 3.0
     sim, exp = serve(cache_ttl_seconds=ttl)
@@ -365,6 +366,7 @@ def test_compare_matches_a_plain_diff(
     assert compare(first.roster, shuffled.roster).total == 0  # the same phones in another order
 
 
+@pytest.mark.slow
 def test_a_million_phone_comparison_leaves_the_loop_free_to_answer(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

@@ -158,6 +158,7 @@ def test_the_auto_reload_interval_is_a_duration_of_a_second_or_more(value: str, 
     assert says in result.output, result.output
 
 
+@pytest.mark.slow
 def test_good_auto_reload_intervals_are_taken() -> None:
     for good in ("0", "1s", "1m30s"):
         result = run_cli("--config.file", "/nonexistent.yml", "--config.auto-reload-interval", good)

@@ -80,6 +80,7 @@ def start(url: str, scrape_timeout: float) -> Scrape:
 
 
 @pytest.mark.parametrize("order", ["short-first", "long-first"])
+@pytest.mark.slow
 def test_a_short_deadline_never_fails_a_longer_one_and_one_collection_serves_both(
     slow_target: tuple[Simulator, RunningExporter], order: str
 ) -> None:
@@ -125,6 +126,7 @@ def failures(metrics: ApiMetrics) -> dict[str, float]:
     return {s.labels["reason"]: s.value for s in family.samples if s.value}
 
 
+@pytest.mark.slow
 def test_a_scrape_joining_just_after_the_deadline_fired_gets_a_collection_of_its_own(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path]
 ) -> None:
@@ -163,6 +165,7 @@ def test_a_scrape_joining_just_after_the_deadline_fired_gets_a_collection_of_its
     assert failures(metrics) == {"deadline": 1}
 
 
+@pytest.mark.slow
 def test_a_loop_that_answers_late_still_gives_cec_up_0_for_every_target(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

@@ -77,6 +77,7 @@ def test_the_same_id_and_number_twice_counts_once_even_without_an_id() -> None:
     assert snapshot.duplicates == 2
 
 
+@pytest.mark.slow
 def test_one_key_with_two_contents_is_the_record_at_the_lower_offset_in_any_arrival_order(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:
@@ -133,6 +134,7 @@ def test_an_id_as_int_and_as_text_is_one_phone() -> None:
 # --- completeness: the records counted must equal total -----------------------------------
 
 
+@pytest.mark.slow
 def test_a_short_page_with_no_time_for_another_pass_fails_incomplete_without_retrying(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:

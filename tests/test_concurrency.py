@@ -191,6 +191,7 @@ def test_a_first_page_total_the_records_do_not_reach_is_read_again(
 # --- the scrape deadline ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_hanging_page_is_cut_at_the_deadline_and_never_delays_another_target(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:
@@ -226,6 +227,7 @@ def test_a_hanging_page_is_cut_at_the_deadline_and_never_delays_another_target(
     assert counts(text, "slow") == expected_counts(slow)
 
 
+@pytest.mark.slow
 def test_a_joined_scrape_gives_up_at_its_own_deadline_while_the_collection_goes_on(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:
@@ -262,6 +264,7 @@ def test_a_joined_scrape_gives_up_at_its_own_deadline_while_the_collection_goes_
 # --- coalescing and the cache -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_simultaneous_scrapes_cost_one_collection_upstream(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:
@@ -440,6 +443,7 @@ def test_max_concurrency_holds_with_retries_in_the_mix(
     assert 1 < in_flight_max <= concurrency
 
 
+@pytest.mark.slow
 def test_connections_are_reused_across_scrapes(
     simulator: StartSim, serve: Callable[..., RunningExporter]
 ) -> None:

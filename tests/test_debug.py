@@ -84,6 +84,7 @@ def test_debug_probe_shows_the_failing_page_and_its_ret_code(
     assert sim.stats()["query_requests"] == 3 + 3 + 4
 
 
+@pytest.mark.slow
 def test_debug_probe_honours_the_scrape_deadline(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -251,6 +252,7 @@ def test_new_paths_need_authentication(
     assert "pw-horse" not in server.stop()
 
 
+@pytest.mark.slow
 def test_scrape_debug_prints_the_report(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path]
 ) -> None:

@@ -239,6 +239,7 @@ def cli_section() -> str:
     return section(CONFIGURATION_DOC, CLI_SECTION)
 
 
+@pytest.mark.slow
 def test_command_table_matches_help(helps: dict[str, list[HelpOption]]) -> None:
     rows = tables_with(cli_section(), "command")
     table: dict[str, set[str]] = {}

@@ -143,6 +143,7 @@ def test_one_token_serves_many_scrapes(simulator, write_config, exporter_server)
     assert expiry > 0
 
 
+@pytest.mark.slow
 def test_a_token_that_expires_is_renewed_before_use(simulator, write_config, exporter_server):
     sim = simulator(phones=50, token_max_seconds=2)
     ex = exporter_server(write_config(targets=[target_entry(sim)]))
@@ -228,6 +229,7 @@ def test_one_secret_value_is_one_token_wherever_it_is_written(
     assert ex.exporter.upstream.pools == 1
 
 
+@pytest.mark.slow
 def test_a_failed_early_renewal_keeps_the_held_token_until_it_expires(
     simulator, write_config, exporter_server
 ):
@@ -420,6 +422,7 @@ def test_config_file_from_environment_and_prometheus_style_alias(simulator, writ
     assert by_alias.returncode == 0, by_alias.stderr
 
 
+@pytest.mark.slow
 def test_scrape_exit_codes(simulator, write_config, tmp_path):
     good, bad = simulator(phones=40), simulator(phones=40)
     bad.set_faults([Fault(kind="ret_code", value="1")])

@@ -230,6 +230,7 @@ def test_one_failed_page_abandons_the_pages_in_flight_counted_as_cancelled(
     assert_clean_logs(h.caplog, h.sim)
 
 
+@pytest.mark.slow
 def test_failed_collections_do_not_use_up_the_connection_pool(
     harness: Callable[..., Harness],
 ) -> None:

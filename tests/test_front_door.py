@@ -130,6 +130,7 @@ def test_no_server_header_names_the_runtime(front: Start) -> None:
     assert b"hypercorn" not in head
 
 
+@pytest.mark.slow
 def test_header_bombs_cost_little_memory(front: Start) -> None:
     """Heads under the old caps (99 lines of 65,000 bytes: 6.4 MB) that never end were
     held whole, in every connection's thread."""
@@ -183,6 +184,7 @@ def test_kept_alive_connections_hold_no_thread_each(front: Start) -> None:
         assert sample(response.text, "cec_up", target="sim") == 1.0
 
 
+@pytest.mark.slow
 def test_open_connections_are_capped_and_refused_cheaply(front: Start) -> None:
     """At the cap a new connection is refused when no open one is idle (here each is busy
     with a head under way); an idle one would be closed to make room
@@ -360,6 +362,7 @@ def test_authorization_headers_of_any_bytes_are_a_401_at_most(front: Start, tmp_
     assert_quiet(server)
 
 
+@pytest.mark.slow
 def test_a_client_that_reads_nothing_is_dropped(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

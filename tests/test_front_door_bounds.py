@@ -34,6 +34,8 @@ from support_attacks import (
 from support_procs import Peaks, ServeProcess
 
 Start = Callable[..., ServeProcess]
+HANDSHAKE_DEADLINE = ("--web.read-header-timeout", "2s")
+"""The head and handshake deadline the tests wait past (10 s by default)."""
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +76,7 @@ def closed_unanswered(conn: socket.socket, data: bytes = HEALTHY) -> bool:
 # --- memory ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_idle_tls_connections_cost_what_the_cap_was_sized_for(
     front: Start, pki: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -94,6 +97,7 @@ def test_idle_tls_connections_cost_what_the_cap_was_sized_for(
     assert not loud_lines(server)
 
 
+@pytest.mark.slow
 def test_unfinished_tls_handshakes_hand_their_memory_back(
     front: Start, pki: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -101,11 +105,12 @@ def test_unfinished_tls_handshakes_hand_their_memory_back(
     kind), with its whole TLS protocol: +150 MiB a round of 500, never returned. And its
     place under the cap: asyncio tells the protocol nothing of a failed handshake, so a
     cap of 600 was spent for good by 600 of them."""
-    server = front("--web-config", str(web_yml(tmp_path, pki)), "--web.max-connections", "600")
+    web = str(web_yml(tmp_path, pki))
+    server = front("--web-config", web, "--web.max-connections", "600", *HANDSHAKE_DEADLINE)
     before = settled_rss(server, 1)
     for _ in range(2):
         with raw_connections(server.port, 500, UNFINISHED_HANDSHAKE) as conns:
-            time.sleep(11)  # past the 10 s handshake deadline: each is cut by the server
+            time.sleep(3)  # past the 2 s handshake deadline: each is cut by the server
             assert all(closed(conn) for conn in conns[:5])
     held = (settled_rss(server) - before) / MIB
     assert held <= 32, f"two rounds of 500 unfinished handshakes left {held:.0f} MiB held"
@@ -115,6 +120,7 @@ def test_unfinished_tls_handshakes_hand_their_memory_back(
     assert not loud_lines(server)
 
 
+@pytest.mark.slow
 def test_unfinished_request_heads_share_one_budget(front: Start) -> None:
     """Each connection's head was capped at 1 MiB, but 300 of them just under it were all
     held: +338 MiB. Past the shared budget the newest incomplete head gets 431."""
@@ -139,6 +145,7 @@ def test_unfinished_request_heads_share_one_budget(front: Start) -> None:
 
 
 @pytest.mark.parametrize("nofile", [None, 128], ids=["nofile-1024:20000", "nofile-128"])
+@pytest.mark.slow
 def test_an_idle_flood_does_not_lock_the_scraper_out(front: Start, nofile: int | None) -> None:
     """At the cap new connections were refused: 5,000 idle kept-alive ones left a scraper
     17 of 89 answers (1 of 65 at nofile 128). Room is now made by closing the longest-idle
@@ -160,6 +167,7 @@ def source_socket(port: int, address: str) -> socket.socket:
     return conn
 
 
+@pytest.mark.slow
 def test_connections_per_client_address_are_bounded(front: Start) -> None:
     server = front("--web.max-per-client", "8")
     with ExitStack() as stack:
@@ -186,23 +194,26 @@ def test_connections_per_client_address_are_bounded(front: Start) -> None:
 # --- keep-alive -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_kept_alive_tls_scraper_keeps_its_connection(
     front: Start, pki: dict[str, Path], tmp_path: Path
 ) -> None:
     """The idle limit was the head deadline (10 s): a scraper at a 15 s interval or more
-    paid a new TLS handshake for every scrape. Idle connections now stay 5 minutes."""
-    server = front("--web-config", str(web_yml(tmp_path, pki)))
+    paid a new TLS handshake for every scrape. Idle connections now stay 5 minutes: here
+    past a head deadline of 2 s."""
+    server = front("--web-config", str(web_yml(tmp_path, pki)), *HANDSHAKE_DEADLINE)
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
         tls_client(pki).wrap_socket(raw, server_hostname="127.0.0.1") as conn,
     ):
-        for pause in (0, 12):
+        for pause in (0, 3):
             time.sleep(pause)
             conn.sendall(HEALTHY)
             assert healthy_answer(conn).startswith(b"HTTP/1.1 200"), f"after {pause}s idle"
     assert not loud_lines(server)
 
 
+@pytest.mark.slow
 def test_the_limits_are_command_line_flags(front: Start) -> None:
     server = front(
         "--web.read-header-timeout", "1s", "--web.idle-timeout", "2s", "--log-level", "debug"

@@ -56,6 +56,7 @@ def assert_quiet(server: ServeProcess) -> None:
 
 
 @pytest.mark.parametrize("unit", [SETTINGS, PING], ids=["settings", "ping"])
+@pytest.mark.slow
 def test_a_control_frame_flood_is_ended(
     h2_server: ServeProcess, pki: dict[str, Path], unit: bytes
 ) -> None:
@@ -73,6 +74,7 @@ def test_a_control_frame_flood_is_ended(
     assert_quiet(h2_server)
 
 
+@pytest.mark.slow
 def test_a_rapid_reset_with_credentials_is_ended_quietly(
     h2_server: ServeProcess, pki: dict[str, Path]
 ) -> None:
@@ -87,6 +89,7 @@ def test_a_rapid_reset_with_credentials_is_ended_quietly(
 
 
 @pytest.mark.parametrize("quiet", [False, True], ids=["flooding", "quiet-after-goaway"])
+@pytest.mark.slow
 def test_a_socket_is_closed_right_after_its_goaway(
     h2_server: ServeProcess, pki: dict[str, Path], quiet: bool
 ) -> None:

@@ -20,6 +20,7 @@ STEPS = int(os.environ.get("CEC_INVARIANT_STEPS", "50"))
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.slow
 def test_the_collection_path_keeps_its_invariants(tmp_path: Path, seed: int) -> None:
     run = Run(tmp_path, seed, check_budget=True, more_targets=6)
     try:

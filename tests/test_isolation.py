@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
+import pytest
 from support import RunningExporter, sample, target_entry
 from support_procs import ServeProcess
 
@@ -47,6 +48,7 @@ HUGE_RET_MSG = 16_000_000  # under the default 16 MiB max_response_bytes: it is 
 SCRAPES = 5
 
 
+@pytest.mark.slow
 def test_a_huge_ret_msg_on_one_target_neither_downs_another_nor_bloats_memory_or_log(
     simulator: StartSim, write_config: WriteConfig, serve_process: Callable[..., ServeProcess]
 ) -> None:
@@ -91,6 +93,7 @@ HISTORY = 10
 PER_PHONE_PHONES = 50_000
 
 
+@pytest.mark.slow
 def test_history_keeps_summaries_so_memory_stays_flat_over_ten_per_phone_scrapes(
     simulator: StartSim, write_config: WriteConfig, serve_process: Callable[..., ServeProcess]
 ) -> None:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from exporter.cec import CecClient, CecError, Snapshot
 from exporter.cec.deadline import Deadline
 from exporter.cec.errors import DeadlineExceeded
@@ -92,6 +94,7 @@ async def timed_collect(client: CecClient, seconds: float) -> tuple[Snapshot, fl
     return snapshot, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_cancelling_requests_under_contention_leaves_no_connection_behind(
     simulator: Callable[..., Simulator],
 ) -> None:

@@ -74,6 +74,7 @@ def targets_in(text: str) -> set[str]:
 
 
 @pytest.mark.parametrize("how", HOW)
+@pytest.mark.slow
 def test_reload_adds_rejects_and_removes_targets(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -164,6 +165,7 @@ def tls_simulator(ca: trustme.CA, port: int = 0) -> Simulator:
 
 
 @pytest.mark.parametrize("how", HOW)
+@pytest.mark.slow
 def test_a_renewed_ca_file_is_read_again_on_reload(
     write_config: Callable[..., Path],
     serve_process: Callable[..., ServeProcess],
@@ -296,6 +298,7 @@ def test_a_reload_that_changes_a_failing_target_keeps_its_last_success(
     assert all(value == 0 for _, value in changes)
 
 
+@pytest.mark.slow
 def test_auto_reload_watches_the_secret_files_and_the_web_config(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -340,6 +343,7 @@ def test_auto_reload_watches_the_secret_files_and_the_web_config(
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_reload_during_a_slow_scrape(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -380,6 +384,7 @@ def test_reload_during_a_slow_scrape(
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_a_reload_mid_collection_counts_nothing_and_resurrects_nothing(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -455,6 +460,7 @@ def test_closing_the_exporter_while_a_scrape_waits_ends_both_promptly(
     assert answered.wait(3), "the scrape in flight never answered"
 
 
+@pytest.mark.slow
 def test_scrapes_beside_repeated_reloads_are_always_answered(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

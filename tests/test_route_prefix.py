@@ -137,6 +137,7 @@ def test_every_endpoint_and_link_lives_under_the_route_prefix(
             assert (answer.status_code, answer.headers.get("location")) == (302, "/cec/"), bare
 
 
+@pytest.mark.slow
 def test_landing_page_links_work_behind_a_proxy_that_strips_its_prefix(
     config: Path, serve_process: Callable[..., ServeProcess], proxy: Callable[[str], PrefixProxy]
 ) -> None:

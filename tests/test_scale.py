@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from support import RunningExporter, sample, target_entry
 
 from exporter.simulator import Simulator
 
 
+@pytest.mark.slow
 def test_targets_on_one_endpoint_share_a_pool_and_the_inflight_cap(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

@@ -55,6 +55,7 @@ def serve_many(
         process.stop()
 
 
+@pytest.mark.slow
 def test_six_hundred_targets_cut_by_the_deadline_are_answered_in_time(
     serve_many: Callable[..., tuple[Simulator, ServeProcess]],
 ) -> None:
@@ -72,6 +73,7 @@ def test_six_hundred_targets_cut_by_the_deadline_are_answered_in_time(
 
 
 @pytest.mark.parametrize("header", ["1e-320", "0.05", "0.1"])
+@pytest.mark.slow
 def test_a_timeout_below_the_floor_sends_nothing_and_logs_once(
     serve_many: Callable[..., tuple[Simulator, ServeProcess]], header: str
 ) -> None:

@@ -68,6 +68,7 @@ def assert_json_lines(text: str, where: str) -> None:
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.slow
 def test_scrape_never_prints_secrets(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path], log_format: str
 ) -> None:
@@ -104,6 +105,7 @@ def test_scrape_never_prints_secrets(
     assert "HTTP 401" in results["query_401"].stderr or "401" in results["query_401"].stderr
 
 
+@pytest.mark.slow
 def test_scrape_debug_never_prints_secrets(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path]
 ) -> None:
@@ -164,6 +166,7 @@ LEAKY_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", LEAKY_CONFIGS)
+@pytest.mark.slow
 def test_config_errors_never_echo_secrets(
     simulator: Callable[..., Simulator], write_config: Callable[..., Path], case: str
 ) -> None:
@@ -266,6 +269,7 @@ def _exercise(server: ServeProcess, sim: Simulator, config: Path, good: str) -> 
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.slow
 def test_serve_never_shows_secrets(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -432,6 +436,7 @@ def test_an_escaped_echo_is_redacted_on_every_page_and_in_the_log_at_every_level
         assert "collection failed" in shown["serve output"]
 
 
+@pytest.mark.slow
 def test_what_every_target_uses_stays_redacted_beside_520_vendor_apps(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

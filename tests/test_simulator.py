@@ -125,6 +125,7 @@ def test_wrong_secret_is_401_json(sim: Simulator, client: httpx2.Client) -> None
     assert sim.stats()["unauthorized"] == 1
 
 
+@pytest.mark.slow
 def test_token_expires_for_real(sim: Simulator, client: httpx2.Client) -> None:
     sim.update(token_max_seconds=1)
     token = get_token(client, "600")

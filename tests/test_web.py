@@ -274,6 +274,7 @@ def _bad_web_configs(pki: dict[str, Path]) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.slow
 def test_bad_web_configs_exit_2(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
@@ -341,6 +342,7 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_hostile_and_mistaken_requests(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],

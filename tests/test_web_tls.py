@@ -243,6 +243,7 @@ def test_unknown_user_costs_what_a_wrong_password_costs(serve_web: Serve, tmp_pa
     assert unknown_user < wrong_password * 3 + 0.5, (unknown_user, wrong_password)
 
 
+@pytest.mark.slow
 def test_rate_limit(serve_web: Serve, tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("rate_limit:\n  interval: 30s\n  burst: 2\n")
@@ -278,6 +279,7 @@ def test_extra_headers(serve_web: Serve, tmp_path: Path) -> None:
 # --- reload on change --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_renewed_certificate_and_changed_password_apply_without_restart(
     serve_web: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -366,6 +368,7 @@ def test_cli_refuses_what_upstream_refuses(
     assert "listening" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_kept_alive_connections_are_bounded(
     simulator: Callable[..., Simulator],
     write_config: Callable[..., Path],
