@@ -66,4 +66,4 @@ if [ -n "$smoke_pid" ]; then
   fi
 fi
 echo "==> pytest"
-pytest "$@"
+pytest --durations=20 "$@"

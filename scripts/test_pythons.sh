@@ -8,7 +8,9 @@
 # side by side (each takes one core), each one's output printed whole when it ends. The
 # slow tests (servers against timers, memory and floods) run on .venv's Python only, alone
 # on the machine, in scripts/test.sh.
-# .ci/run runs this before scripts/test.sh.
+# PYTHONS_STEP=install only installs, PYTHONS_STEP=test only tests (into the venvs made);
+# PYTHONS_PRIORITY=idle runs the tests at idle CPU priority. .ci/run installs first, then
+# runs the tests at idle priority beside scripts/test.sh.
 #
 #   bash scripts/test_pythons.sh                       # 3.12 and 3.13
 #   PYTHON_VERSIONS=3.13 bash scripts/test_pythons.sh tests/test_cli.py
@@ -30,6 +32,12 @@ find_python() { # find_python 3.12: the path of an interpreter of exactly that v
   return 1
 }
 
+step=${PYTHONS_STEP:-all}
+priority=()
+if [[ ${PYTHONS_PRIORITY:-} == idle ]]; then # only the CPU nobody else wants
+  if command -v chrt >/dev/null; then priority=(chrt --idle 0); else priority=(nice -n 19); fi
+fi
+
 missing=() venvs=() pids=() logs=() failed=()
 for version in $versions; do # one install at a time: an editable install writes the tree
   if ! python=$(find_python "$version"); then
@@ -38,15 +46,18 @@ for version in $versions; do # one install at a time: an editable install writes
     continue
   fi
   venv=.venv-$version
-  echo "==> Python $version ($python): installing into $venv"
-  [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  if [[ $step != test ]]; then
+    echo "==> Python $version ($python): installing into $venv"
+    [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  fi
   venvs+=("$venv")
 done
+[[ $step != install ]] || venvs=()
 for venv in "${venvs[@]}"; do # the tests side by side
   log=$(mktemp)
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not e2e and not slow" "$@" \
-    >"$log" 2>&1 </dev/null &
+  "${priority[@]}" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    -m "not e2e and not slow" "$@" >"$log" 2>&1 </dev/null &
   pids+=("$!") logs+=("$log")
 done
 for i in "${!pids[@]}"; do
