@@ -26,7 +26,8 @@ After each round, and while it runs:
   ``\\uXXXX``-escaped or percent-encoded, in any answer or log line;
 - ``budget`` (``check_budget``): a rate budget that fits k whole collections before the
   deadline gives at least 0.8 k of its app's targets up, once each of them has been read
-  (a target learns its size from its first page; the size outlives a reload).
+  (a target learns its size from its first page; the size outlives a reload) and while
+  the app's token is live (after a revocation each collection pays an unbooked 401).
 
 ``Run.step`` raises AssertionError naming the seed, the step and the last steps taken.
 """
@@ -183,6 +184,9 @@ class Run:
         self.taken: list[str] = []
         self.monotone: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
         self.budget: float = 0.0
+        self.revoked: set[str] = set()
+        """Apps whose tokens were revoked since a target of theirs last succeeded: the next
+        collections each meet a 401 (a renewal and a retry the budget did not book)."""
         self.logged = 0  # exporter output lines checked for secrets so far
         self.config = workdir / "config.yml"
         self._write_config()
@@ -286,6 +290,7 @@ class Run:
     def revoke(self) -> str:
         app = self.rng.choice(list(self.sims))
         self.sims[app].expire_tokens()
+        self.revoked.add(app)
         return f"tokens of {app} revoked"
 
     def reload(self) -> str:
@@ -362,8 +367,10 @@ class Run:
         for sim in self.sims.values():
             sim.clear_faults()
         # A target learns its size from its first page, served ahead of the others: the
-        # promise holds once each has been read (the size outlives a reload).
+        # promise holds once each has been read (the size outlives a reload), and while the
+        # app's token is live (a revoked one costs each collection a renewal and a retry).
         sized = all(self.tracked[name].last_success is not None for name in alpha)
+        sized = sized and "alpha" not in self.revoked
         answer = self._ask("/metrics", timeout, list(self.entries))
         ups = {labels["target"]: v for labels, v in samples_named(answer.text, "cec_up")}
         up = sum(1 for name in alpha if ups.get(name) == 1)
@@ -419,6 +426,7 @@ class Run:
             if last is None or last == tracked.last_success:
                 continue
             now = rosters[tracked.app]
+            self.revoked.discard(tracked.app)  # a success: the app's token is a live one
             if tracked.baseline is not None:
                 tracked.counts = tracked.counts + changes_between(tracked.baseline, now)
             tracked.baseline, tracked.last_success = now, last
