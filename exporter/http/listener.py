@@ -15,16 +15,17 @@ import asyncio
 import logging
 import resource
 import threading
-import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from exporter.cec.text import fields
 from exporter.http._hypercorn import Connections
 from exporter.http.handshake import handshake, tune_asyncio_tls
 from exporter.http.limits import Admission, Limits, Slot
+from exporter.logs import Throttle
 from exporter.runtime import return_free_memory
 from exporter.settings import WebConfigFile
 
@@ -217,15 +218,16 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     asyncio already backs off a second after each one; its default handler would
     log an error line each time.
     """
-    last = [0.0]
+    throttle = Throttle(60.0)
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
         if isinstance(error, OSError):
-            now = time.monotonic()
-            if "accept" in str(context.get("message", "")) and now - last[0] > 60:
-                last[0] = now
-                log.warning("cannot accept connections: %s (retrying every second)", error)
+            if "accept" in str(context.get("message", "")) and throttle.ready():
+                log.warning(
+                    "cannot accept connections; retrying every second",
+                    extra=fields(error=error),
+                )
             else:
                 log.debug("%s: %r", context.get("message"), error)
             return
