@@ -257,10 +257,10 @@ class Upstream:
         an in-flight place, or only the place without a budget. Yields the seconds waited.
         """
         started = time.monotonic()
-        budget = None if run.booking else self._budgets.get(budget_key(target))
         if run.booking is not None:
             cap = await run.booking.slot()
-        elif budget is not None:  # a request outside a booked collection, served by deadline
+        elif (budget := self._budgets.get(budget_key(target))) is not None:
+            # a request outside a booked collection, served by its deadline
             cap = await budget.limiter.slot((run.deadline.at, -1))
         else:
             cap = self._inflight
