@@ -369,13 +369,14 @@ class Run:
         # A target learns its size from its first page, served ahead of the others: the
         # promise holds once each has been read (the size outlives a reload), and while the
         # app's token is live (a revoked one costs each collection a renewal and a retry).
-        sized = all(self.tracked[name].last_success is not None for name in alpha)
-        sized = sized and "alpha" not in self.revoked
+        promised = "alpha" not in self.revoked and all(
+            self.tracked[name].last_success is not None for name in alpha
+        )
         answer = self._ask("/metrics", timeout, list(self.entries))
         ups = {labels["target"]: v for labels, v in samples_named(answer.text, "cec_up")}
         up = sum(1 for name in alpha if ups.get(name) == 1)
-        self.checked["budget"] += int(sized)
-        assert up >= 0.8 * k or not sized, (
+        self.checked["budget"] += int(promised)
+        assert up >= 0.8 * k or not promised, (
             f"requests_per_second {self.budget:g} fits {k} collections of {pages} pages in "
             f"{timeout}s: {up} of {len(alpha)} targets up, wanted {0.8 * k:.1f}"
         )
